@@ -1,0 +1,1 @@
+"""Student package of the chapter-3 lab (reference implementation)."""
