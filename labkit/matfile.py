@@ -1,0 +1,213 @@
+"""Read MatConvNet's ``imagenet-vgg-verydeep-19.mat`` in both layouts.
+
+* legacy (beta16): top-level ``layers``, ``classes``, ``normalization``;
+* meta (beta17+):  top-level ``layers``, ``meta`` (``inputs``, ``classes``, ``normalization``).
+
+Fields are read by *name*, which works for both layouts' field orders. Conv weights stay in
+the file's ``[K, K, Cin, Cout]`` float32 layout; biases are flattened to ``[Cout]``.
+Every failure raises :class:`WeightsFileError` with a message that says what is wrong and
+what to do.
+"""
+import os
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.io
+
+from labkit import vgg19_spec as spec
+
+
+class WeightsFileError(Exception):
+    """The weights file is missing, unreadable or not a VGG19 MatConvNet file."""
+
+
+@dataclass
+class MatLayer:
+    name: str
+    type: str
+    weight: np.ndarray = None      # conv: [K, K, Cin, Cout] as in the file
+    bias: np.ndarray = None        # conv: [Cout]
+    pad: tuple = (0, 0, 0, 0)      # top, bottom, left, right
+    stride: tuple = (1, 1)
+    pool: tuple = None             # pool: (kh, kw)
+
+
+@dataclass
+class VGGWeights:
+    path: str
+    layout: str                    # "legacy" or "meta"
+    layers: list
+    mean_pixel: np.ndarray         # (3,) RGB
+    class_names: list = field(default_factory=list)
+
+    def layer(self, name):
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(name)
+
+    @property
+    def num_classes(self):
+        return self.layer("fc8").weight.shape[-1]
+
+
+def missing_file_message(path):
+    """The one message a user needs when the real weights file is not there."""
+    return (
+        f"VGG19 weights not found: {path}\n"
+        f"  The lab needs MatConvNet's '{spec.REAL_FILE_NAME}' (pre-trained VGG19).\n"
+        f"  Get it from {spec.LEGACY_URL}\n"
+        f"     ({spec.LEGACY_SIZE_TEXT}, MD5 {spec.LEGACY_MD5}; the course's own copy is "
+        f"the same file)\n"
+        f"  or the newer layout from {spec.META_URL} (about 510 MiB, "
+        f"{spec.META_SIZE_BYTES:,} bytes); both layouts are read.\n"
+        f"  Put it at models/{spec.REAL_FILE_NAME} or pass its path with --weights.\n"
+        f"  No weights? `python main_exp_3_1.py --demo` runs the same code on a small "
+        f"random-weight VGG19.")
+
+
+def _str(value):
+    """A MATLAB char array as loaded -> Python str."""
+    arr = np.asarray(value)
+    while arr.dtype == object and arr.size == 1:
+        arr = np.asarray(arr.reshape(-1)[0])
+    if arr.size == 0:
+        return ""
+    return str(arr.reshape(-1)[0])
+
+
+def _ints(value, default):
+    arr = np.asarray(value)
+    if arr.size == 0:
+        return default
+    return tuple(int(v) for v in arr.astype(np.int64).reshape(-1))
+
+
+def _field(record, name, where):
+    if record.dtype.names is None or name not in record.dtype.names:
+        raise WeightsFileError(f"{where} has no field '{name}' (fields: {record.dtype.names}): "
+                               f"this is not a MatConvNet VGG19 file.")
+    return record[name]
+
+
+def _read_layer(cell, index):
+    record = np.asarray(cell).reshape(-1)[0]
+    where = f"layer {index}"
+    name = _str(_field(record, "name", where))
+    kind = _str(_field(record, "type", where))
+    layer = MatLayer(name=name, type=kind)
+    if kind == "conv":
+        weights = np.asarray(_field(record, "weights", f"layer {index} ({name})")).reshape(-1)
+        if weights.size != 2:
+            raise WeightsFileError(f"layer {index} ({name}): 'weights' holds {weights.size} "
+                                   f"arrays, expected 2 (filters and biases).")
+        layer.weight = np.asarray(weights[0], dtype=np.float32)
+        layer.bias = np.asarray(weights[1], dtype=np.float32).reshape(-1)
+        if layer.weight.ndim == 2:   # a 1x1 conv with singleton spatial axes squeezed by MATLAB
+            layer.weight = layer.weight.reshape(1, 1, *layer.weight.shape)
+        layer.pad = _ints(record["pad"], (0, 0, 0, 0)) if "pad" in record.dtype.names else (0,) * 4
+        layer.stride = _ints(record["stride"], (1, 1)) if "stride" in record.dtype.names else (1, 1)
+    elif kind == "pool":
+        layer.pool = _ints(_field(record, "pool", where), (2, 2))
+        layer.stride = _ints(_field(record, "stride", where), (2, 2))
+        layer.pad = _ints(record["pad"], (0, 0, 0, 0)) if "pad" in record.dtype.names else (0,) * 4
+        method = _str(record["method"]) if "method" in record.dtype.names else "max"
+        if method != "max":
+            raise WeightsFileError(f"layer {index} ({name}) is '{method}' pooling; VGG19 uses max.")
+    return layer
+
+
+def _class_names(classes_struct):
+    record = np.asarray(classes_struct).reshape(-1)[0]
+    if record.dtype.names is None or "description" not in record.dtype.names:
+        return []
+    cells = np.asarray(record["description"]).reshape(-1)
+    return [_str(c) for c in cells]
+
+
+def _mean_pixel(average_image):
+    avg = np.asarray(average_image, dtype=np.float64)
+    if avg.size == 3:
+        return avg.reshape(3)
+    if avg.ndim == 3 and avg.shape[2] == 3:
+        return avg.mean(axis=(0, 1))
+    raise WeightsFileError(f"averageImage has shape {avg.shape}; expected (H, W, 3) or 3 values.")
+
+
+def load_vgg19_mat(path):
+    """Read ``path`` and return a :class:`VGGWeights`; checks that it is VGG19."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise WeightsFileError(missing_file_message(path))
+    if os.path.isdir(path):
+        raise WeightsFileError(f"{path} is a folder; pass the .mat file itself.")
+    try:
+        data = scipy.io.loadmat(path)
+    except (ValueError, TypeError, OSError, EOFError, IndexError, KeyError, zlib.error,
+            MemoryError, NotImplementedError) as exc:
+        size = os.path.getsize(path)
+        raise WeightsFileError(
+            f"cannot read {path} ({size:,} bytes) as a MATLAB .mat file: "
+            f"{type(exc).__name__}: {exc}.\n  The file is probably truncated or corrupt "
+            f"(an interrupted download?). Download it again; the legacy file's MD5 is "
+            f"{spec.LEGACY_MD5}.") from None
+    if "layers" not in data:
+        keys = [k for k in data if not k.startswith("__")]
+        raise WeightsFileError(f"{path} has no 'layers' variable (it has {keys}): it is not a "
+                               f"MatConvNet network file. Use {spec.REAL_FILE_NAME}.")
+    if "normalization" in data and "classes" in data:
+        layout = "legacy"
+        norm = np.asarray(data["normalization"]).reshape(-1)[0]
+        classes = data["classes"]
+    elif "meta" in data:
+        layout = "meta"
+        meta = np.asarray(data["meta"]).reshape(-1)[0]
+        norm = np.asarray(_field(meta, "normalization", "meta")).reshape(-1)[0]
+        classes = _field(meta, "classes", "meta")
+    else:
+        raise WeightsFileError(f"{path} has 'layers' but neither 'normalization'/'classes' "
+                               f"(legacy layout) nor 'meta' (new layout).")
+    cells = np.asarray(data["layers"]).reshape(-1)
+    try:
+        layers = [_read_layer(c, i) for i, c in enumerate(cells)]
+    except (IndexError, ValueError, TypeError) as exc:
+        raise WeightsFileError(f"{path}: a layer struct could not be read ({exc}); "
+                               f"this is not a MatConvNet VGG19 file.") from None
+    weights = VGGWeights(path=path, layout=layout, layers=layers,
+                         mean_pixel=_mean_pixel(_field(norm, "averageImage", "normalization")),
+                         class_names=_class_names(classes))
+    validate_vgg19(weights)
+    return weights
+
+
+def validate_vgg19(weights):
+    """Check names, types and the chaining of channel widths; raise WeightsFileError."""
+    names = [layer.name for layer in weights.layers]
+    if names != spec.FILE_LAYER_NAMES:
+        first = next((i for i, (a, b) in enumerate(zip(names, spec.FILE_LAYER_NAMES)) if a != b),
+                     min(len(names), len(spec.FILE_LAYER_NAMES)))
+        raise WeightsFileError(
+            f"{weights.path} is not VGG19: it has {len(names)} layers (VGG19 has 43) and layer "
+            f"{first} is {names[first] if first < len(names) else 'missing'!r} where VGG19 has "
+            f"{spec.FILE_LAYER_NAMES[first] if first < 43 else 'nothing'!r}. "
+            f"Use {spec.REAL_FILE_NAME} (VGG16 and other nets share the format but not the layers).")
+    cin = 3
+    for layer, (_, kind, _) in zip(weights.layers, spec.FILE_LAYERS):
+        if layer.type != kind:
+            raise WeightsFileError(f"layer {layer.name} has type '{layer.type}', expected '{kind}'.")
+        if kind != "conv":
+            continue
+        w = layer.weight
+        expected_k = spec.POOL5_SIZE if layer.name == "fc6" else (1 if layer.name[:2] == "fc" else 3)
+        if w.ndim != 4 or w.shape[0] != expected_k or w.shape[1] != expected_k or w.shape[2] != cin:
+            raise WeightsFileError(
+                f"layer {layer.name}: filters have shape {w.shape}, expected "
+                f"[{expected_k}, {expected_k}, {cin}, Cout] ([K, K, Cin, Cout]).")
+        if layer.bias.shape != (w.shape[3],):
+            raise WeightsFileError(f"layer {layer.name}: {layer.bias.size} biases for "
+                                   f"{w.shape[3]} filters.")
+        cin = w.shape[3]
+    if weights.class_names and len(weights.class_names) != weights.num_classes:
+        raise WeightsFileError(f"{len(weights.class_names)} class names for "
+                               f"{weights.num_classes} outputs of fc8.")

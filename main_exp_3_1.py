@@ -1,0 +1,102 @@
+"""Exp 3.1: classify an image with VGG19 on the CPU (layer_1.py, layer_2.py, vgg_cpu.py).
+
+    python main_exp_3_1.py --image cat.jpg                   # real weights in models/
+    python main_exp_3_1.py --demo                            # no weights: random small VGG19
+    python main_exp_3_1.py --image cat.jpg --layers raw      # the 4-loop layers (slow)
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+
+from labkit import vgg19_spec as spec
+from labkit.cli import DEFAULT_WEIGHTS, UserError, download_weights, run_main
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description="Exp 3.1: VGG19 image classification on the CPU, pure NumPy.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--weights", default=DEFAULT_WEIGHTS,
+                   help=f"MatConvNet {spec.REAL_FILE_NAME} (legacy or meta layout)")
+    p.add_argument("--image", help="image to classify (any format Pillow reads: JPEG, PNG, "
+                   "grey, RGBA, palette, 16-bit...)")
+    p.add_argument("--layers", choices=["fast", "raw"], default="fast",
+                   help="fast = img2col convolution and vectorised pooling; raw = the plain "
+                   "loops (minutes on the real network)")
+    p.add_argument("--top-k", type=int, default=5, help="how many classes to print")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                   help="arithmetic precision")
+    p.add_argument("--check-pool5", metavar="REF.npy",
+                   help="compare pool5 with a stored dump (1, 512, 7, 7); passes at MSE < 0.003")
+    p.add_argument("--dump-pool5", metavar="OUT.npy", help="save pool5 to this .npy file")
+    p.add_argument("--download", action="store_true",
+                   help="download the real weights to --weights if missing (progress bar, "
+                   "MD5 check); needs internet")
+    p.add_argument("--demo", action="store_true",
+                   help="no weights needed: build a small random-weight VGG19 .mat (same file "
+                   "layout, widths / 8) and a synthetic image, and classify it. Its classes are "
+                   "meaningless; it shows the code path works")
+    p.add_argument("--quiet", action="store_true", help="no per-layer progress")
+    args = p.parse_args(argv)
+    if args.top_k < 1:
+        p.error("--top-k must be at least 1")
+    return args
+
+
+def prepare_demo(folder):
+    from labkit.fixtures import write_vgg19_mat
+    from labkit.images import make_demo_image, save_rgb
+    weights = os.path.join(folder, "demo_vgg19_random_width8.mat")
+    image = os.path.join(folder, "demo_image.png")
+    write_vgg19_mat(weights, layout="legacy", width_div=8, num_classes=1000, seed=0)
+    save_rgb(make_demo_image(256, 320), image)
+    return weights, image
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.demo:
+        folder = os.path.join("output", "demo")
+        os.makedirs(folder, exist_ok=True)
+        args.weights, demo_image = prepare_demo(folder)
+        args.image = args.image or demo_image
+        print("DEMO: random-weight VGG19 (real layout, channel widths / 8) on a synthetic "
+              "image; the class names are placeholders.\n"
+              f"      files in {folder}")
+    if not args.image:
+        raise UserError("no image given: pass --image PATH (or --demo to run without weights).")
+    if not os.path.exists(args.weights) and args.download:
+        download_weights(args.weights)
+    from stu_upload.vgg_cpu import VGG19
+    vgg = VGG19(args.weights, type=1 if args.layers == "fast" else 0, dtype=args.dtype,
+                verbose=not args.quiet)
+    vgg.build_model()
+    vgg.init_model()
+    vgg.load_model()
+    print(f"Weights: {args.weights} ({vgg.file.layout} layout, {vgg.file.num_classes} classes)")
+    vgg.load_image(args.image)
+    vgg.forward()
+    vgg.evaluate(args.top_k)
+    print(f"Inference time ({args.layers} layers, {args.dtype}): {vgg.inference_time:.3f} s")
+    if args.dump_pool5:
+        np.save(args.dump_pool5, vgg.pool5)
+        print(f"pool5 saved to {args.dump_pool5}")
+    if args.check_pool5:
+        if not os.path.exists(args.check_pool5):
+            raise UserError(f"pool5 reference not found: {args.check_pool5}")
+        ref = np.load(args.check_pool5)
+        if ref.shape != vgg.pool5.shape:
+            raise UserError(f"pool5 reference has shape {ref.shape}, this network's pool5 is "
+                            f"{vgg.pool5.shape}: it was made with other weights.")
+        mse = float(np.mean((ref.astype(np.float64) - vgg.pool5) ** 2))
+        ok = mse < 0.003
+        print(f"pool5 check: MSE = {mse:.6g} ({'PASS' if ok else 'FAIL'}, threshold 0.003)")
+        if not ok:
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

@@ -1,0 +1,140 @@
+"""Exp 3.1 / 3.3, part 1: fully connected, ReLU and softmax-loss layers.
+
+Shapes: a batch is ``(N, D)``; the fully connected weight is ``[D_in, D_out]`` and its bias
+``[1, D_out]`` (the original kit's layout). Every layer keeps the dtype it is given: float32
+for speed, float64 for gradient checks.
+"""
+import numpy as np
+
+from stu_upload._base import check_param_shape, need
+
+
+class FullyConnectedLayer:
+    """Y = X W + b.  X: (N, num_input) -> Y: (N, num_output).
+
+    Cache between forward and backward: ``self.input`` (N, num_input).
+    """
+
+    def __init__(self, num_input, num_output):
+        self.num_input = int(num_input)
+        self.num_output = int(num_output)
+        self.input = None
+        self.weight = None
+        self.bias = None
+
+    def init_param(self, std=0.01, seed=0):
+        """Normal(0, std) weights [num_input, num_output], zero bias [1, num_output]."""
+        rng = np.random.default_rng(seed)
+        self.weight = rng.normal(0.0, std, size=(self.num_input, self.num_output))
+        self.bias = np.zeros([1, self.num_output])
+
+    def forward(self, input):
+        """input (N, num_input) -> output (N, num_output) = input @ weight + bias."""
+        self.input = input
+        weight = self.weight.astype(input.dtype, copy=False)
+        bias = self.bias.astype(input.dtype, copy=False)
+        # === STUDENT BEGIN: fc_forward ===
+        # hint: eq. Y = X W + b; X is (N, num_input), W is [num_input, num_output]
+        self.output = input @ weight + bias
+        # === STUDENT END ===
+        return self.output
+
+    def backward(self, top_diff):
+        """top_diff (N, num_output) -> bottom_diff (N, num_input); sets d_weight, d_bias."""
+        x = need(self, "input")
+        weight = self.weight.astype(top_diff.dtype, copy=False)
+        # === STUDENT BEGIN: fc_backward ===
+        # hint: dL/dW = X^T dY, dL/db = sum of dY over the batch, dL/dX = dY W^T
+        self.d_weight = x.T @ top_diff
+        self.d_bias = top_diff.sum(axis=0, keepdims=True)
+        bottom_diff = top_diff @ weight.T
+        # === STUDENT END ===
+        return bottom_diff
+
+    def get_gradient(self):
+        return self.d_weight, self.d_bias
+
+    def update_param(self, lr):
+        """Plain SGD step: W -= lr * dW, b -= lr * db."""
+        self.weight = self.weight - lr * self.d_weight
+        self.bias = self.bias - lr * self.d_bias
+
+    def load_param(self, weight, bias):
+        """weight [num_input, num_output]; bias [1, num_output] (or [num_output])."""
+        bias = np.asarray(bias)
+        if bias.ndim == 1:
+            bias = bias.reshape(1, -1)
+        check_param_shape(self, "weight", np.shape(weight), (self.num_input, self.num_output))
+        check_param_shape(self, "bias", bias.shape, (1, self.num_output))
+        self.weight = np.asarray(weight)
+        self.bias = bias
+
+    def save_param(self):
+        return self.weight, self.bias
+
+
+class ReLULayer:
+    """Y = max(X, 0), any shape.  Cache: ``self.input`` (only its sign is used)."""
+
+    def __init__(self):
+        self.input = None
+
+    def forward(self, input):
+        self.input = input
+        # === STUDENT BEGIN: relu_forward ===
+        # hint: keep positive values, zero the rest
+        output = np.maximum(input, 0)
+        # === STUDENT END ===
+        return output
+
+    def backward(self, top_diff):
+        """top_diff has the input's shape; the gradient passes where input > 0."""
+        x = need(self, "input")
+        # === STUDENT BEGIN: relu_backward ===
+        # hint: dL/dX = dL/dY where X > 0, else 0
+        bottom_diff = np.where(x > 0, top_diff, 0).astype(top_diff.dtype, copy=False)
+        # === STUDENT END ===
+        return bottom_diff
+
+
+class SoftmaxLossLayer:
+    """Softmax over the last axis and the mean cross-entropy loss.
+
+    forward: (N, K) scores -> (N, K) probabilities.  get_loss(label) with label (N,) ints.
+    backward: (prob - onehot(label)) / N.  Cache: ``self.prob``, ``self.label_onehot``.
+    """
+
+    def __init__(self):
+        self.prob = None
+        self.label_onehot = None
+
+    def forward(self, input):
+        # === STUDENT BEGIN: softmax_forward ===
+        # hint: subtract the row maximum before exp so that exp never overflows
+        shifted = input - np.max(input, axis=1, keepdims=True)
+        exp = np.exp(shifted)
+        self.prob = exp / np.sum(exp, axis=1, keepdims=True)
+        # === STUDENT END ===
+        return self.prob
+
+    def get_loss(self, label):
+        prob = need(self, "prob")
+        label = np.asarray(label).reshape(-1)
+        if label.shape[0] != prob.shape[0]:
+            raise ValueError(f"SoftmaxLossLayer.get_loss: {label.shape[0]} labels for a batch "
+                             f"of {prob.shape[0]}; pass one class index per row.")
+        self.batch_size = prob.shape[0]
+        self.label_onehot = np.zeros_like(prob)
+        self.label_onehot[np.arange(self.batch_size), label] = 1.0
+        tiny = np.finfo(prob.dtype).tiny
+        loss = -np.sum(np.log(np.maximum(prob, tiny)) * self.label_onehot) / self.batch_size
+        return loss
+
+    def backward(self):
+        prob = need(self, "prob")
+        onehot = need(self, "label_onehot")
+        # === STUDENT BEGIN: softmax_backward ===
+        # hint: dL/dscores = (prob - onehot) / N
+        bottom_diff = (prob - onehot) / self.batch_size
+        # === STUDENT END ===
+        return bottom_diff
