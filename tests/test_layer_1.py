@@ -1,0 +1,106 @@
+"""stu_upload/layer_1.py: fully connected, ReLU, softmax loss (float64 gradient checks)."""
+import numpy as np
+import pytest
+
+from labkit.gradcheck import GradientCheckError, check_vjp, numeric_gradient, assert_close
+from stu_upload._base import BackwardBeforeForwardError
+from stu_upload.layer_1 import FullyConnectedLayer, ReLULayer, SoftmaxLossLayer
+
+THRESHOLD = 1e-7
+
+
+def make_fc(rng, n_in=7, n_out=5):
+    fc = FullyConnectedLayer(n_in, n_out)
+    fc.load_param(rng.standard_normal((n_in, n_out)), rng.standard_normal((1, n_out)))
+    return fc
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_fc_forward_formula(rng, batch):
+    fc = make_fc(rng)
+    x = rng.standard_normal((batch, 7))
+    assert np.allclose(fc.forward(x), x @ fc.weight + fc.bias, rtol=1e-12)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_fc_gradients(rng, batch):
+    fc = make_fc(rng)
+    x = rng.standard_normal((batch, 7))
+    dy = rng.standard_normal((batch, 5))
+    check_vjp("fc bottom_diff", fc.forward, fc.backward, x, dy, threshold=THRESHOLD)
+    fc.forward(x)
+    fc.backward(dy)
+    loss = lambda: float(np.sum(fc.forward(x) * dy))
+    assert_close("fc d_weight", fc.d_weight, numeric_gradient(loss, fc.weight), THRESHOLD)
+    assert_close("fc d_bias", fc.d_bias, numeric_gradient(loss, fc.bias), THRESHOLD)
+
+
+def test_relu_gradient(rng):
+    relu = ReLULayer()
+    x = rng.standard_normal((3, 4, 5))
+    y = relu.forward(x)
+    assert np.array_equal(y, np.where(x > 0, x, 0))
+    check_vjp("relu bottom_diff", relu.forward, relu.backward, x, threshold=THRESHOLD)
+
+
+def test_softmax_probabilities_and_stability(rng):
+    sm = SoftmaxLossLayer()
+    x = rng.standard_normal((4, 6)) * 3
+    p = sm.forward(x)
+    ref = np.exp(x) / np.exp(x).sum(axis=1, keepdims=True)
+    assert np.allclose(p, ref, rtol=1e-12)
+    big = sm.forward(np.array([[1000.0, 999.0, -1000.0]]))
+    assert np.all(np.isfinite(big)) and np.isclose(big.sum(), 1.0)
+
+
+def test_softmax_loss_gradient(rng):
+    sm = SoftmaxLossLayer()
+    x = rng.standard_normal((4, 6))
+    label = np.array([0, 5, 2, 2])
+
+    def loss():
+        sm.forward(x)
+        return sm.get_loss(label)
+
+    expected = -np.mean(np.log(sm.forward(x)[np.arange(4), label]))
+    assert np.isclose(loss(), expected, rtol=1e-12)
+    numeric = numeric_gradient(loss, x)
+    loss()
+    assert_close("softmax bottom_diff", sm.backward(), numeric, THRESHOLD)
+
+
+def test_negative_control_wrong_fc_gradient_fails(rng):
+    """A gradient check that cannot fail proves nothing: a transposed-weight bug is caught."""
+    fc = make_fc(rng, 6, 6)
+    x = rng.standard_normal((2, 6))
+    wrong = lambda dy: dy @ fc.weight          # should be dy @ fc.weight.T
+    with pytest.raises(GradientCheckError, match=r"relative error .* threshold"):
+        check_vjp("fc bottom_diff", fc.forward, wrong, x, threshold=THRESHOLD)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_layers_keep_dtype(rng, dtype):
+    fc = make_fc(rng)
+    x = rng.standard_normal((2, 7)).astype(dtype)
+    assert fc.forward(x).dtype == dtype
+    assert fc.backward(np.ones((2, 5), dtype)).dtype == dtype
+    relu = ReLULayer()
+    assert relu.forward(x).dtype == dtype
+    assert relu.backward(x).dtype == dtype
+    assert SoftmaxLossLayer().forward(x).dtype == dtype
+
+
+def test_backward_before_forward_is_a_clear_error():
+    for layer in (FullyConnectedLayer(3, 2), ReLULayer()):
+        with pytest.raises(BackwardBeforeForwardError, match="before forward"):
+            layer.backward(np.zeros((1, 2)))
+    with pytest.raises(BackwardBeforeForwardError, match="before forward"):
+        SoftmaxLossLayer().backward()
+
+
+def test_load_param_checks_shapes():
+    fc = FullyConnectedLayer(4, 3)
+    with pytest.raises(ValueError, match=r"weight has shape \(3, 4\), expected \(4, 3\)"):
+        fc.load_param(np.zeros((3, 4)), np.zeros(3))
+    fc.load_param(np.zeros((4, 3)), np.zeros(3))       # a flat bias is accepted
+    assert fc.bias.shape == (1, 3)
