@@ -479,8 +479,8 @@ class CnmlNet:
                                 f"loadParams({i}, filter, bias, filter_quant) first")
         if self._input is None:
             raise CnmlError("forward: no input data; call setInputData(flat NCHW floats) first")
-        x = self._input.astype(np.float16)  # hidden fp32 -> fp16 input cast
         with np.errstate(over="ignore"):
+            x = self._input.astype(np.float16)  # hidden fp32 -> fp16 input cast
             for layer in self._layers:
                 x = layer.run(x.astype(np.float16, copy=False))
         self._output = np.asarray(x, dtype=np.float32).ravel()  # hidden fp16 -> fp32 cast
