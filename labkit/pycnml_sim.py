@@ -57,8 +57,7 @@ class QuantParam:
     """INT8 quantisation parameter: a real ``x`` is stored as ``q ~= x * scale / 2**position``."""
 
     def __init__(self, position: int, scale: float):
-        self.position = int(position)
-        self.scale = float(scale)
+        self.position, self.scale = _check_qp(position, scale, "QuantParam")
 
     def __repr__(self) -> str:
         return f"QuantParam(position={self.position}, scale={self.scale!r})"
@@ -70,7 +69,8 @@ class QuantParam:
 
 def _check_qp(position, scale, what="quantisation parameter"):
     if position is None or scale is None:
-        raise CnmlError(f"{what} is missing (None); pass pycnml.QuantParam(position, scale)")
+        raise CnmlError(f"{what} is missing (None); pass pycnml.QuantParam(position, scale), "
+                        "e.g. from the quantisation .npz or QuantTool.get_quant_param")
     if float(position) != int(position):
         raise CnmlError(f"{what}: position must be an integer, got {position!r}")
     s = float(scale)
@@ -81,8 +81,7 @@ def _check_qp(position, scale, what="quantisation parameter"):
 
 def _as_qp(q, what) -> QuantParam:
     if q is None:
-        raise CnmlError(f"{what} is missing (None); pass pycnml.QuantParam(position, scale), "
-                        "e.g. from the quantisation .npz or QuantTool.get_quant_param")
+        _check_qp(None, None, what)
     if not (hasattr(q, "position") and hasattr(q, "scale")):
         raise CnmlError(f"{what} must be a pycnml.QuantParam, got {type(q).__name__}")
     return QuantParam(*_check_qp(q.position, q.scale, what))
@@ -117,11 +116,8 @@ def calibrate(x) -> tuple[int, float]:
         return 0, 1.0
     position = math.ceil(math.log2(m / 127.0))
     scale = 127.0 * 2.0 ** position / m
-    while scale >= 2.0:  # guard against log2 rounding just above a power of two
-        position -= 1
-        scale = 127.0 * 2.0 ** position / m
-    while scale < 1.0:
-        position += 1
+    if not 1.0 <= scale < 2.0:  # log2 rounded across a power of two: move one step
+        position += 1 if scale < 1.0 else -1
         scale = 127.0 * 2.0 ** position / m
     return position, scale
 
@@ -152,22 +148,11 @@ class QuantTool:
             raise CnmlError(f"QuantTool: nothing observed for {name!r}; call observe() first")
         return QuantParam(*calibrate(self._max[name]))
 
-    @staticmethod
-    def save_quant_npz(*args, **kwargs):
-        return save_quant_npz(*args, **kwargs)
-
-    @staticmethod
-    def load_quant_npz(*args, **kwargs):
-        return load_quant_npz(*args, **kwargs)
-
 
 def _pairs(params, what):
     out = []
     for i, p in enumerate(params):
-        if isinstance(p, QuantParam) or hasattr(p, "position"):
-            pos, sc = p.position, p.scale
-        else:
-            pos, sc = p
+        pos, sc = (p.position, p.scale) if hasattr(p, "position") else (p or (None, None))
         out.extend(_check_qp(pos, sc, f"{what}[{i}]"))
     return np.asarray(out, dtype=np.float64)
 
@@ -211,7 +196,20 @@ def load_quant_npz(path, expected_pairs=NUM_QUANT_PAIRS):
     return result[0], result[1]
 
 
+QuantTool.save_quant_npz = staticmethod(save_quant_npz)
+QuantTool.load_quant_npz = staticmethod(load_quant_npz)
+
+
 # ----------------------------------------------------------------------------------- layers
+def _ints(where, lo, **values):
+    """Check that every value is an integer >= lo; return them as ints."""
+    for label, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
+                or int(v) != v or v < lo:
+            raise CnmlError(f"{where}: {label} must be an integer >= {lo}, got {v!r}")
+    return [int(v) for v in values.values()]
+
+
 class _Layer:
     quantized = False
     kind = "layer"
@@ -243,10 +241,12 @@ class _QuantLayer(_Layer):
         self.w = quantize(f, fq.position, fq.scale).reshape(self.w_shape[0], -1)
         self.bias, self.filter_quant = b.astype(np.float16), fq
 
-    def _rescale(self, acc):
+    def _finish(self, acc):
+        """Exact int sums (channel axis 1) -> real scale, + fp16 bias, one rounding to fp16."""
         iq, fq = self.input_quant, self.filter_quant
-        factor = 2.0 ** (iq.position + fq.position) / (iq.scale * fq.scale)
-        return acc * factor
+        bias = self.bias.astype(np.float64).reshape((1, -1) + (1,) * (acc.ndim - 2))
+        y = acc * (2.0 ** (iq.position + fq.position) / (iq.scale * fq.scale)) + bias
+        return y.astype(np.float16)
 
     def _qin(self, x):
         return quantize(x, self.input_quant.position, self.input_quant.scale)
@@ -257,22 +257,20 @@ class _Conv(_QuantLayer):
     w_desc = "(flatten the filter as [Cout, Cin, kh, kw])"
 
     def __init__(self, name, in_shape, cout, k, stride, dilation, pad, input_quant):
-        for label, v, lo in (("out_channel", cout, 1), ("kernel_size", k, 1), ("stride", stride, 1),
-                             ("dilation", dilation, 1), ("pad", pad, 0)):
-            if int(v) != v or v < lo:
-                raise CnmlError(f"createConvLayer({name!r}): {label} must be an integer >= {lo}, "
-                                f"got {v!r}")
+        where = f"createConvLayer({name!r})"
+        cout, self.k, self.s, self.d = _ints(where, 1, out_channel=cout, kernel_size=k,
+                                             stride=stride, dilation=dilation)
+        (self.p,) = _ints(where, 0, pad=pad)
         super().__init__(name, in_shape, input_quant)
         n, c, h, w = self.in_shape
-        self.k, self.s, self.d, self.p = int(k), int(stride), int(dilation), int(pad)
         ek = self.d * (self.k - 1) + 1
         ho, wo = (h + 2 * self.p - ek) // self.s + 1, (w + 2 * self.p - ek) // self.s + 1
         if ho <= 0 or wo <= 0:
             raise CnmlError(f"createConvLayer({name!r}): output would be empty ({ho}x{wo}) for "
                             f"input {h}x{w}, kernel {k}, dilation {dilation}, pad {pad}, stride "
                             f"{stride}; use a smaller kernel/stride or more padding")
-        self.out_shape = (n, int(cout), ho, wo)
-        self.w_shape = (int(cout), c, self.k, self.k)
+        self.out_shape = (n, cout, ho, wo)
+        self.w_shape = (cout, c, self.k, self.k)
 
     def run(self, x):
         n, c, _, _ = self.in_shape
@@ -292,8 +290,7 @@ class _Conv(_QuantLayer):
                 h1 = min(ho, h0 + rows)
                 cols = win[b, :, :, :, h0:h1].reshape(K, (h1 - h0) * wo)  # copies
                 acc[b, :, h0:h1] = (wmat @ cols).reshape(cout, h1 - h0, wo)
-        y = self._rescale(acc) + self.bias.astype(np.float64)[None, :, None, None]
-        return y.astype(np.float16)
+        return self._finish(acc)
 
 
 class _Mlp(_QuantLayer):
@@ -301,13 +298,10 @@ class _Mlp(_QuantLayer):
     w_desc = "(flatten the weight as [Cout, Cin])"
 
     def __init__(self, name, in_shape, output_num, input_quant):
-        if int(output_num) != output_num or output_num < 1:
-            raise CnmlError(f"createMlpLayer({name!r}): output_num must be an integer >= 1, "
-                            f"got {output_num!r}")
+        (cout,) = _ints(f"createMlpLayer({name!r})", 1, output_num=output_num)
         super().__init__(name, in_shape, input_quant)
-        n = self.in_shape[0]
-        self.out_shape = (n, int(output_num), 1, 1)
-        self.w_shape = (int(output_num), int(np.prod(self.in_shape[1:])))
+        self.out_shape = (self.in_shape[0], cout, 1, 1)
+        self.w_shape = (cout, int(np.prod(self.in_shape[1:])))
 
     def run(self, x):
         n = self.in_shape[0]
@@ -318,8 +312,7 @@ class _Mlp(_QuantLayer):
         for r0 in range(0, cout, rows):  # convert the int8 weight to float64 block by block
             r1 = min(cout, r0 + rows)
             acc[:, r0:r1] = xq @ self.w[r0:r1].astype(np.float64).T
-        y = self._rescale(acc) + self.bias.astype(np.float64)[None, :]
-        return y.astype(np.float16).reshape(self.out_shape)
+        return self._finish(acc).reshape(self.out_shape)
 
 
 class _Relu(_Layer):
@@ -333,13 +326,9 @@ class _Pool(_Layer):
     kind = "pool"
 
     def __init__(self, name, in_shape, kernel, stride):
-        for label, v in (("kernel", kernel), ("stride", stride)):
-            if int(v) != v or v < 1:
-                raise CnmlError(f"createPoolingLayer({name!r}): {label} must be an integer >= 1, "
-                                f"got {v!r}")
+        self.k, self.s = _ints(f"createPoolingLayer({name!r})", 1, kernel=kernel, stride=stride)
         super().__init__(name, in_shape)
         n, c, h, w = self.in_shape
-        self.k, self.s = int(kernel), int(stride)
         ho, wo = (h - self.k) // self.s + 1, (w - self.k) // self.s + 1
         if ho <= 0 or wo <= 0:
             raise CnmlError(f"createPoolingLayer({name!r}): output would be empty: kernel "
@@ -393,21 +382,15 @@ class CnmlNet:
         if core_version not in (MLU270, MLU220):
             raise CnmlError(f"core_version must be pycnml.MLU270 or pycnml.MLU220, "
                             f"got {core_version!r}")
-        if int(core_num) != core_num or core_num < 1:
-            raise CnmlError(f"core_num must be a positive integer, got {core_num!r}")
-        self.core_num, self.core_version = int(core_num), core_version
-        self._in_shape = None
-        self._layers = []
+        (self.core_num,) = _ints("CnmlNet", 1, core_num=core_num)
+        self.core_version, self._in_shape, self._layers = core_version, None, []
         self._input = self._output = None
         self._output_cast = False  # the hidden fp16 -> fp32 cast, appended by the first loadParams
 
     def setInputShape(self, n, c, h, w):
         if self._layers:
             raise CnmlError("setInputShape must be called before any layer is created")
-        dims = (n, c, h, w)
-        if any(int(v) != v or v < 1 for v in dims):
-            raise CnmlError(f"setInputShape: n, c, h, w must be positive integers, got {dims}")
-        self._in_shape = tuple(int(v) for v in dims)
+        self._in_shape = tuple(_ints("setInputShape", 1, n=n, c=c, h=h, w=w))
 
     def _add(self, cls, name, *args):
         if self._in_shape is None:

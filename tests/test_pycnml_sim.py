@@ -1,4 +1,6 @@
 """Tests for labkit.pycnml_sim: quantisation arithmetic, layer maths, file format, misuse."""
+import os
+
 import numpy as np
 import pytest
 
@@ -353,7 +355,11 @@ def test_error_missing_quant_params():
     with pytest.raises(CnmlError, match="filter_quant is missing"):
         net.loadParams(0, np.zeros(54), np.zeros(3), None)
     with pytest.raises(CnmlError, match="scale must be a finite positive"):
-        net.loadParams(0, np.zeros(54), np.zeros(3), QuantParam(0, -1.0))
+        QuantParam(0, -1.0)
+    with pytest.raises(CnmlError, match="position must be an integer"):
+        QuantParam(2.5, 1.0)
+    with pytest.raises(CnmlError, match=r"filter_params\[1\] is missing"):
+        pycnml.save_quant_npz(os.devnull, [(0, 1.0)] * 2, [(0, 1.0), None], None)
 
 
 def test_error_layer_before_input_shape_and_after_load():
