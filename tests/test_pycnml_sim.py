@@ -390,3 +390,24 @@ def test_error_empty_output_and_bad_config():
         pycnml.CnmlNet(1, "MLU100")
     assert pycnml.CnmlNet(4, pycnml.MLU220).core_version == pycnml.MLU220
     assert net.size() == 0  # failed creations add nothing
+
+
+def test_batch_of_two_equals_two_single_runs():
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 3, 6, 6))
+    w1, w2 = rng.standard_normal((4, 3, 3, 3)) * 0.2, rng.standard_normal((5, 36)) * 0.2
+    q1, q2 = QuantParam(-5, 1.3), QuantParam(-6, 1.7)
+
+    def run(xb):
+        net = pycnml.CnmlNet()
+        net.setInputShape(*xb.shape)
+        net.createConvLayer("conv", 4, 3, 2, 1, 1, q1)
+        net.createFlattenLayer("flat", [xb.shape[0], 36, 1, 1])
+        net.createMlpLayer("fc", 5, q2)
+        net.loadParams(0, w1.ravel(), np.zeros(4), qp_of(w1))
+        net.loadParams(2, w2.ravel(), np.ones(5), qp_of(w2))
+        net.setInputData(xb.ravel())
+        net.forward()
+        return net.getOutputData()
+
+    assert run(x) == run(x[:1]) + run(x[1:])
