@@ -100,12 +100,14 @@ def im2col(x, k, pad, stride):
     """x (N,C,H,W) -> cols (N, C*K*K, Ho*Wo), rows ordered (c, kh, kw) like w.reshape(C*K*K, Cout).
 
     cols[n,(c,kh,kw),(i,j)] = xp[n,c,i*s+kh,j*s+kw].  Built from a strided
-    sliding-window view; the only copy is the final reshape."""
+    sliding-window view; the only copy is one np.copyto."""
     n, c, h, wd = x.shape
     ho, wo = _out_size(h, k, pad, stride), _out_size(wd, k, pad, stride)
     v = sliding_window_view(_pad(x, pad), (k, k), axis=(2, 3))   # (N,C,Hp-K+1,Wp-K+1,K,K)
     v = v[:, :, ::stride, ::stride][:, :, :ho, :wo]
-    return v.transpose(0, 1, 4, 5, 2, 3).reshape(n, c * k * k, ho * wo), ho, wo
+    cols = np.empty((n, c, k, k, ho, wo), dtype=x.dtype)
+    np.copyto(cols, v.transpose(0, 1, 4, 5, 2, 3))          # the one copy
+    return cols.reshape(n, c * k * k, ho * wo), ho, wo
 
 
 def conv2d_img2col(x, w, b, pad, stride=1):
@@ -186,26 +188,6 @@ _WINO = {
 }
 
 
-def _lincomb(coefs, srcs, out, tmp):
-    """out = sum_j coefs[j] * srcs[j], skipping zeros; +-1 without multiplies; no new arrays."""
-    first = True
-    for cf, s in zip(coefs, srcs):
-        if cf == 0:
-            continue
-        if first:
-            np.copyto(out, s) if cf == 1 else np.multiply(s, cf, out=out)
-            first = False
-        elif cf == 1:
-            np.add(out, s, out=out)
-        elif cf == -1:
-            np.subtract(out, s, out=out)
-        else:
-            np.multiply(s, cf, out=tmp)
-            np.add(out, tmp, out=out)
-    if first:
-        out[...] = 0
-
-
 def winograd_filter_transform(w, m=2, dtype=None):
     """U = G g G^T for every (c,o): w (Cin,3,3,Cout) -> U ((m+2)^2, Cout, Cin), contiguous.
 
@@ -231,33 +213,23 @@ def _winograd(x, w, b, pad, m, U):
     ho, wo = _out_size(h, 3, pad, 1), _out_size(wd, 3, pad, 1)
     th, tw = -(-ho // m), -(-wo // m)                      # tiles per column / row
     xp = _pad(x, pad, th * m - ho, tw * m - wo)            # (N, C, th*m+2, tw*m+2)
-    BT = _WINO[m]["BT"]
-    AT = _WINO[m]["AT"]
-    # input transform V = B^T d B, separably: rows of every tile, then columns; strided slices
-    rows = [xp[:, :, j:j + m * th:m, :] for j in range(a)]  # (N,C,th,Wp): row j of each tile row
-    R = np.empty((a, n, c, th, xp.shape[3]), dtype=x.dtype)
-    tmp = np.empty(R.shape[1:], dtype=x.dtype)
-    for k in range(a):
-        _lincomb(BT[k], rows, R[k], tmp)
-    V = np.empty((a, a, n, c, th, tw), dtype=x.dtype)
-    tmp = tmp.reshape(-1)[:n * c * th * tw].reshape(n, c, th, tw)
-    for k in range(a):
-        cols = [R[k][..., j:j + m * tw:m] for j in range(a)]
-        for l in range(a):
-            _lincomb(BT[l], cols, V[k, l], tmp)
-    # a*a batched GEMMs: (Cout, Cin) @ (Cin, tiles) in one matmul call
-    M = np.matmul(U[:, None] if n > 1 else U, V.reshape(a * a, n, c, th * tw) if n > 1
-                  else V.reshape(a * a, c, th * tw)).reshape(a, a, n, cout, th, tw)
-    # output transform Y = A^T M A, written straight into the NCHW tile layout
-    Z = np.empty((m, a, n, cout, th, tw), dtype=x.dtype)
-    tmp = np.empty((a, n, cout, th, tw), dtype=x.dtype)
-    for r in range(m):
-        _lincomb(AT[r], [M[k] for k in range(a)], Z[r], tmp)
-    tmp = tmp[0]
-    y = np.empty((n, cout, th, m, tw, m), dtype=x.dtype)
-    for r in range(m):
-        for s in range(m):
-            _lincomb(AT[s], [Z[r, l] for l in range(a)], y[:, :, :, r, :, s], tmp)
+    BT = np.array(_WINO[m]["BT"], dtype=x.dtype)
+    AT = np.array(_WINO[m]["AT"], dtype=x.dtype)
+    # gather the overlapping a x a tiles (step m) from a strided view: T[i,j,n,c,ti,tj]
+    T = np.empty((a, a, n, c, th, tw), dtype=x.dtype)
+    np.copyto(T, sliding_window_view(xp, (a, a), axis=(2, 3))[:, :, ::m, ::m].transpose(4, 5, 0, 1, 2, 3))
+    # input transform V = B^T d B: two small GEMMs over the tile axes (rows, then columns)
+    V = np.matmul(BT, T.reshape(a, -1)).reshape(a, a, -1)
+    V = np.matmul(BT, V)                                    # V[k,l] = sum_ij BT[k,i] BT[l,j] d[i,j]
+    # a*a batched GEMMs (Cout, Cin) @ (Cin, tiles) in one matmul call
+    if n == 1:
+        M = np.matmul(U, V.reshape(a * a, c, th * tw))
+    else:
+        M = np.matmul(U[:, None], V.reshape(a * a, n, c, th * tw))
+    # output transform Y = A^T M A (rows, then columns), then one copy into NCHW order
+    Z = np.matmul(AT, M.reshape(a, -1)).reshape(m, a, -1)
+    Y = np.matmul(AT, Z).reshape(m, m, n, cout, th, tw)    # Y[r,s,n,o,ti,tj]
+    y = np.ascontiguousarray(Y.transpose(2, 3, 4, 0, 5, 1))  # (n, o, ti, r, tj, s)
     y = y.reshape(n, cout, th * m, tw * m)
     if th * m != ho or tw * m != wo:
         y = np.ascontiguousarray(y[:, :, :ho, :wo])
