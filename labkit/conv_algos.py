@@ -266,14 +266,20 @@ def conv2d_input_grad_winograd4(dy, w, pad, stride, x_shape, U=None):
 
 
 # ----------------------------------------------------------------------------- FFT
-def conv2d_fft(x, w, b, pad, stride=1, mem_bytes=1 << 26):
+def conv2d_fft(x, w, b, pad, stride=1, mode="auto", mem_bytes=1 << 26):
     """FFT convolution, any K, stride 1.  x (N,Cin,H,W), w (Cin,K,K,Cout) -> (N,Cout,Ho,Wo).
 
-    With P = H+2p, Q = W+2p (no wrap-around reaches the valid outputs):
-        Y[n,o,u,v] = sum_c X[n,c,u,v] * conj(Wf[c,o,u,v]),   y = irfft2(Y)[:Ho,:Wo]
-    X = rfft2(xp); conj(Wf)[u,v] = sum_{kh,kw} w[c,kh,kw,o] e^{+2 pi i (u kh/P + v kw/Q)} is
-    evaluated directly (K is small) in chunks of frequency rows so at most ~mem_bytes of
-    filter spectrum exists at once; the channel sum is one batched matmul per chunk."""
+    With P >= H+2p, Q >= W+2p (next fast FFT sizes; no wrap-around reaches the valid outputs)
+    and X = rfft2(xp, s=(P, Q)):
+        Y[n,o,u,v] = sum_c X[n,c,u,v] conj(Wf)[c,o,u,v],   y = irfft2(Y)[:Ho,:Wo]
+        conj(Wf)[c,o,u,v] = sum_{kh,kw} w[c,kh,kw,o] e^{+2 pi i (u kh/P + v kw/Q)}
+    mode="spectrum": textbook; conj(Wf) is built (in chunks of frequency rows, <= ~mem_bytes)
+        and the channel sum is a batched complex matmul per frequency; cost ~ P*Q*Cin*Cout
+        independent of K, but for N=1 it is memory-bound on the Cin*Cout*P*Q filter spectrum.
+    mode="taps": the same sum reordered: Z[kh,kw] = w[:,kh,kw,:]^T @ X (one real GEMM with X
+        viewed as real (Cin, 2*P*Qr)), then Y = sum_{kh,kw} phase[kh,kw] * Z[kh,kw].
+        Cost ~ K*K*P*Q*Cin*Cout, as direct convolution, but at GEMM speed and without im2col.
+    mode="auto": "taps" for K <= 3 (measured faster at all VGG shapes), else "spectrum"."""
     if stride != 1:
         raise ValueError("conv2d_fft supports stride 1 only")
     n, c, h, wd = x.shape
@@ -284,24 +290,40 @@ def conv2d_fft(x, w, b, pad, stride=1, mem_bytes=1 << 26):
     if ho < 1 or wo < 1:
         raise ValueError("empty output")
     ctype = np.result_type(x.dtype, np.complex64)
+    P, Q = sfft.next_fast_len(P, real=True), sfft.next_fast_len(Q, real=True)  # 226 = 2*113 is slow
     Qr = Q // 2 + 1
-    X = sfft.rfft2(xp, workers=-1)                                   # (N,C,P,Qr)
-    Xt = np.ascontiguousarray(X.transpose(2, 3, 0, 1)).reshape(P * Qr, n, c)
+    X = np.ascontiguousarray(sfft.rfft2(xp, s=(P, Q), workers=-1), dtype=ctype)  # (N,C,P,Qr)
     eh = np.exp(2j * np.pi * np.outer(np.arange(P), np.arange(k)) / P).astype(ctype)
     ev = np.exp(2j * np.pi * np.outer(np.arange(Qr), np.arange(k)) / Q).astype(ctype)
-    T1 = np.einsum("vl,cklo->kvco", ev, w.astype(ctype))             # (K, Qr, Cin, Cout)
-    T1 = T1.reshape(k, -1)
-    Y = np.empty((P * Qr, n, cout), dtype=ctype)
-    rows = max(1, mem_bytes // (Qr * cin * cout * np.dtype(ctype).itemsize))
-    for u0 in range(0, P, rows):
-        u1 = min(P, u0 + rows)
-        Wc = (eh[u0:u1] @ T1).reshape((u1 - u0) * Qr, cin, cout)
-        np.matmul(Xt[u0 * Qr:u1 * Qr], Wc, out=Y[u0 * Qr:u1 * Qr])
-    Y = Y.reshape(P, Qr, n, cout).transpose(2, 3, 0, 1)
+    if mode == "auto":
+        mode = "taps" if k <= 3 else "spectrum"
+    if mode == "taps":
+        rtype = X.real.dtype
+        wm = w.reshape(cin, k * k * cout).T.astype(rtype, copy=False)   # (K*K*Cout, Cin)
+        Z = np.matmul(wm, X.view(rtype).reshape(n, cin, P * 2 * Qr))   # real GEMM on (re, im) pairs
+        Z = Z.view(ctype).reshape(n, k, k, cout, P, Qr)
+        Y = np.zeros((n, cout, P, Qr), dtype=ctype)
+        for kh in range(k):
+            row = Z[:, kh, 0].copy()
+            for kw in range(1, k):
+                row += Z[:, kh, kw] * ev[:, kw]
+            Y += row * eh[:, kh, None] if kh else row
+    elif mode == "spectrum":
+        Xt = np.ascontiguousarray(X.transpose(2, 3, 0, 1)).reshape(P * Qr, n, c)
+        T1 = np.einsum("vl,cklo->kvco", ev, w.astype(ctype)).reshape(k, -1)   # (K, Qr*Cin*Cout)
+        Y = np.empty((P * Qr, n, cout), dtype=ctype)
+        rows = max(1, mem_bytes // (Qr * cin * cout * np.dtype(ctype).itemsize))
+        for u0 in range(0, P, rows):
+            u1 = min(P, u0 + rows)
+            Wc = (eh[u0:u1] @ T1).reshape((u1 - u0) * Qr, cin, cout)   # conj(Wf) for these rows
+            np.matmul(Xt[u0 * Qr:u1 * Qr], Wc, out=Y[u0 * Qr:u1 * Qr])
+        Y = Y.reshape(P, Qr, n, cout).transpose(2, 3, 0, 1)
+    else:
+        raise ValueError(f"unknown mode {mode!r}")
     y = sfft.irfft2(Y, s=(P, Q), workers=-1)[:, :, :ho, :wo]
     return _add_bias(np.ascontiguousarray(y, dtype=x.dtype), b)
 
 
-def conv2d_input_grad_fft(dy, w, pad, stride, x_shape):
+def conv2d_input_grad_fft(dy, w, pad, stride, x_shape, mode="auto"):
     """dx = conv2d_fft(dy, rotate_filter(w), pad=K-1-pad) (stride 1; cropped if pad > K-1)."""
-    return _input_grad_via_forward(conv2d_fft, dy, w, pad, stride, x_shape)
+    return _input_grad_via_forward(conv2d_fft, dy, w, pad, stride, x_shape, mode=mode)

@@ -3,7 +3,7 @@
 Error measure everywhere: rel = max|got - want| / max|want| (max-norm relative error).
 float64: rel <= 1e-9 for every algorithm.
 float32 (3x3, pad 1, N(0,1) data, weights scaled 1/sqrt(9*Cin); observed errors in brackets):
-    img2col, Winograd F(2x2,3x3), FFT, weight grads:  5e-6   [1e-7 .. 6e-7]
+    img2col, Winograd F(2x2,3x3), FFT (both modes), weight grads:  5e-6   [1e-7 .. 6e-7]
     Winograd F(4x4,3x3):                              5e-5   [1.5e-6 .. 4e-6]
 F(4x4) is ~10x less accurate than F(2x2): its transforms hold 8, 5, 4 and 1/24, 1/6,
 so the rounding of transformed tiles is amplified before the inverse transform.
@@ -15,7 +15,7 @@ from scipy.signal import correlate
 from labkit import conv_algos as ca
 
 F64_TOL = 1e-9
-F32_TOL = {"img2col": 5e-6, "wino2": 5e-6, "wino4": 5e-5, "fft": 5e-6, "weight": 5e-6}
+F32_TOL = {"img2col": 5e-6, "wino2": 5e-6, "wino4": 5e-5, "fft": 5e-6, "fft_spectrum": 5e-6, "weight": 5e-6}
 
 
 def assert_close(name, got, want, tol):
@@ -60,6 +60,9 @@ METHODS = {  # name: (forward, input grad, supports(K, stride))
               lambda k, s: k == 3 and s == 1),
     "fft": (lambda x, w, b, p, s: ca.conv2d_fft(x, w, b, p, s), ca.conv2d_input_grad_fft,
             lambda k, s: s == 1),
+    "fft_spectrum": (lambda x, w, b, p, s: ca.conv2d_fft(x, w, b, p, s, mode="spectrum"),
+                     lambda dy, w, p, s, shp: ca.conv2d_input_grad_fft(dy, w, p, s, shp, mode="spectrum"),
+                     lambda k, s: s == 1),
 }
 
 PARAMS = [pytest.param(m, c, id=f"{m}-N{c[0]}C{c[1]}O{c[2]}-{c[3]}x{c[4]}-K{c[5]}p{c[6]}s{c[7]}")
