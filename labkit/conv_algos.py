@@ -1,0 +1,329 @@
+"""Convolution algorithms in pure NumPy: reference, img2col, Winograd, FFT.
+
+Conventions (shared by every function here)
+    x   activations, NCHW: (N, Cin, H, W)
+    w   weights, the lab's layout: (Cin, K, K, Cout)
+    b   bias (Cout,) or None
+    y   output (N, Cout, Ho, Wo) with Ho = (H + 2*pad - K)//stride + 1 (same for W)
+
+    y[n,o,i,j] = b[o] + sum_{c,kh,kw} xp[n, c, i*s+kh, j*s+kw] * w[c, kh, kw, o]
+
+where xp is x zero-padded by `pad` on every side.  This is a cross-correlation
+(the deep-learning "convolution").  Every function keeps the dtype of its input
+(float32 for speed, float64 for checks).
+
+Input gradients for stride 1 reuse the forward routines: dx is the "full"
+convolution of dy with the filter rotated by 180 degrees and with Cin/Cout
+swapped, i.e. conv(dy, rotate_filter(w), pad=K-1-pad).  See rotate_filter.
+"""
+import numpy as np
+import scipy.fft as sfft
+from numpy.lib.stride_tricks import sliding_window_view
+
+__all__ = [
+    "conv2d_reference", "conv2d_input_grad_reference", "conv2d_weight_grad_reference",
+    "conv2d_img2col", "conv2d_input_grad_img2col", "conv2d_weight_grad", "im2col",
+    "rotate_filter", "winograd_filter_transform",
+    "conv2d_winograd", "conv2d_winograd4",
+    "conv2d_input_grad_winograd", "conv2d_input_grad_winograd4",
+    "conv2d_fft", "conv2d_input_grad_fft",
+]
+
+
+def _out_size(h, k, pad, stride):
+    ho = (h + 2 * pad - k) // stride + 1
+    if ho < 1:
+        raise ValueError(f"empty output: size {h}, kernel {k}, pad {pad}, stride {stride}")
+    return ho
+
+
+def _pad(x, pad, extra_h=0, extra_w=0):
+    if pad == 0 and extra_h == 0 and extra_w == 0:
+        return x
+    return np.pad(x, ((0, 0), (0, 0), (pad, pad + extra_h), (pad, pad + extra_w)))
+
+
+def _add_bias(y, b):
+    if b is not None:
+        y += b.astype(y.dtype, copy=False).reshape(1, -1, 1, 1)
+    return y
+
+
+# ----------------------------------------------------------------------------- reference
+def conv2d_reference(x, w, b, pad, stride=1):
+    """Plain definition, loop over the K*K kernel offsets only.
+
+    x (N,Cin,H,W), w (Cin,K,K,Cout), b (Cout,) or None -> y (N,Cout,Ho,Wo);
+    y[n,o,i,j] = b[o] + sum_{c,kh,kw} xp[n,c,i*s+kh,j*s+kw] w[c,kh,kw,o].
+    Meant for tests (use float64)."""
+    n, c, h, wd = x.shape
+    k = w.shape[1]
+    ho, wo = _out_size(h, k, pad, stride), _out_size(wd, k, pad, stride)
+    xp = _pad(x, pad)
+    y = np.zeros((n, w.shape[3], ho, wo), dtype=x.dtype)
+    for kh in range(k):
+        for kw in range(k):
+            patch = xp[:, :, kh:kh + stride * (ho - 1) + 1:stride, kw:kw + stride * (wo - 1) + 1:stride]
+            y += np.einsum("nchw,co->nohw", patch, w[:, kh, kw, :])
+    return _add_bias(y, b)
+
+
+def conv2d_input_grad_reference(dy, w, pad, stride, x_shape):
+    """dx (x_shape) = d<y,dy>/dx: scatter dy back through every kernel offset.
+
+    dxp[n,c,i*s+kh,j*s+kw] += sum_o dy[n,o,i,j] w[c,kh,kw,o]; dx = dxp without padding."""
+    n, c, h, wd = x_shape
+    k = w.shape[1]
+    ho, wo = dy.shape[2:]
+    dxp = np.zeros((n, c, h + 2 * pad, wd + 2 * pad), dtype=dy.dtype)
+    for kh in range(k):
+        for kw in range(k):
+            dxp[:, :, kh:kh + stride * (ho - 1) + 1:stride, kw:kw + stride * (wo - 1) + 1:stride] += \
+                np.einsum("nohw,co->nchw", dy, w[:, kh, kw, :])
+    return dxp[:, :, pad:pad + h, pad:pad + wd]
+
+
+def conv2d_weight_grad_reference(x, dy, k, pad, stride):
+    """dw[c,kh,kw,o] = sum_{n,i,j} xp[n,c,i*s+kh,j*s+kw] dy[n,o,i,j]; db[o] = sum dy[n,o,:,:]."""
+    ho, wo = dy.shape[2:]
+    xp = _pad(x, pad)
+    dw = np.zeros((x.shape[1], k, k, dy.shape[1]), dtype=x.dtype)
+    for kh in range(k):
+        for kw in range(k):
+            patch = xp[:, :, kh:kh + stride * (ho - 1) + 1:stride, kw:kw + stride * (wo - 1) + 1:stride]
+            dw[:, kh, kw, :] = np.einsum("nchw,nohw->co", patch, dy)
+    return dw, dy.sum(axis=(0, 2, 3))
+
+
+# ----------------------------------------------------------------------------- img2col
+def im2col(x, k, pad, stride):
+    """x (N,C,H,W) -> cols (N, C*K*K, Ho*Wo), rows ordered (c, kh, kw) like w.reshape(C*K*K, Cout).
+
+    cols[n,(c,kh,kw),(i,j)] = xp[n,c,i*s+kh,j*s+kw].  Built from a strided
+    sliding-window view; the only copy is one np.copyto."""
+    n, c, h, wd = x.shape
+    ho, wo = _out_size(h, k, pad, stride), _out_size(wd, k, pad, stride)
+    v = sliding_window_view(_pad(x, pad), (k, k), axis=(2, 3))   # (N,C,Hp-K+1,Wp-K+1,K,K)
+    v = v[:, :, ::stride, ::stride][:, :, :ho, :wo]
+    cols = np.empty((n, c, k, k, ho, wo), dtype=x.dtype)
+    np.copyto(cols, v.transpose(0, 1, 4, 5, 2, 3))          # the one copy
+    return cols.reshape(n, c * k * k, ho * wo), ho, wo
+
+
+def conv2d_img2col(x, w, b, pad, stride=1):
+    """img2col + one GEMM.  x (N,Cin,H,W), w (Cin,K,K,Cout) -> y (N,Cout,Ho,Wo).
+
+    y[n] = w.reshape(Cin*K*K, Cout).T @ cols[n]  (Cout, Ho*Wo)."""
+    cin, k, _, cout = w.shape
+    cols, ho, wo = im2col(x, k, pad, stride)
+    wm = w.reshape(cin * k * k, cout).T.astype(x.dtype, copy=False)
+    y = np.matmul(wm, cols).reshape(x.shape[0], cout, ho, wo)
+    return _add_bias(y, b)
+
+
+def conv2d_input_grad_img2col(dy, w, pad, stride, x_shape):
+    """Input gradient by GEMM + col2im, any stride.  dy (N,Cout,Ho,Wo) -> dx x_shape.
+
+    dcols[n] = w.reshape(Cin*K*K, Cout) @ dy[n]; col2im adds each (kh,kw) slice of
+    dcols into the shifted, strided window of dxp (loop over K*K offsets only)."""
+    n, c, h, wd = x_shape
+    cin, k, _, cout = w.shape
+    ho, wo = dy.shape[2:]
+    dcols = np.matmul(w.reshape(cin * k * k, cout).astype(dy.dtype, copy=False),
+                      dy.reshape(n, cout, ho * wo)).reshape(n, cin, k, k, ho, wo)
+    dxp = np.zeros((n, c, h + 2 * pad, wd + 2 * pad), dtype=dy.dtype)
+    for kh in range(k):
+        for kw in range(k):
+            dxp[:, :, kh:kh + stride * (ho - 1) + 1:stride, kw:kw + stride * (wo - 1) + 1:stride] += dcols[:, :, kh, kw]
+    return dxp if pad == 0 else np.ascontiguousarray(dxp[:, :, pad:pad + h, pad:pad + wd])
+
+
+def conv2d_weight_grad(x, dy, k, pad, stride=1):
+    """Weight/bias gradients via img2col -> (dw (Cin,K,K,Cout), db (Cout,)).
+
+    dw.reshape(Cin*K*K, Cout) = sum_n cols[n] @ dy[n].T ;  db = dy.sum((0,2,3))."""
+    n, cin = x.shape[:2]
+    cols, ho, wo = im2col(x, k, pad, stride)
+    dyr = dy.reshape(n, dy.shape[1], ho * wo)
+    if n == 1:
+        dw = cols[0] @ dyr[0].T
+    else:   # one GEMM over the stacked batch: (CKK, N*HW) @ (N*HW, Cout)
+        dw = cols.transpose(1, 0, 2).reshape(cols.shape[1], -1) @ dyr.transpose(0, 2, 1).reshape(-1, dy.shape[1])
+    return dw.reshape(cin, k, k, dy.shape[1]), dy.sum(axis=(0, 2, 3))
+
+
+# ----------------------------------------------------------------------------- shared helpers
+def rotate_filter(w):
+    """w (Cin,K,K,Cout) -> (Cout,K,K,Cin) rotated 180 degrees, in/out swapped (contiguous).
+
+    For stride 1: dx = conv(dy, rotate_filter(w), pad=K-1-pad)."""
+    return np.ascontiguousarray(w[:, ::-1, ::-1, :].transpose(3, 1, 2, 0))
+
+
+def _input_grad_via_forward(fwd, dy, w, pad, stride, x_shape, **kw):
+    """Stride-1 input gradient as a full convolution; pad K-1-pad < 0 becomes a crop."""
+    if stride != 1:
+        raise ValueError("this input gradient supports stride 1 only (use conv2d_input_grad_img2col)")
+    k = w.shape[1]
+    h, wd = x_shape[2:]
+    q = k - 1 - pad
+    dx = fwd(dy, rotate_filter(w) if kw.get("U") is None else None, None, max(q, 0), **kw)
+    if q < 0:
+        dx = np.ascontiguousarray(dx[:, :, -q:-q + h, -q:-q + wd])
+    assert dx.shape == tuple(x_shape), (dx.shape, x_shape)
+    return dx
+
+
+# ----------------------------------------------------------------------------- Winograd
+# F(m x m, 3x3): Y = A^T [ (G g G^T) * (B^T d B) ] A  on (m+2)x(m+2) input tiles.
+_WINO = {
+    2: dict(BT=[[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]],
+            G=[[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]],
+            AT=[[1, 1, 1, 0], [0, 1, -1, -1]]),
+    4: dict(BT=[[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]],
+            G=[[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+               [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]],
+            AT=[[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]),
+}
+
+
+def winograd_filter_transform(w, m=2, dtype=None):
+    """U = G g G^T for every (c,o): w (Cin,3,3,Cout) -> U ((m+2)^2, Cout, Cin), contiguous.
+
+    Compute once per layer and pass as U= to conv2d_winograd / conv2d_winograd4 (forward) or,
+    from rotate_filter(w), to the conv2d_input_grad_winograd* functions."""
+    if w.shape[1:3] != (3, 3):
+        raise ValueError(f"Winograd F({m}x{m},3x3) needs a 3x3 kernel, got {w.shape[1:3]}")
+    G = np.array(_WINO[m]["G"], dtype=np.float64)
+    a = m + 2
+    u = np.einsum("ki,lj,cijo->kloc", G, G, w.astype(np.float64))
+    return np.ascontiguousarray(u.reshape(a * a, w.shape[3], w.shape[0]), dtype=dtype or w.dtype)
+
+
+def _winograd(x, w, b, pad, m, U):
+    n, c, h, wd = x.shape
+    a = m + 2
+    if U is None:
+        U = winograd_filter_transform(w, m, x.dtype)
+    cout = U.shape[1]
+    if U.shape != (a * a, cout, c):
+        raise ValueError(f"transformed filter shape {U.shape} does not fit F({m}x{m},3x3) with Cin={c}")
+    U = U.astype(x.dtype, copy=False)
+    ho, wo = _out_size(h, 3, pad, 1), _out_size(wd, 3, pad, 1)
+    th, tw = -(-ho // m), -(-wo // m)                      # tiles per column / row
+    xp = _pad(x, pad, th * m - ho, tw * m - wo)            # (N, C, th*m+2, tw*m+2)
+    BT = np.array(_WINO[m]["BT"], dtype=x.dtype)
+    AT = np.array(_WINO[m]["AT"], dtype=x.dtype)
+    # gather the overlapping a x a tiles (step m) from a strided view: T[i,j,n,c,ti,tj]
+    T = np.empty((a, a, n, c, th, tw), dtype=x.dtype)
+    np.copyto(T, sliding_window_view(xp, (a, a), axis=(2, 3))[:, :, ::m, ::m].transpose(4, 5, 0, 1, 2, 3))
+    # input transform V = B^T d B: two small GEMMs over the tile axes (rows, then columns)
+    V = np.matmul(BT, T.reshape(a, -1)).reshape(a, a, -1)
+    V = np.matmul(BT, V)                                    # V[k,l] = sum_ij BT[k,i] BT[l,j] d[i,j]
+    # a*a batched GEMMs (Cout, Cin) @ (Cin, tiles) in one matmul call
+    if n == 1:
+        M = np.matmul(U, V.reshape(a * a, c, th * tw))
+    else:
+        M = np.matmul(U[:, None], V.reshape(a * a, n, c, th * tw))
+    # output transform Y = A^T M A (rows, then columns), then one copy into NCHW order
+    Z = np.matmul(AT, M.reshape(a, -1)).reshape(m, a, -1)
+    Y = np.matmul(AT, Z).reshape(m, m, n, cout, th, tw)    # Y[r,s,n,o,ti,tj]
+    y = np.ascontiguousarray(Y.transpose(2, 3, 4, 0, 5, 1))  # (n, o, ti, r, tj, s)
+    y = y.reshape(n, cout, th * m, tw * m)
+    if th * m != ho or tw * m != wo:
+        y = np.ascontiguousarray(y[:, :, :ho, :wo])
+    return _add_bias(y, b)
+
+
+def conv2d_winograd(x, w, b, pad, U=None):
+    """Winograd F(2x2,3x3), stride 1.  x (N,Cin,H,W), w (Cin,3,3,Cout) -> (N,Cout,Ho,Wo).
+
+    Overlapping 4x4 tiles (step 2), V = B^T d B, 16 GEMMs M[xi] = U[xi] @ V[xi] with
+    U = G g G^T, Y = A^T M A per 2x2 output tile; odd sizes are padded up and cropped.
+    Pass U=winograd_filter_transform(w, 2) to skip the filter transform (w may then be None).
+    2.25x fewer multiplies than direct."""
+    return _winograd(x, w, b, pad, 2, U)
+
+
+def conv2d_winograd4(x, w, b, pad, U=None):
+    """Winograd F(4x4,3x3), stride 1: 6x6 tiles (step 4), 36 GEMMs, 4x fewer multiplies
+    than direct but larger float32 rounding error (transform entries up to 8 and 1/24).
+    Same shapes/arguments as conv2d_winograd; U=winograd_filter_transform(w, 4)."""
+    return _winograd(x, w, b, pad, 4, U)
+
+
+def conv2d_input_grad_winograd(dy, w, pad, stride, x_shape, U=None):
+    """dx = conv2d_winograd(dy, rotate_filter(w), pad=2-pad) (stride 1, cropped if pad > 2).
+
+    U (optional) = winograd_filter_transform(rotate_filter(w), 2), cached by the layer."""
+    return _input_grad_via_forward(conv2d_winograd, dy, w, pad, stride, x_shape, U=U)
+
+
+def conv2d_input_grad_winograd4(dy, w, pad, stride, x_shape, U=None):
+    """As conv2d_input_grad_winograd with F(4x4,3x3); U from winograd_filter_transform(rotate_filter(w), 4)."""
+    return _input_grad_via_forward(conv2d_winograd4, dy, w, pad, stride, x_shape, U=U)
+
+
+# ----------------------------------------------------------------------------- FFT
+def conv2d_fft(x, w, b, pad, stride=1, mode="auto", mem_bytes=1 << 26):
+    """FFT convolution, any K, stride 1.  x (N,Cin,H,W), w (Cin,K,K,Cout) -> (N,Cout,Ho,Wo).
+
+    With P >= H+2p, Q >= W+2p (next fast FFT sizes; no wrap-around reaches the valid outputs)
+    and X = rfft2(xp, s=(P, Q)):
+        Y[n,o,u,v] = sum_c X[n,c,u,v] conj(Wf)[c,o,u,v],   y = irfft2(Y)[:Ho,:Wo]
+        conj(Wf)[c,o,u,v] = sum_{kh,kw} w[c,kh,kw,o] e^{+2 pi i (u kh/P + v kw/Q)}
+    mode="spectrum": textbook; conj(Wf) is built (in chunks of frequency rows, <= ~mem_bytes)
+        and the channel sum is a batched complex matmul per frequency; cost ~ P*Q*Cin*Cout
+        independent of K, but for N=1 it is memory-bound on the Cin*Cout*P*Q filter spectrum.
+    mode="taps": the same sum reordered: Z[kh,kw] = w[:,kh,kw,:]^T @ X (one real GEMM with X
+        viewed as real (Cin, 2*P*Qr)), then Y = sum_{kh,kw} phase[kh,kw] * Z[kh,kw].
+        Cost ~ K*K*P*Q*Cin*Cout, as direct convolution, but at GEMM speed and without im2col.
+    mode="auto": "taps" for K <= 3 (measured faster at all VGG shapes), else "spectrum"."""
+    if stride != 1:
+        raise ValueError("conv2d_fft supports stride 1 only")
+    n, c, h, wd = x.shape
+    cin, k, _, cout = w.shape
+    xp = _pad(x, pad)
+    P, Q = xp.shape[2:]
+    ho, wo = P - k + 1, Q - k + 1
+    if ho < 1 or wo < 1:
+        raise ValueError("empty output")
+    ctype = np.result_type(x.dtype, np.complex64)
+    P, Q = sfft.next_fast_len(P, real=True), sfft.next_fast_len(Q, real=True)  # 226 = 2*113 is slow
+    Qr = Q // 2 + 1
+    X = np.ascontiguousarray(sfft.rfft2(xp, s=(P, Q), workers=-1), dtype=ctype)  # (N,C,P,Qr)
+    eh = np.exp(2j * np.pi * np.outer(np.arange(P), np.arange(k)) / P).astype(ctype)
+    ev = np.exp(2j * np.pi * np.outer(np.arange(Qr), np.arange(k)) / Q).astype(ctype)
+    if mode == "auto":
+        mode = "taps" if k <= 3 else "spectrum"
+    if mode == "taps":
+        rtype = X.real.dtype
+        wm = w.reshape(cin, k * k * cout).T.astype(rtype, copy=False)   # (K*K*Cout, Cin)
+        Z = np.matmul(wm, X.view(rtype).reshape(n, cin, P * 2 * Qr))   # real GEMM on (re, im) pairs
+        Z = Z.view(ctype).reshape(n, k, k, cout, P, Qr)
+        Y = np.zeros((n, cout, P, Qr), dtype=ctype)
+        for kh in range(k):
+            row = Z[:, kh, 0].copy()
+            for kw in range(1, k):
+                row += Z[:, kh, kw] * ev[:, kw]
+            Y += row * eh[:, kh, None] if kh else row
+    elif mode == "spectrum":
+        Xt = np.ascontiguousarray(X.transpose(2, 3, 0, 1)).reshape(P * Qr, n, c)
+        T1 = np.einsum("vl,cklo->kvco", ev, w.astype(ctype)).reshape(k, -1)   # (K, Qr*Cin*Cout)
+        Y = np.empty((P * Qr, n, cout), dtype=ctype)
+        rows = max(1, mem_bytes // (Qr * cin * cout * np.dtype(ctype).itemsize))
+        for u0 in range(0, P, rows):
+            u1 = min(P, u0 + rows)
+            Wc = (eh[u0:u1] @ T1).reshape((u1 - u0) * Qr, cin, cout)   # conj(Wf) for these rows
+            np.matmul(Xt[u0 * Qr:u1 * Qr], Wc, out=Y[u0 * Qr:u1 * Qr])
+        Y = Y.reshape(P, Qr, n, cout).transpose(2, 3, 0, 1)
+    else:
+        raise ValueError(f"unknown mode {mode!r}")
+    y = sfft.irfft2(Y, s=(P, Q), workers=-1)[:, :, :ho, :wo]
+    return _add_bias(np.ascontiguousarray(y, dtype=x.dtype), b)
+
+
+def conv2d_input_grad_fft(dy, w, pad, stride, x_shape, mode="auto"):
+    """dx = conv2d_fft(dy, rotate_filter(w), pad=K-1-pad) (stride 1; cropped if pad > K-1)."""
+    return _input_grad_via_forward(conv2d_fft, dy, w, pad, stride, x_shape, mode=mode)
