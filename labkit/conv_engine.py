@@ -1,0 +1,130 @@
+"""The fast convolution behind ``ConvolutionalLayer(..., method=...)`` (not a student file).
+
+One engine per layer. It keeps what does not change between calls: the weight as a GEMM
+matrix, the Winograd filter transforms of the weight and of the 180-degree-rotated weight
+(for input gradients), and the zero-bordered padding buffer. Methods (``labkit.conv_algos``):
+
+=============  =====================================================================
+img2col        shifted-slice img2col + one GEMM; input gradient of stride 1 is a
+               convolution of dy with the rotated filter (no scatter); any K, stride
+winograd       F(2x2,3x3): 2.25x fewer multiplies; 3x3, stride 1
+winograd4      F(4x4,3x3): 4x fewer multiplies; 3x3, stride 1 (float32 error ~1e-6)
+fft            FFT convolution; any K, stride 1
+auto           the fastest for the shape, from ``choose_method`` (measured table)
+=============  =====================================================================
+"""
+import numpy as np
+
+from labkit import conv_algos as algos
+
+METHODS = ("img2col", "winograd", "winograd4", "fft", "auto")
+
+
+def choose_method(kernel_size, stride, channel_in, channel_out, height, width):
+    """The default method for a convolution of this shape (N = 1, float32, 2 cores).
+
+    Winograd F(4x4) pays once the GEMMs dominate its tile transforms: many channels on
+    maps of at least 28x28 (VGG's conv3_x-conv4_x, and conv5_x at 512x512 inputs).
+    Everything else (few channels, 14x14 maps, other kernels or strides) uses img2col.
+    ``benchmarks/bench_conv_algos.py`` re-measures the table on a new machine.
+    """
+    if kernel_size != 3 or stride != 1:
+        return "img2col"
+    if min(channel_in, channel_out) >= 128 and height * width >= 28 * 28:
+        return "winograd4"
+    return "img2col"
+
+
+class ConvEngine:
+    """Fast forward / input gradient / parameter gradients of one convolution.
+
+    weight [Cin, K, K, Cout], bias [Cout]; x (N, Cin, H, W) -> y (N, Cout, Ho, Wo).
+    """
+
+    def __init__(self, weight, bias, padding, stride, method="auto"):
+        if method not in METHODS:
+            raise ValueError(f"unknown convolution method {method!r}; choose one of {METHODS}")
+        self.weight, self.bias = weight, bias
+        self.cin, self.k, _, self.cout = weight.shape
+        self.padding, self.stride = padding, stride
+        self.method = method
+        self._cache = {}
+
+    def _method(self, x_shape, cin, cout):
+        if self.method != "auto":
+            if self.method != "img2col" and self.stride != 1:
+                raise ValueError(f"method {self.method!r} needs stride 1 (this layer has "
+                                 f"stride {self.stride}); use 'img2col' or 'auto'.")
+            if self.method.startswith("winograd") and self.k != 3:
+                raise ValueError(f"method {self.method!r} needs a 3x3 kernel; use 'img2col'.")
+            return self.method
+        return choose_method(self.k, self.stride, cin, cout, x_shape[2], x_shape[3])
+
+    def _get(self, key, make):
+        value = self._cache.get(key)
+        if value is None:
+            value = self._cache[key] = make()
+        return value
+
+    def _conv(self, x, w_key, w, bias, pad, method):
+        """x (N, C, H, W) convolved with w [C, K, K, C'] (stride self.stride if img2col)."""
+        dtype = x.dtype
+        if method == "img2col":
+            return self._img2col(x, w_key, w, bias, pad)
+        if method in ("winograd", "winograd4"):
+            m = 2 if method == "winograd" else 4
+            U = self._get((w_key, method, dtype),
+                          lambda: algos.winograd_filter_transform(w, m, dtype))
+            fn = algos.conv2d_winograd if m == 2 else algos.conv2d_winograd4
+            return fn(x, None, bias, pad, U=U)
+        return algos.conv2d_fft(x, w.astype(dtype, copy=False), bias, pad)
+
+    def _img2col(self, x, w_key, w, bias, pad):
+        n, c, h, wd = x.shape
+        k, s = w.shape[1], self.stride
+        cout = w.shape[3]
+        wm = self._get((w_key, "gemm", x.dtype),
+                       lambda: np.ascontiguousarray(w.reshape(c * k * k, cout).T, dtype=x.dtype))
+        ho, wo = (h + 2 * pad - k) // s + 1, (wd + 2 * pad - k) // s + 1
+        xp = self._padded(x, pad)
+        cols = np.empty((n, c, k, k, ho, wo), dtype=x.dtype)
+        for kh in range(k):                     # shifted slices: K*K copies, no pixel loop
+            for kw in range(k):
+                cols[:, :, kh, kw] = xp[:, :, kh:kh + s * (ho - 1) + 1:s,
+                                         kw:kw + s * (wo - 1) + 1:s]
+        y = np.matmul(wm, cols.reshape(n, c * k * k, ho * wo)).reshape(n, cout, ho, wo)
+        if bias is not None:
+            y += bias.astype(x.dtype, copy=False).reshape(1, -1, 1, 1)
+        return y
+
+    def _padded(self, x, pad):
+        """x in a reused zero-bordered buffer (the border is written once)."""
+        if pad == 0:
+            return x
+        shape = x.shape[:2] + (x.shape[2] + 2 * pad, x.shape[3] + 2 * pad)
+        buf = self._get(("pad", shape, pad, x.dtype), lambda: np.zeros(shape, x.dtype))
+        buf[:, :, pad:-pad, pad:-pad] = x
+        return buf
+
+    # -- the three things a layer needs ------------------------------------------------
+    def forward(self, x):
+        method = self._method(x.shape, self.cin, self.cout)
+        return self._conv(x, "w", self.weight, self.bias, self.padding, method)
+
+    def input_grad(self, dy, x_shape):
+        """dL/dx (x_shape) from dy (N, Cout, Ho, Wo)."""
+        if self.stride != 1:
+            return algos.conv2d_input_grad_img2col(dy, self.weight, self.padding, self.stride,
+                                                   x_shape)
+        q = self.k - 1 - self.padding
+        method = self._method(dy.shape, self.cout, self.cin)
+        wr = self._get(("rot", dy.dtype), lambda: algos.rotate_filter(self.weight))
+        dx = self._conv(dy, "rot", wr, None, max(q, 0), method)
+        if q < 0:
+            h, w = x_shape[2:]
+            dx = np.ascontiguousarray(dx[:, :, -q:-q + h, -q:-q + w])
+        return dx
+
+    def param_grad(self, x, dy):
+        """(dL/dweight [Cin, K, K, Cout], dL/dbias [Cout])."""
+        return algos.conv2d_weight_grad(x, dy, self.k, self.padding, self.stride)
