@@ -1,0 +1,138 @@
+"""Exp 3.2: classify an image with VGG19 on the DLP through pycnml (stu_upload/vgg19_demo.py).
+
+Without a DLP (no ``pycnml`` module) the same code runs on labkit.pycnml_sim, a NumPy
+simulator of the MLU's INT8/fp16 arithmetic; the output says which backend ran.
+
+    python main_exp_3_2.py --image cat.jpg                      # real weights + quant file
+    python main_exp_3_2.py --demo                               # no weights needed
+    python main_exp_3_2.py --evaluate val_list.txt              # lines "image_path label"
+    python -m labkit.calibrate --weights W.mat --images photos/ # makes the quant file
+"""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+from labkit.calibrate import DEFAULT_QUANT, calibrate_vgg19, demo_images
+from labkit.cli import DEFAULT_WEIGHTS, UserError, run_main
+
+DEMO_FOLDER = os.path.join("output", "demo_dlp")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description="Exp 3.2: VGG19 image classification on the DLP (Cambricon MLU270) "
+        "through pycnml, or on the NumPy pycnml simulator where there is no DLP; then a "
+        "comparison with the float CPU network of exp 3.1.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--weights", default=DEFAULT_WEIGHTS,
+                   help="MatConvNet imagenet-vgg-verydeep-19.mat (legacy or meta layout)")
+    p.add_argument("--quant", default=DEFAULT_QUANT,
+                   help="INT8 quantisation file (.npz, keys 'input' and 'filter', 19 "
+                   "[position, scale] pairs each); make it with python -m labkit.calibrate")
+    p.add_argument("--image", help="image to classify (any format Pillow reads)")
+    p.add_argument("--runs", type=int, default=10,
+                   help="how many times to run forward() on the image (each prints its "
+                   "inference time and the top-1 class)")
+    p.add_argument("--top-k", type=int, default=5, help="how many classes to print")
+    p.add_argument("--no-compare", action="store_true",
+                   help="skip the comparison with the float CPU network (stu_upload/vgg_cpu.py)")
+    p.add_argument("--evaluate", metavar="FILE_LIST",
+                   help="text file of lines 'image_path label' (label = class index): print "
+                   "top-1/top-5 accuracy over it (paths relative to the list's folder)")
+    p.add_argument("--demo", action="store_true",
+                   help="no weights needed: write a random-weight VGG19 .mat (real layout, "
+                   "widths / 8, 1000 classes), a synthetic image, calibrate the quant file on "
+                   "synthetic images, and run. Classes are meaningless; it shows the code path")
+    args = p.parse_args(argv)
+    if args.runs < 1:
+        p.error("--runs must be at least 1")
+    if args.top_k < 1:
+        p.error("--top-k must be at least 1")
+    return args
+
+
+def prepare_demo(folder=DEMO_FOLDER):
+    """Write the demo weights, image and quant file; returns their paths."""
+    from labkit.fixtures import write_vgg19_mat
+    from labkit.images import make_demo_image, save_rgb
+    os.makedirs(folder, exist_ok=True)
+    weights = os.path.join(folder, "demo_vgg19_random_width8.mat")
+    image = os.path.join(folder, "demo_image.png")
+    quant = os.path.join(folder, "demo_vgg19_quant.npz")
+    write_vgg19_mat(weights, layout="legacy", width_div=8, num_classes=1000, seed=0)
+    save_rgb(make_demo_image(256, 320), image)
+    calib = demo_images(os.path.join(folder, "calib_images"), count=4, seed=100)
+    calibrate_vgg19(weights, calib + [image], quant, verbose=False)
+    return weights, image, quant
+
+
+def compare_with_cpu(vgg, image, k):
+    """Run the float CPU VGG19 on ``image``; print and return the agreement numbers."""
+    from stu_upload.vgg_cpu import VGG19 as CpuVGG19
+    cpu = CpuVGG19(vgg.param_path, type=1, dtype=np.float32, verbose=False)
+    cpu.build_model()
+    cpu.load_model()
+    cpu.load_image(image)
+    start = time.time()
+    prob_cpu = np.asarray(cpu.forward(), dtype=np.float64).ravel()
+    cpu_time = time.time() - start
+    prob = np.asarray(vgg.prob, dtype=np.float64)
+    top_dlp = list(np.argsort(-prob, kind="stable")[:k])
+    top_cpu = list(np.argsort(-prob_cpu, kind="stable")[:k])
+    overlap = len(set(top_dlp) & set(top_cpu))
+    diff = float(np.max(np.abs(prob - prob_cpu)))
+    print("\nComparison with the float32 CPU network (exp 3.1, img2col layers):")
+    print(f"  top-1 equal: {'yes' if top_dlp[0] == top_cpu[0] else 'NO'} "
+          f"(pycnml {top_dlp[0]}, CPU {top_cpu[0]})")
+    print(f"  top-{k} overlap: {overlap}/{k}")
+    print(f"  max |prob difference|: {diff:.3g}")
+    print(f"  time: pycnml forward {vgg.inference_time:.3f} s, CPU forward {cpu_time:.3f} s "
+          f"(ratio {vgg.inference_time / max(cpu_time, 1e-9):.2f})")
+    return {"top1_equal": top_dlp[0] == top_cpu[0], "overlap": overlap, "max_diff": diff,
+            "time": vgg.inference_time, "cpu_time": cpu_time}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.demo:
+        args.weights, demo_image, args.quant = prepare_demo()
+        args.image = args.image or demo_image
+        print("DEMO: random-weight VGG19 (real layout, channel widths / 8, 1000 placeholder "
+              "classes) on a synthetic image, quantisation calibrated on synthetic images.\n"
+              f"      files in {DEMO_FOLDER}")
+    if not args.image and not args.evaluate:
+        raise UserError("no image given: pass --image PATH or --evaluate FILE_LIST "
+                        "(or --demo to run without weights).")
+    if args.evaluate and not os.path.isfile(args.evaluate):
+        raise UserError(f"file list not found: {args.evaluate} (lines 'image_path label').")
+    from stu_upload.vgg19_demo import BACKEND, SIMULATED, VGG19
+    print(f"Backend: {BACKEND}" + (" -- no DLP here; INT8/fp16 arithmetic simulated on the "
+                                   "CPU, times are NOT DLP times" if SIMULATED else ""))
+    vgg = VGG19()
+    vgg.build_model(param_path=args.weights, quant_param_path=args.quant)
+    vgg.load_model()
+    print(f"Weights: {args.weights} ({vgg.file.layout} layout, {vgg.file.num_classes} classes);"
+          f" quantisation: {args.quant}")
+    if args.image:
+        vgg.load_image(args.image)
+        times = []
+        for run in range(1, args.runs + 1):
+            vgg.forward()
+            times.append(vgg.inference_time)
+            idx, name, p = vgg.top_k(1)[0]
+            print(f"run {run}/{args.runs}: top-1 class {idx} ({name}), prob {p:.6f}")
+        print(f"mean inference time over {args.runs} runs: {np.mean(times):.3f} s")
+        for rank, (idx, name, p) in enumerate(vgg.top_k(args.top_k), 1):
+            print(f"  top-{rank}: {idx:4d}  {p:9.6f}  {name}")
+        if not args.no_compare:
+            compare_with_cpu(vgg, args.image, min(args.top_k, vgg.file.num_classes))
+    if args.evaluate:
+        vgg.evaluate(args.evaluate)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
