@@ -93,12 +93,17 @@ class ConvolutionalLayer:
     """2-D convolution. input (N, Cin, H, W) -> output (N, Cout, H_out, W_out), eq. 3.4.
 
     ``type=0`` binds forward/backward to the loop versions, ``type=1`` to img2col.
+    ``type=1`` with ``method`` None runs the lab's img2col below; "img2col", "winograd",
+    "winograd4", "fft" or "auto" use the tuned engine of ``labkit.conv_engine`` instead
+    (beyond the lab: the handout's other fast algorithms; "auto" picks the fastest per
+    shape). After changing ``weight`` in place, call ``params_changed()``.
     Cache between forward and backward: ``self.input`` (N, Cin, H, W) and, for img2col,
     ``self.cols`` (N*H_out*W_out, Cin*K*K). Set ``self.need_param_grad = False`` when only
     the input gradient is needed (style transfer): backward then skips d_weight and d_bias.
     """
 
-    def __init__(self, kernel_size, channel_in, channel_out, padding, stride, type=0):
+    def __init__(self, kernel_size, channel_in, channel_out, padding, stride, type=0,
+                 method=None):
         self.kernel_size = int(kernel_size)
         self.channel_in = int(channel_in)
         self.channel_out = int(channel_out)
@@ -115,10 +120,19 @@ class ConvolutionalLayer:
         self.weight = None
         self.bias = None
         self.forward_time = self.backward_time = 0.0
+        self.method = method
+        self._cast = {}             # dtype -> (weight, bias) in that dtype
+        self._engine = None
         if type == 0:
             self.forward, self.backward = self.forward_raw, self.backward_raw
-        elif type == 1:
+        elif type == 1 and method is None:
             self.forward, self.backward = self.forward_speedup, self.backward_speedup
+        elif type == 1:
+            from labkit.conv_engine import METHODS
+            if method not in METHODS:
+                raise ValueError(f"ConvolutionalLayer: method must be None (the lab's "
+                                 f"img2col) or one of {METHODS}, got {method!r}.")
+            self.forward, self.backward = self.forward_engine, self.backward_engine
         else:
             raise ValueError(f"ConvolutionalLayer: type must be 0 (loops) or 1 (img2col), "
                              f"got {type!r}.")
@@ -129,6 +143,7 @@ class ConvolutionalLayer:
         k = self.kernel_size
         self.weight = rng.normal(0.0, std, size=(self.channel_in, k, k, self.channel_out))
         self.bias = np.zeros(self.channel_out)
+        self.params_changed()
 
     def load_param(self, weight, bias):
         """weight [Cin, K, K, Cout]; bias [Cout] (a [1, Cout] or [Cout, 1] bias is flattened)."""
@@ -139,12 +154,17 @@ class ConvolutionalLayer:
         check_param_shape(self, "bias", bias.shape, (self.channel_out,))
         self.weight = np.ascontiguousarray(weight)
         self.bias = bias
+        self.params_changed()
 
     def _params(self, dtype):
+        """(weight, bias) in ``dtype``, converted once per dtype and kept."""
         if self.weight is None:
             raise RuntimeError(f"{type(self).__name__}: no parameters yet; call init_param() "
                                f"or load_param(weight, bias) before forward().")
-        return self.weight.astype(dtype, copy=False), self.bias.astype(dtype, copy=False)
+        if dtype not in self._cast:
+            self._cast[dtype] = (self.weight.astype(dtype, copy=False),
+                                 self.bias.astype(dtype, copy=False))
+        return self._cast[dtype]
 
     def _check_input(self, x):
         if x.ndim != 4 or x.shape[1] != self.channel_in:
@@ -243,12 +263,44 @@ class ConvolutionalLayer:
         self.backward_time = time.time() - start
         return np.ascontiguousarray(bottom_diff)
 
+    # -- type 1 with a tuned method: labkit.conv_engine ----------------------------------
+    def forward_engine(self, input):
+        """Same result as forward_speedup, by the engine's method for this shape."""
+        start = time.time()
+        self._check_input(input)
+        weight, bias = self._params(input.dtype)
+        if self._engine is None or self._engine.weight is not weight:
+            from labkit.conv_engine import ConvEngine
+            self._engine = ConvEngine(weight, bias, self.padding, self.stride, self.method)
+        self.input = input
+        output = self._engine.forward(input)
+        self.forward_time = time.time() - start
+        return output
+
+    def backward_engine(self, top_diff):
+        """Input gradient as a convolution of top_diff (stride 1); parameter gradients
+        only when ``need_param_grad``."""
+        start = time.time()
+        x = need(self, "input")
+        if top_diff.dtype != x.dtype:
+            top_diff = top_diff.astype(x.dtype)
+        bottom_diff = self._engine.input_grad(top_diff, x.shape)
+        if self.need_param_grad:
+            self.d_weight, self.d_bias = self._engine.param_grad(x, top_diff)
+        self.backward_time = time.time() - start
+        return bottom_diff
+
+    def params_changed(self):
+        """Forget converted weights and filter transforms (after an in-place change)."""
+        self._cast, self._engine = {}, None
+
     def get_gradient(self):
         return self.d_weight, self.d_bias
 
     def update_param(self, lr):
         self.weight = self.weight - lr * self.d_weight
         self.bias = self.bias - lr * self.d_bias
+        self.params_changed()
 
     def get_forward_time(self):
         return self.forward_time

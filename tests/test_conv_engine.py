@@ -1,0 +1,108 @@
+"""labkit/conv_engine.py through ConvolutionalLayer(type=1, method=...): every method gives
+the loop layer's results (float64 to 1e-9 relative) and its gradients pass the numerical check."""
+import numpy as np
+import pytest
+
+from labkit.conv_engine import ConvEngine, choose_method
+from labkit.gradcheck import assert_close, check_vjp, numeric_gradient
+from stu_upload.layer_2 import ConvolutionalLayer
+
+CASES = [  # N, Cin, H, W, Cout, K, pad, stride
+    (1, 3, 7, 9, 4, 3, 1, 1), (2, 4, 6, 5, 3, 3, 0, 1), (1, 2, 5, 6, 3, 3, 2, 1),
+    (1, 3, 8, 7, 2, 5, 2, 1), (2, 2, 9, 8, 3, 3, 1, 2), (1, 3, 5, 5, 2, 1, 0, 1),
+]
+METHODS = ["img2col", "winograd", "winograd4", "fft", "auto"]
+
+
+def supported(method, case):
+    k, stride = case[5], case[7]
+    if method in ("winograd", "winograd4"):
+        return k == 3 and stride == 1
+    if method == "fft":
+        return stride == 1
+    return True
+
+
+def pair(rng, case, method, dtype=np.float64):
+    n, cin, h, w, cout, k, pad, stride = case
+    ref = ConvolutionalLayer(k, cin, cout, pad, stride, type=0)
+    ref.load_param(rng.standard_normal((cin, k, k, cout)), rng.standard_normal(cout))
+    fast = ConvolutionalLayer(k, cin, cout, pad, stride, type=1, method=method)
+    fast.load_param(ref.weight.astype(dtype), ref.bias.astype(dtype))
+    return ref, fast, rng.standard_normal((n, cin, h, w))
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_method_matches_loops_float64(rng, case, method):
+    if not supported(method, case):
+        pytest.skip(f"{method} does not support K={case[5]}, stride={case[7]}")
+    ref, fast, x = pair(rng, case, method)
+    y = ref.forward(x)
+    assert_close("forward", fast.forward(x), y, 1e-9, f"{method} {case}: ")
+    dy = rng.standard_normal(y.shape)
+    assert_close("bottom_diff", fast.backward(dy), ref.backward(dy), 1e-9, f"{method} {case}: ")
+    assert_close("d_weight", fast.d_weight, ref.d_weight, 1e-9, f"{method} {case}: ")
+    assert_close("d_bias", fast.d_bias, ref.d_bias, 1e-9, f"{method} {case}: ")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_method_gradient_check(rng, method):
+    _, layer, x = pair(rng, CASES[0], method)
+    check_vjp("bottom_diff", layer.forward, layer.backward, x, threshold=1e-7, context=method)
+    dy = rng.standard_normal(layer.forward(x).shape)
+    layer.backward(dy)
+    def loss():
+        layer.params_changed()          # the engine caches filter transforms
+        return float(np.sum(layer.forward(x) * dy))
+
+    w = layer.weight
+    assert_close("d_weight", layer.d_weight, numeric_gradient(loss, w), 1e-7, method)
+
+
+# float32 error bounds (max|err| / max|ref|): GEMM-based methods ~1e-7 rounding;
+# Winograd F(4x4) transforms have entries up to 8 and 1/24, so ~10x more.
+FLOAT32_BOUND = {"img2col": 5e-6, "winograd": 5e-6, "winograd4": 5e-5, "fft": 5e-6, "auto": 5e-5}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_method_float32_error(rng, method):
+    case = (1, 64, 30, 28, 128, 3, 1, 1)        # big enough for "auto" to pick Winograd
+    ref, fast, x = pair(rng, case, method, np.float32)
+    ref64 = ConvolutionalLayer(3, 64, 128, 1, 1, type=1)
+    ref64.load_param(ref.weight, ref.bias)
+    y32 = fast.forward(x.astype(np.float32))
+    assert y32.dtype == np.float32
+    assert_close("forward float32", y32, ref64.forward(x), FLOAT32_BOUND[method], method)
+    dy = rng.standard_normal(y32.shape)
+    dx32 = fast.backward(dy.astype(np.float32))
+    assert dx32.dtype == np.float32
+    assert_close("bottom_diff float32", dx32, ref64.backward(dy), FLOAT32_BOUND[method], method)
+
+
+def test_engine_skips_param_grad_and_rejects_bad_methods(rng):
+    _, layer, x = pair(rng, CASES[0], "winograd4")
+    layer.need_param_grad = False
+    layer.backward(np.ones_like(layer.forward(x)))
+    assert not hasattr(layer, "d_weight")
+    with pytest.raises(ValueError, match="method must be None"):
+        ConvolutionalLayer(3, 2, 2, 1, 1, type=1, method="magic")
+    strided = ConvolutionalLayer(3, 2, 2, 1, 2, type=1, method="winograd")
+    strided.init_param()
+    with pytest.raises(ValueError, match="needs stride 1"):
+        strided.forward(np.zeros((1, 2, 6, 6)))
+
+
+def test_reloading_weights_rebuilds_the_engine(rng):
+    _, layer, x = pair(rng, CASES[0], "winograd")
+    y1 = layer.forward(x)
+    layer.load_param(layer.weight * 2, layer.bias * 2)
+    assert_close("forward after load_param", layer.forward(x), 2 * y1, 1e-12)
+
+
+def test_choose_method_table():
+    assert choose_method(3, 1, 512, 512, 28, 28) == "winograd4"
+    assert choose_method(3, 1, 3, 64, 224, 224) == "img2col"
+    assert choose_method(3, 2, 512, 512, 28, 28) == "img2col"
+    assert choose_method(5, 1, 512, 512, 28, 28) == "img2col"
+    assert isinstance(ConvEngine(np.zeros((2, 3, 3, 2)), None, 1, 1), ConvEngine)
