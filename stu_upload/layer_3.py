@@ -54,7 +54,8 @@ class StyleLossLayer:
 
     The style Gram A is computed once and cached: either call ``set_target(style_layer)``
     and pass ``style_layer=None`` afterwards, or pass the same array object every call
-    (a new object recomputes A; do not change the target array in place).
+    (a new object recomputes A; do not change the target array in place). backward()
+    reuses the G of the forward() that was given the same input_layer object.
     """
 
     def __init__(self):
@@ -81,8 +82,9 @@ class StyleLossLayer:
                              f"same network layer for both.")
         return self.gram_style.astype(input_layer.dtype, copy=False)
 
-    def _gram_input(self, input_layer):
-        if input_layer is not self.input:
+    def _gram_input(self, input_layer, reuse):
+        """G of input_layer; backward reuses forward's G when given the same array."""
+        if not (reuse and input_layer is self.input):
             self.input = input_layer
             self.gram_input = gram_matrix(input_layer)
         return self.gram_input
@@ -90,7 +92,7 @@ class StyleLossLayer:
     def forward(self, input_layer, style_layer=None):
         """-> loss (float). input_layer (N, C, H, W); style_layer (N or 1, C, H', W')."""
         a = self._target(style_layer, input_layer)
-        g = self._gram_input(input_layer)
+        g = self._gram_input(input_layer, reuse=False)
         n, c, h, w = input_layer.shape
         # === STUDENT BEGIN: style_loss_forward ===
         # hint: eq. 3.13 with g = G and a = A, both (N, C, C); mind the normaliser
@@ -101,7 +103,7 @@ class StyleLossLayer:
     def backward(self, input_layer, style_layer=None):
         """-> dL/dX, same shape and dtype as input_layer (eq. 3.15)."""
         a = self._target(style_layer, input_layer)
-        g = self._gram_input(input_layer)
+        g = self._gram_input(input_layer, reuse=True)
         n, c, h, w = input_layer.shape
         # === STUDENT BEGIN: style_loss_backward ===
         # hint: eq. 3.15 as a batched matrix product: (G - A)^T (N, C, C) times X as (N, C, H*W)
