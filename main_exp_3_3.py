@@ -168,6 +168,7 @@ def main(argv=None):
     if args.content_layer not in FEATURE_LAYER_NAMES:
         raise UserError(f"--content-layer: unknown layer '{args.content_layer}'.")
     content_rgb, style_rgb = load_rgb(args.content), load_rgb(args.style)   # fail fast
+    init_rgb = None if args.init in ("content", "noise", "blend") else load_rgb(args.init)
     height, width = working_size(args, content_rgb)
     dtype = np.dtype(args.dtype)
     print(f"Loading {args.weights} ...", flush=True)
@@ -184,7 +185,7 @@ def main(argv=None):
     elif args.init in ("noise", "blend"):
         image = get_random_img(content, 1.0 if args.init == "noise" else args.noise, rng)
     else:
-        image = preprocess(load_rgb(args.init), mean, height, width, dtype)
+        image = preprocess(init_rgb, mean, height, width, dtype)
     objective = Objective(vgg, content, style, args.content_layer, style_weights,
                           args.alpha, args.beta, args.tv_weight)
     return run_and_save(args, vgg, objective, image, content_rgb)
@@ -231,8 +232,8 @@ def run_and_save(args, vgg, objective, image, content_rgb, hook=None):
                           bounds=(lows, lows + 255.0), on_step=on_step)
     bar.close()
     log.close()
-    name = {"done": "final", "interrupted": f"interrupted_step{result.steps:04d}",
-            "nonfinite": f"lastgood_step{result.steps:04d}"}[result.status]
+    name = {"done": "final", "interrupted": f"interrupted_step{result.image_step:04d}",
+            "nonfinite": f"lastgood_step{result.image_step:04d}"}[result.status]
     image_path = save(result.image, name)
     plot_path = plot_losses(result.history, stem + "_loss.png")
     seconds = [r["seconds"] for r in result.history]

@@ -106,6 +106,7 @@ class TransferResult:
     image: np.ndarray                # the last image with a finite loss
     status: str                      # "done", "interrupted" or "nonfinite"
     steps: int                       # completed steps
+    image_step: int = 0              # how many steps ``image`` has had
     history: list = field(default_factory=list)    # one dict per step
     message: str = ""
 
@@ -121,13 +122,14 @@ def run_transfer(objective, image, steps, optimizer="adam", lr=1.0, bounds=None,
     Adam step holds the loss of the image *before* that step's update.
     ``bounds`` (low, high) per channel (3,) arrays limit L-BFGS-B's pixels.
     """
-    state = {"good": image, "current": image, "step": 0, "history": []}
+    state = {"good": image, "good_step": 0, "current": image, "step": 0, "history": []}
 
     def evaluate(x):
-        total, grad, parts = objective(x)
+        with np.errstate(over="ignore", invalid="ignore"):
+            total, grad, parts = objective(x)
         if not (np.isfinite(total) and np.all(np.isfinite(grad))):
             raise NonFiniteLoss(f"the loss became {total} at step {state['step'] + 1}")
-        state["good"] = x
+        state["good"], state["good_step"] = x, state["step"]
         return total, grad, parts
 
     def record(x, total, parts, seconds):
@@ -146,13 +148,15 @@ def run_transfer(objective, image, steps, optimizer="adam", lr=1.0, bounds=None,
         else:
             final = _run_lbfgs(evaluate, record, image, steps, bounds, state)
     except KeyboardInterrupt:
-        return TransferResult(state["current"], "interrupted", state["step"], state["history"],
-                              f"interrupted after {state['step']} steps")
+        return TransferResult(state["current"], "interrupted", state["step"], state["step"],
+                              state["history"], f"interrupted after {state['step']} steps")
     except NonFiniteLoss as exc:
-        return TransferResult(state["good"], "nonfinite", state["step"], state["history"],
+        return TransferResult(state["good"], "nonfinite", state["step"], state["good_step"],
+                              state["history"],
                               f"{exc}; stopped and kept the last image with a finite loss "
-                              f"(step {state['step']}). Lower --lr or the loss weights.")
-    return TransferResult(final, "done", state["step"], state["history"])
+                              f"(after step {state['good_step']}). Lower --lr or the loss "
+                              f"weights.")
+    return TransferResult(final, "done", state["step"], state["step"], state["history"])
 
 
 def _run_adam(evaluate, record, image, steps, lr):

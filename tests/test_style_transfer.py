@@ -130,7 +130,7 @@ def test_nonfinite_loss_keeps_last_good_image(tiny_mat):
         return (float("nan") if len(seen) == 4 else total), grad, parts
 
     result = run_transfer(broken, content.copy(), 10, "adam", 1.0)
-    assert result.status == "nonfinite" and result.steps == 3
+    assert result.status == "nonfinite" and result.steps == 3 and result.image_step == 2
     assert np.array_equal(result.image, seen[2]) and "finite" in result.message
 
 
@@ -225,3 +225,24 @@ def test_cli_clear_errors(tiny_mat, tmp_path):
     assert proc.returncode == 2 and "VGG19 weights not found" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert "--style-layers" in run_cli("--help", cwd=tmp_path).stdout
+
+
+def test_driver_nonfinite_saves_last_good_image(tiny_mat, tmp_path, capsys):
+    import main_exp_3_3 as drv
+    vgg = build(tiny_mat, dtype=np.float32, last_layer="relu3_1")
+    content, style = images(vgg)
+    obj = Objective(vgg, content, style, "relu3_1", {"relu1_1": 1})
+
+    class Broken:
+        def __getattr__(self, name):
+            return getattr(obj, name)
+
+        def __call__(self, image):
+            total, grad, parts = obj(image)
+            return (float("inf") if obj.evaluations == 3 else total), grad, parts
+
+    rc = drv.run_and_save(driver_args(tmp_path, steps=10), vgg, Broken(), content.copy(),
+                          make_demo_image(32, 48))
+    assert rc == 1 and "finite" in capsys.readouterr().err
+    assert len(glob.glob(str(tmp_path / "*_lastgood_step0001.jpg"))) == 1
+    assert not glob.glob(str(tmp_path / "*_final.jpg"))
