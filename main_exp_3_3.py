@@ -46,8 +46,9 @@ def parse_args(argv=None):
     a("--optimizer", choices=["adam", "lbfgs"], default="adam",
       help="adam = handout eq. 3.17; lbfgs = SciPy L-BFGS-B on the float64 image, pixels "
       "bounded to the valid range")
-    a("--tv-weight", type=float, default=0.0, help="total-variation loss weight (smooths "
-      "noise; try 1-10)")
+    a("--tv-weight", type=float, default=0.0, help="total-variation loss weight (0 = none, "
+      "as the original); TV = mean squared difference of neighbouring pixels, in pixel "
+      "units; raise it until the noise is gone")
     a("--preserve-colors", action="store_true", help="keep the content's colours: output "
       "luminance with the content's chroma (YCbCr), applied to the saved images")
     a("--save-every", type=int, default=10, help="save an intermediate image every N steps "

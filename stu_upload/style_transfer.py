@@ -40,7 +40,9 @@ class VGG19:
 
     @property
     def mean_pixel(self):
-        return self._read_file().mean_pixel
+        if getattr(self, "_mean_pixel", None) is None:
+            self._mean_pixel = np.asarray(self._read_file().mean_pixel, dtype=np.float64)
+        return self._mean_pixel
 
     def _index(self, name, what):
         if name not in self.param_layer_name:
@@ -83,6 +85,9 @@ class VGG19:
             if layer.name in self.layers and layer.type == "conv":
                 weight = np.transpose(layer.weight, [2, 0, 1, 3]).astype(self.dtype)
                 self.layers[layer.name].load_param(weight, layer.bias.astype(self.dtype))
+        self.mean_pixel                     # keep the mean, then free the file's arrays
+        if self.param_path is not None:     # (fc6 alone is 400 MB); build_model re-reads it
+            self.file = None
 
     def forward(self, input_image, layer_list):
         """input_image (1, 3, H, W) -> {name: features} for the names in layer_list.
