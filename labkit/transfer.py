@@ -1,0 +1,200 @@
+"""Style-transfer objective and optimisation loop (not a student file).
+
+``Objective`` combines the student's loss layers (layer_3.py) with the student's VGG19
+(style_transfer.py): total = alpha * content + beta * sum_l w_l style_l + tv_weight * tv,
+with the image gradient from ONE backward pass. ``run_transfer`` drives Adam or L-BFGS,
+calls ``on_step`` after every step and handles Ctrl-C and non-finite losses.
+"""
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from stu_upload.layer_3 import AdamOptimizer, ContentLossLayer, StyleLossLayer
+from stu_upload.style_transfer import FEATURE_LAYER_NAMES
+
+
+def tv_loss(image):
+    """Total variation: (sum of squared vertical + horizontal neighbour differences) / size.
+    image (N, C, H, W) -> (loss float, gradient like image)."""
+    dv = image[:, :, 1:, :] - image[:, :, :-1, :]
+    dh = image[:, :, :, 1:] - image[:, :, :, :-1]
+    size = image.size
+    loss = (float(np.sum(np.square(dv))) + float(np.sum(np.square(dh)))) / size
+    grad = np.zeros_like(image)
+    grad[:, :, 1:, :] += 2 * dv / size
+    grad[:, :, :-1, :] -= 2 * dv / size
+    grad[:, :, :, 1:] += 2 * dh / size
+    grad[:, :, :, :-1] -= 2 * dh / size
+    return loss, grad
+
+
+def deepest_layer(names):
+    """The name among ``names`` that comes last in VGG19."""
+    return max(names, key=FEATURE_LAYER_NAMES.index)
+
+
+def normalise_weights(style_weights):
+    """{layer: weight} -> weights that sum to 1 (equal weights become 1/L each)."""
+    total = float(sum(style_weights.values()))
+    if total <= 0:
+        raise ValueError("style layer weights must add up to more than 0.")
+    return {name: float(w) / total for name, w in style_weights.items()}
+
+
+class Objective:
+    """f(image) -> (total loss, dtotal/dimage, {part: loss}) for a built, loaded VGG19.
+
+    Targets are computed once here: the content features of ``content_image`` at
+    ``content_layer`` and the style Gram matrices of ``style_image`` (set_target).
+    """
+
+    def __init__(self, vgg, content_image, style_image, content_layer, style_weights,
+                 alpha=1.0, beta=500.0, tv_weight=0.0):
+        self.vgg = vgg
+        self.content_layer = content_layer
+        self.style_weights = normalise_weights(style_weights)
+        self.alpha, self.beta, self.tv_weight = float(alpha), float(beta), float(tv_weight)
+        self.layer_list = sorted({content_layer, *self.style_weights},
+                                 key=FEATURE_LAYER_NAMES.index)
+        self.content_loss = ContentLossLayer()
+        self.content_target = vgg.forward(content_image, [content_layer])[content_layer]
+        style_features = vgg.forward(style_image, list(self.style_weights))
+        self.style_loss = {}
+        for name in self.style_weights:
+            self.style_loss[name] = StyleLossLayer()
+            self.style_loss[name].set_target(style_features[name])
+        self.evaluations = 0
+
+    def part_names(self):
+        return ["content"] + [f"style_{n}" for n in self.style_weights] + ["tv"]
+
+    def __call__(self, image):
+        self.evaluations += 1
+        feats = self.vgg.forward(image, self.layer_list)
+        parts, dlosses = {}, {}
+
+        def add(name, grad):
+            dlosses[name] = grad if name not in dlosses else dlosses[name] + grad
+
+        x = feats[self.content_layer]
+        parts["content"] = self.content_loss.forward(x, self.content_target)
+        add(self.content_layer, self.alpha * self.content_loss.backward(x, self.content_target))
+        total = self.alpha * parts["content"]
+        for name, weight in self.style_weights.items():
+            layer = self.style_loss[name]
+            parts[f"style_{name}"] = layer.forward(feats[name])
+            total += self.beta * weight * parts[f"style_{name}"]
+            add(name, (self.beta * weight) * layer.backward(feats[name]))
+        grad = self.vgg.backward(dlosses)
+        parts["tv"] = 0.0
+        if self.tv_weight:
+            parts["tv"], tv_grad = tv_loss(image)
+            total += self.tv_weight * parts["tv"]
+            grad = grad + self.tv_weight * tv_grad
+        parts["style"] = sum(self.style_weights[n] * parts[f"style_{n}"]
+                             for n in self.style_weights)
+        return float(total), grad.astype(image.dtype, copy=False), parts
+
+
+class NonFiniteLoss(Exception):
+    pass
+
+
+@dataclass
+class TransferResult:
+    image: np.ndarray                # the last image with a finite loss
+    status: str                      # "done", "interrupted" or "nonfinite"
+    steps: int                       # completed steps
+    image_step: int = 0              # how many steps ``image`` has had
+    history: list = field(default_factory=list)    # one dict per step
+    message: str = ""
+
+
+def run_transfer(objective, image, steps, optimizer="adam", lr=1.0, bounds=None,
+                 on_step=None):
+    """Optimise ``image`` for ``steps`` steps (Adam) or iterations (L-BFGS-B).
+
+    ``on_step(step, image, record)`` is called after each step with the new image and a
+    record {step, total, <parts>, seconds}. Ctrl-C: returns status "interrupted" with the
+    current image (the caller saves it, then exits 130). A non-finite loss or gradient:
+    returns status "nonfinite" with the last image whose loss was finite. The record of an
+    Adam step holds the loss of the image *before* that step's update.
+    ``bounds`` (low, high) per channel (3,) arrays limit L-BFGS-B's pixels.
+    """
+    state = {"good": image, "good_step": 0, "current": image, "step": 0, "history": []}
+
+    def evaluate(x):
+        with np.errstate(over="ignore", invalid="ignore"):
+            total, grad, parts = objective(x)
+        if not (np.isfinite(total) and np.all(np.isfinite(grad))):
+            raise NonFiniteLoss(f"the loss became {total} at step {state['step'] + 1}")
+        state["good"], state["good_step"] = x, state["step"]
+        return total, grad, parts
+
+    def record(x, total, parts, seconds):
+        state["step"] += 1
+        state["current"] = x
+        rec = {"step": state["step"], "total": total, **parts, "seconds": seconds}
+        state["history"].append(rec)
+        if on_step is not None:
+            on_step(state["step"], x, rec)
+
+    if optimizer not in ("adam", "lbfgs"):
+        raise ValueError(f"optimizer must be 'adam' or 'lbfgs', got {optimizer!r}")
+    try:
+        if optimizer == "adam":
+            final = _run_adam(evaluate, record, image, steps, lr)
+        else:
+            final = _run_lbfgs(evaluate, record, image, steps, bounds, state)
+    except KeyboardInterrupt:
+        return TransferResult(state["current"], "interrupted", state["step"], state["step"],
+                              state["history"], f"interrupted after {state['step']} steps")
+    except NonFiniteLoss as exc:
+        return TransferResult(state["good"], "nonfinite", state["step"], state["good_step"],
+                              state["history"],
+                              f"{exc}; stopped and kept the last image with a finite loss "
+                              f"(after step {state['good_step']}). Lower --lr or the loss "
+                              f"weights.")
+    return TransferResult(final, "done", state["step"], state["step"], state["history"])
+
+
+def _run_adam(evaluate, record, image, steps, lr):
+    adam = AdamOptimizer(lr, image.shape)
+    x = image
+    for _ in range(steps):
+        start = time.perf_counter()
+        total, grad, parts = evaluate(x)       # loss of x, the image before this update
+        x = adam.update(x, grad)
+        record(x, total, parts, time.perf_counter() - start)
+    return x        # finite: a finite gradient gives a finite Adam step
+
+
+def _run_lbfgs(evaluate, record, image, steps, bounds, state):
+    from scipy.optimize import Bounds, minimize
+    shape, dtype = image.shape, image.dtype
+    last = {"parts": None, "total": None, "t": time.perf_counter()}
+
+    def fun(vec):
+        total, grad, parts = evaluate(vec.reshape(shape).astype(dtype))
+        last.update(parts=parts, total=total)
+        return total, grad.astype(np.float64).reshape(-1)
+
+    def callback(intermediate_result):       # SciPy passes an OptimizeResult
+        x = np.asarray(intermediate_result.x)
+        now = time.perf_counter()
+        img = x.reshape(shape).astype(dtype)
+        record(img, last["total"], last["parts"], now - last["t"])
+        last["t"] = now
+
+    box = None
+    if bounds is not None:
+        low = np.broadcast_to(np.asarray(bounds[0], np.float64).reshape(1, -1, 1, 1), shape)
+        high = np.broadcast_to(np.asarray(bounds[1], np.float64).reshape(1, -1, 1, 1), shape)
+        box = Bounds(low.reshape(-1), high.reshape(-1))
+        image = np.clip(image, low, high)
+    result = minimize(fun, image.astype(np.float64).reshape(-1), jac=True,
+                      method="L-BFGS-B", bounds=box, callback=callback,
+                      options={"maxiter": steps, "maxfun": steps * 4 + 20,
+                               "ftol": 0.0, "gtol": 0.0})
+    return result.x.reshape(shape).astype(dtype)

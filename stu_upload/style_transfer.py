@@ -1,0 +1,159 @@
+"""Exp 3.3: the VGG19 feature network of non-real-time style transfer.
+
+The network is VGG19's convolutional part (conv1_1 ... pool5, 37 layers) built with the
+img2col layers (``type=1``); its parameters are fixed, so the convolutions skip their
+parameter gradients (``need_param_grad = False``) and only the image gradient flows back.
+Shapes: image (1, 3, H, W) NCHW with the mean pixel subtracted; features (1, C, H', W').
+"""
+import numpy as np
+
+from labkit import vgg19_spec as spec
+from labkit.images import deprocess, load_rgb, preprocess, save_rgb
+from labkit.matfile import load_vgg19_mat
+from stu_upload.layer_1 import ReLULayer
+from stu_upload.layer_2 import ConvolutionalLayer, MaxPoolingLayer
+
+FEATURE_LAYER_NAMES = spec.FILE_LAYER_NAMES[:37]      # conv1_1 ... pool5
+
+
+class VGG19:
+    """Feature extractor with hand-written backward to the image.
+
+    ``VGG19(param_path, dtype)``; ``build_model(last_layer='pool5')`` builds the layers up to
+    ``last_layer`` only (a deeper layer is never needed by the losses); ``weights`` may be a
+    ``labkit.matfile.VGGWeights`` already in memory instead of reading ``param_path``.
+    """
+
+    def __init__(self, param_path="models/imagenet-vgg-verydeep-19.mat", dtype=np.float32,
+                 weights=None):
+        self.param_path = param_path
+        self.dtype = np.dtype(dtype)
+        self.file = weights
+        self.param_layer_name = list(FEATURE_LAYER_NAMES)
+        self.layers = {}
+        self.forward_depth = -1      # index of the deepest layer the last forward() ran
+
+    def _read_file(self):
+        if self.file is None:
+            self.file = load_vgg19_mat(self.param_path)
+        return self.file
+
+    @property
+    def mean_pixel(self):
+        if getattr(self, "_mean_pixel", None) is None:
+            self._mean_pixel = np.asarray(self._read_file().mean_pixel, dtype=np.float64)
+        return self._mean_pixel
+
+    def _index(self, name, what):
+        if name not in self.param_layer_name:
+            built = f"built up to {self.param_layer_name[-1]}" if self.layers else "not built"
+            raise ValueError(f"{what}: '{name}' is not a layer of this network ({built}; "
+                             f"names: {', '.join(FEATURE_LAYER_NAMES)}). "
+                             f"Use build_model(last_layer=...) with the deepest layer you need.")
+        return self.param_layer_name.index(name)
+
+    def build_model(self, last_layer="pool5"):
+        """Create conv (3x3, pad 1, img2col), relu and 2x2/2 max-pool layers up to last_layer."""
+        if last_layer not in FEATURE_LAYER_NAMES:
+            raise ValueError(f"build_model: last_layer '{last_layer}' is not one of "
+                             f"{', '.join(FEATURE_LAYER_NAMES)}.")
+        self.param_layer_name = FEATURE_LAYER_NAMES[:FEATURE_LAYER_NAMES.index(last_layer) + 1]
+        widths = {layer.name: layer.weight.shape for layer in self._read_file().layers
+                  if layer.type == "conv"}
+        self.layers = {}
+        for name in self.param_layer_name:
+            if name.startswith("conv"):
+                cin, cout = widths[name][2:]
+                layer = ConvolutionalLayer(3, cin, cout, 1, 1, type=1)
+                layer.need_param_grad = False      # the weights are fixed: image gradient only
+            elif name.startswith("relu"):
+                layer = ReLULayer()
+            else:
+                layer = MaxPoolingLayer(2, 2, type=1)
+            self.layers[name] = layer
+        self.forward_depth = -1
+
+    def init_model(self):
+        """Random parameters (std 0.01); load_model() overwrites them."""
+        for i, name in enumerate(self.param_layer_name):
+            if name.startswith("conv"):
+                self.layers[name].init_param(std=0.01, seed=i)
+
+    def load_model(self):
+        """Load the built conv layers: file [K, K, Cin, Cout] -> lab [Cin, K, K, Cout]."""
+        for layer in self._read_file().layers:
+            if layer.name in self.layers and layer.type == "conv":
+                weight = np.transpose(layer.weight, [2, 0, 1, 3]).astype(self.dtype)
+                self.layers[layer.name].load_param(weight, layer.bias.astype(self.dtype))
+        self.mean_pixel                     # keep the mean, then free the file's arrays
+        if self.param_path is not None:     # (fc6 alone is 400 MB); build_model re-reads it
+            self.file = None
+
+    def forward(self, input_image, layer_list):
+        """input_image (1, 3, H, W) -> {name: features} for the names in layer_list.
+
+        Runs only up to the deepest requested layer; caches what backward() needs."""
+        if not self.layers:
+            raise RuntimeError("VGG19.forward: call build_model() and load_model() first.")
+        wanted = set(layer_list)
+        last = max(self._index(name, "VGG19.forward") for name in wanted)
+        outputs = {}
+        current = np.asarray(input_image, dtype=self.dtype)
+        for name in self.param_layer_name[:last + 1]:
+            # === STUDENT BEGIN: st_forward ===
+            # hint: run the layer on the current features; keep the output if it is wanted
+            current = self.layers[name].forward(current)
+            if name in wanted:
+                outputs[name] = current
+            # === STUDENT END ===
+        self.forward_depth = last
+        return outputs
+
+    def backward(self, dloss, layer_name=None):
+        """Gradient of the loss w.r.t. the input image, (1, 3, H, W).
+
+        ``backward(dloss, layer_name)``: dloss = dL/d(features of layer_name), back-propagated
+        to the image (the original lab's form: one pass per loss layer).
+        ``backward({name: dloss, ...})``: ONE pass from the deepest named layer; each named
+        layer's gradient is added when the pass reaches that layer (same result, far faster).
+        """
+        dlosses = dloss if isinstance(dloss, dict) else {layer_name: dloss}
+        if not dlosses or None in dlosses:
+            raise ValueError("VGG19.backward: pass (dloss, layer_name) or a dict "
+                             "{layer name: dloss}.")
+        start = max(self._index(name, "VGG19.backward") for name in dlosses)
+        if start > self.forward_depth:
+            raise RuntimeError(f"VGG19.backward: the last forward() stopped before "
+                               f"'{self.param_layer_name[start]}'; include that layer in "
+                               f"forward's layer_list first.")
+        current = None
+        for idx in range(start, -1, -1):
+            name = self.param_layer_name[idx]
+            # === STUDENT BEGIN: st_backward ===
+            # hint: if this layer has a loss gradient, add it to the gradient coming from
+            # hint: above (the deepest one starts the pass); then back through the layer
+            if name in dlosses:
+                current = dlosses[name] if current is None else current + dlosses[name]
+            current = self.layers[name].backward(current)
+            # === STUDENT END ===
+        return current
+
+    def load_image(self, image_dir, image_height, image_width):
+        """Any image file -> (1, 3, image_height, image_width), bilinear, minus the mean."""
+        return preprocess(load_rgb(image_dir), self.mean_pixel, image_height, image_width,
+                          self.dtype)
+
+    def save_image(self, input_image, image_shape, image_dir):
+        """(1, 3, H, W) mean-subtracted (reshaped to image_shape) -> image file."""
+        image = np.reshape(input_image, image_shape)
+        rgb = deprocess(image, self.mean_pixel)
+        save_rgb(rgb, image_dir)
+        return rgb
+
+
+def get_random_img(content_image, noise, rng=None):
+    """Start image: noise * U(-20, 20) + (1 - noise) * content, in content's dtype."""
+    rng = np.random.default_rng() if rng is None else rng
+    noise_image = rng.uniform(-20, 20, content_image.shape)
+    random_img = noise_image * noise + content_image * (1 - noise)
+    return random_img.astype(content_image.dtype)
