@@ -197,8 +197,11 @@ def winograd_filter_transform(w, m=2, dtype=None):
         raise ValueError(f"Winograd F({m}x{m},3x3) needs a 3x3 kernel, got {w.shape[1:3]}")
     G = np.array(_WINO[m]["G"], dtype=np.float64)
     a = m + 2
-    u = np.einsum("ki,lj,cijo->kloc", G, G, w.astype(np.float64))
-    return np.ascontiguousarray(u.reshape(a * a, w.shape[3], w.shape[0]), dtype=dtype or w.dtype)
+    cin, _, _, cout = w.shape
+    g = w.astype(np.float64).transpose(1, 2, 3, 0).reshape(3, 3, cout * cin)   # g[i, j, (o, c)]
+    u = np.matmul(G, np.matmul(G, g).transpose(1, 0, 2))      # u[l, k] = sum_j G[l,j] sum_i G[k,i] g[i,j]
+    u = u.transpose(1, 0, 2)                                   # (k, l, Cout*Cin)
+    return np.ascontiguousarray(u.reshape(a * a, cout, cin), dtype=dtype or w.dtype)
 
 
 def _winograd(x, w, b, pad, m, U):

@@ -113,9 +113,11 @@ class ConvEngine:
 
     def input_grad(self, dy, x_shape):
         """dL/dx (x_shape) from dy (N, Cout, Ho, Wo)."""
-        if self.stride != 1:
-            return algos.conv2d_input_grad_img2col(dy, self.weight, self.padding, self.stride,
-                                                   x_shape)
+        if self.stride != 1 or (self.method in ("auto", "img2col") and self.cin < self.cout):
+            # GEMM + col2im (K*K shifted-slice adds): for stride > 1, and where the input has
+            # fewer channels than the output (conv1_1: 27 rows of dcols instead of 576 of cols)
+            return algos.conv2d_input_grad_img2col(dy, self.weight.astype(dy.dtype, copy=False),
+                                                   self.padding, self.stride, x_shape)
         q = self.k - 1 - self.padding
         method = self._method(dy.shape, self.cout, self.cin)
         wr = self._get(("rot", dy.dtype), lambda: algos.rotate_filter(self.weight))

@@ -314,8 +314,9 @@ class MaxPoolingLayer:
     """Max-pooling. input (N, C, H, W) -> output (N, C, H_out, W_out), H_out = (H-K)//s + 1.
 
     Windows may overlap (s < K); rows/columns the floor rule leaves out get zero gradient.
-    Cache: ``self.input`` and ``self.argmax`` (N, C, H_out, W_out): the index kh*K + kw of
-    each window's maximum (the first one on ties), eq. 3.8.
+    Cache: ``self.input``, and ``self.argmax`` (N, C, H_out, W_out) for the loops: the index
+    kh*K + kw of each window's maximum (the first one on ties), eq. 3.8; the vectorised
+    path caches ``self.output`` instead and finds the maxima again in backward.
     """
 
     def __init__(self, kernel_size, stride, type=0):
@@ -324,6 +325,7 @@ class MaxPoolingLayer:
         self.type = type
         self.input = None
         self.argmax = None
+        self.output = None
         self.forward_time = self.backward_time = 0.0
         if type == 0:
             self.forward, self.backward = self.forward_raw, self.backward_raw_book
@@ -375,30 +377,49 @@ class MaxPoolingLayer:
                         # === STUDENT END ===
         return bottom_diff
 
+    def _offset_views(self, array, h_out, w_out):
+        """The K*K strided views array[:, :, kh::s, kw::s] cropped to (H_out, W_out): view
+        (kh, kw) holds, for every window, its element at offset (kh, kw)."""
+        k, s = self.kernel_size, self.stride
+        return [array[:, :, kh:kh + s * (h_out - 1) + 1:s, kw:kw + s * (w_out - 1) + 1:s]
+                for kh in range(k) for kw in range(k)]
+
     def forward_speedup(self, input):
-        """Vectorised: max over a window view; no loop over pixels or channels."""
+        """Vectorised: the max of the K*K offset views (no loop over pixels or channels).
+        Caches ``self.output`` for backward (not an argmax array: cheaper)."""
         start = time.time()
-        self._out_size(input)
+        h_out, w_out = self._out_size(input)
         self.input = input
-        windows = window_view(input, self.kernel_size, self.stride)
-        flat = windows.reshape(windows.shape[:4] + (-1,))
-        self.argmax = flat.argmax(axis=-1)
-        output = np.take_along_axis(flat, self.argmax[..., None], axis=-1)[..., 0]
+        views = self._offset_views(input, h_out, w_out)
+        output = views[0].copy()
+        for view in views[1:]:
+            np.maximum(output, view, out=output)
+        self.output = output
         self.forward_time = time.time() - start
         return output
 
     def backward_speedup(self, top_diff):
-        """Vectorised eq. 3.9: loops only over the K*K offsets of the window."""
+        """Vectorised eq. 3.9: loops only over the K*K window offsets. Each window's
+        gradient goes to the first offset (row-major) that holds its maximum, as in
+        the loop version."""
         start = time.time()
         x = need(self, "input")
-        argmax = need(self, "argmax")
+        output = need(self, "output")
+        h_out, w_out = output.shape[2:]
         k, s = self.kernel_size, self.stride
-        h_out, w_out = argmax.shape[2:]
-        bottom_diff = np.zeros(x.shape, dtype=top_diff.dtype)
-        for kh in range(k):
-            for kw in range(k):
-                target = bottom_diff[:, :, kh:kh + s * h_out:s, kw:kw + s * w_out:s]
-                target += np.where(argmax == kh * k + kw, top_diff, 0)
+        covered = k == s and h_out * s == x.shape[2] and w_out * s == x.shape[3]
+        # windows that tile the input exactly write every element once: no zero fill needed
+        bottom_diff = (np.empty if covered else np.zeros)(x.shape, dtype=top_diff.dtype)
+        taken = np.zeros(output.shape, dtype=bool)
+        targets = self._offset_views(bottom_diff, h_out, w_out)
+        for view, target in zip(self._offset_views(x, h_out, w_out), targets):
+            hit = view == output
+            hit &= ~taken
+            taken |= hit
+            if k == s:                          # disjoint windows: write
+                np.multiply(top_diff, hit, out=target)
+            else:                               # overlapping windows add up
+                target += top_diff * hit
         self.backward_time = time.time() - start
         return bottom_diff
 

@@ -25,10 +25,11 @@ class VGG19:
     """
 
     def __init__(self, param_path="models/imagenet-vgg-verydeep-19.mat", dtype=np.float32,
-                 weights=None):
+                 weights=None, conv_method=None):
         self.param_path = param_path
         self.dtype = np.dtype(dtype)
         self.file = weights
+        self.conv_method = conv_method   # None: the lab's img2col; "auto": labkit.conv_engine
         self.param_layer_name = list(FEATURE_LAYER_NAMES)
         self.layers = {}
         self.forward_depth = -1      # index of the deepest layer the last forward() ran
@@ -64,7 +65,8 @@ class VGG19:
         for name in self.param_layer_name:
             if name.startswith("conv"):
                 cin, cout = widths[name][2:]
-                layer = ConvolutionalLayer(3, cin, cout, 1, 1, type=1)
+                layer = ConvolutionalLayer(3, cin, cout, 1, 1, type=1,
+                                           method=self.conv_method)
                 layer.need_param_grad = False      # the weights are fixed: image gradient only
             elif name.startswith("relu"):
                 layer = ReLULayer()
