@@ -22,9 +22,10 @@ def parse_args(argv=None):
                    help=f"MatConvNet {spec.REAL_FILE_NAME} (legacy or meta layout)")
     p.add_argument("--image", help="image to classify (any format Pillow reads: JPEG, PNG, "
                    "grey, RGBA, palette, 16-bit...)")
-    p.add_argument("--layers", choices=["fast", "raw"], default="fast",
-                   help="fast = img2col convolution and vectorised pooling; raw = the plain "
-                   "loops (minutes on the real network)")
+    p.add_argument("--layers", choices=["fast", "raw", "tuned"], default="fast",
+                   help="fast = your img2col convolution and vectorised pooling; raw = the "
+                   "plain loops (minutes on the real network); tuned = the fastest algorithm "
+                   "per layer (img2col or Winograd, labkit/conv_engine.py)")
     p.add_argument("--top-k", type=int, default=5, help="how many classes to print")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
                    help="arithmetic precision")
@@ -70,8 +71,10 @@ def main(argv=None):
     if not os.path.exists(args.weights) and args.download:
         download_weights(args.weights)
     from stu_upload.vgg_cpu import VGG19
-    vgg = VGG19(args.weights, type=1 if args.layers == "fast" else 0, dtype=args.dtype,
-                verbose=not args.quiet)
+    from labkit.perf import reuse_large_allocations
+    reuse_large_allocations()
+    vgg = VGG19(args.weights, type=0 if args.layers == "raw" else 1, dtype=args.dtype,
+                verbose=not args.quiet, conv_method="auto" if args.layers == "tuned" else None)
     vgg.build_model()
     vgg.init_model()
     vgg.load_model()

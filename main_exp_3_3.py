@@ -54,6 +54,10 @@ def parse_args(argv=None):
     a("--save-every", type=int, default=10, help="save an intermediate image every N steps "
       "(0 = only the final image)")
     a("--dtype", choices=["float32", "float64"], default="float32", help="arithmetic precision")
+    a("--conv", choices=["lab", "auto", "img2col", "winograd", "winograd4", "fft"],
+      default="auto", help="convolution algorithm of the transfer: lab = your img2col of "
+      "layer_2.py; auto = the fastest per layer (tuned img2col or Winograd, "
+      "labkit/conv_engine.py); or force one")
     a("--skip-speed-test", action="store_true", help="skip the loops-vs-img2col speed test")
     a("--speed-test-only", action="store_true", help="run only the speed test")
     a("--demo", action="store_true", help="no weights needed: a small random-weight VGG19 "
@@ -148,6 +152,8 @@ def working_size(args, content_rgb):
 
 
 def main(argv=None):
+    from labkit.perf import reuse_large_allocations
+    reuse_large_allocations()
     args = parse_args(argv)
     if args.demo:
         args.weights, demo_content, demo_style = prepare_demo(
@@ -173,7 +179,8 @@ def main(argv=None):
     height, width = working_size(args, content_rgb)
     dtype = np.dtype(args.dtype)
     print(f"Loading {args.weights} ...", flush=True)
-    vgg = VGG19(args.weights, dtype=dtype)
+    vgg = VGG19(args.weights, dtype=dtype,
+                conv_method=None if args.conv == "lab" else args.conv)
     vgg.build_model(last_layer=deepest_layer([args.content_layer, *style_weights]))
     vgg.init_model()
     vgg.load_model()

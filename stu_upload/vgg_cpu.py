@@ -18,14 +18,16 @@ from stu_upload.layer_2 import ConvolutionalLayer, FlattenLayer, MaxPoolingLayer
 
 class VGG19:
     """VGG19 = 16 conv (3x3, pad 1, stride 1) + ReLU, 5 max-pools (2x2/2), flatten,
-    fc6-fc8 (+ ReLU), softmax. ``type=1`` uses the img2col layers, ``type=0`` the loops."""
+    fc6-fc8 (+ ReLU), softmax. ``type=1`` uses the img2col layers, ``type=0`` the loops;
+    ``conv_method="auto"`` (with type=1) the tuned engine of labkit.conv_engine."""
 
     def __init__(self, param_path="models/imagenet-vgg-verydeep-19.mat", type=1,
-                 dtype=np.float32, verbose=True):
+                 dtype=np.float32, verbose=True, conv_method=None):
         self.param_path = param_path
         self.type = type
         self.dtype = np.dtype(dtype)
         self.verbose = verbose
+        self.conv_method = conv_method   # None: the lab's img2col; "auto": labkit.conv_engine
         self.param_layer_name = list(spec.LAB_LAYER_NAMES)     # 44 names, with 'flatten'
         self.file = None            # labkit.matfile.VGGWeights, read once by build_model
         self.layers = {}
@@ -49,7 +51,8 @@ class VGG19:
             # hint: pool layers MaxPoolingLayer(2, 2, self.type)
             if name.startswith("conv"):
                 cin, cout = widths[name][2:]
-                self.layers[name] = ConvolutionalLayer(3, cin, cout, 1, 1, self.type)
+                self.layers[name] = ConvolutionalLayer(3, cin, cout, 1, 1, self.type,
+                                                       method=self.conv_method)
             elif name.startswith("relu"):
                 self.layers[name] = ReLULayer()
             else:
