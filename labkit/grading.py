@@ -407,7 +407,9 @@ class Grader:
             what = f"{grade['passed']} of {grade['graded_tests']} graded tests passed"
         return what + scope
 
+    @pytest.hookimpl(hookwrapper=True, tryfirst=True)
     def pytest_terminal_summary(self, terminalreporter):
+        yield                               # after pytest's own summary: the grade comes last
         grade = self.compute()
         grade["verdict"] = self.verdict(grade)
         tr = terminalreporter
