@@ -167,14 +167,31 @@ PATH_OPTIONS = ("--stu-dir", "--hidden", "--grade-json", "--grade-csv", "--grade
 def _check_rootdir(config):
     """pytest picks its rootdir and ini file before it knows plugin options, so in
     ``--stu-dir PATH`` it may take PATH for a test folder and read PATH's own pytest.ini (a
-    kit has one). Refuse that, instead of grading with the wrong configuration."""
-    spaced = [a for a in config.invocation_params.args if a in PATH_OPTIONS]
+    kit has one). Then run again as ``--stu-dir=PATH`` (a command-line run), or stop:
+    never grade with the wrong configuration."""
+    args = list(config.invocation_params.args)
+    spaced = [a for a in args if a in PATH_OPTIONS]
     inv, root = str(config.invocation_params.dir), str(config.rootpath)
-    if spaced and not (inv == root or inv.startswith(root + os.sep)):
-        raise pytest.UsageError(
-            f"pytest read the value of {spaced[0]} as a test path and chose the wrong rootdir "
-            f"({root}); write the option with '=', e.g. {spaced[0]}=PATH, or add "
-            f"-c pytest.ini")
+    if not spaced or inv == root or inv.startswith(root + os.sep):
+        os.environ.pop("LABKIT_REEXEC", None)
+        return
+    if args == sys.argv[1:] and not os.environ.get("LABKIT_REEXEC"):
+        fixed, i = [], 0
+        while i < len(args):
+            if args[i] in PATH_OPTIONS and i + 1 < len(args):
+                fixed.append(f"{args[i]}={args[i + 1]}")
+                i += 2
+            else:
+                fixed.append(args[i])
+                i += 1
+        print(f"note: pytest took the value of {spaced[0]} for a test path; running again as "
+              f"{spaced[0]}=...", file=sys.stderr, flush=True)
+        os.environ["LABKIT_REEXEC"] = "1"
+        os.chdir(inv)
+        os.execv(sys.executable, [sys.executable, "-m", "pytest", *fixed])
+    raise pytest.UsageError(
+        f"pytest read the value of {spaced[0]} as a test path and chose the wrong rootdir "
+        f"({root}); write the option with '=', e.g. {spaced[0]}=PATH, or add -c pytest.ini")
 
 
 class Grader:

@@ -8,6 +8,7 @@ every stu_upload file.
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -228,11 +229,15 @@ def test_endless_loop_and_syntax_error_cost_only_their_tests(tmp_path):
     assert 0 < report["points"] < report["max_points"]
 
 
-def test_stu_dir_value_taken_for_a_test_path_is_refused(kit):
+def test_stu_dir_with_a_space_grades_the_right_folder(kit):
+    """pytest takes the kit folder (it has a pytest.ini) for its rootdir; the plugin runs
+    pytest again with --stu-dir=PATH, from this repository."""
     out, _ = kit
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                        "--stu-dir", str(out)], cwd=ROOT, capture_output=True, text=True)
-    assert r.returncode != 0 and "--stu-dir=PATH" in r.stderr
+                        "--stu-dir", str(out), "tests/test_layer_1.py"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert "running again as --stu-dir=" in r.stderr
+    assert re.search(r"GRADE: 0 / [1-9][0-9]* points", r.stdout) and f"stu_upload: {out}" in r.stdout
 
 
 # ------------------------------------------------------------------------- batch grading
