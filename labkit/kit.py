@@ -419,11 +419,13 @@ syntax error costs only the tests that need it. Passing every public test is not
 def main(argv=None):
     p = argparse.ArgumentParser(description="Build the student kit from the reference "
                                 "(student regions replaced by hints + NotImplementedError).")
-    p.add_argument("--out", required=True, help="output folder (must be empty or missing)")
+    p.add_argument("--out", help="output folder (must be empty or missing)")
     p.add_argument("--force", action="store_true", help="replace a non-empty output folder")
     p.add_argument("--check", action="store_true",
                    help="only parse and check the student regions; write nothing")
     args = p.parse_args(argv)
+    if not args.check and not args.out:
+        p.error("--out is required (or --check)")
     try:
         if args.check:
             regions = collect_regions()
