@@ -5,6 +5,9 @@ import pytest
 from labkit.fixtures import write_vgg19_mat
 from labkit.images import make_demo_image, save_rgb
 
+# grading (--grade, --stu-dir, --hidden, ...; inactive otherwise): see labkit/grading.py
+pytest_plugins = ["labkit.grading"]
+
 
 @pytest.fixture(scope="session")
 def mat_files(tmp_path_factory):

@@ -1,0 +1,1 @@
+"""Makes ``import stu_upload`` resolve to a student's folder, also in child processes."""

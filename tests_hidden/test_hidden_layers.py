@@ -1,0 +1,36 @@
+"""Hidden tests: cases the public tests do not show (run with --hidden tests_hidden)."""
+import numpy as np
+
+from labkit.gradcheck import assert_close, check_vjp
+from stu_upload.layer_1 import FullyConnectedLayer, ReLULayer, SoftmaxLossLayer
+from stu_upload.layer_2 import ConvolutionalLayer
+
+
+def test_fc_wide_batch_gradient(rng):
+    fc = FullyConnectedLayer(3, 9)
+    fc.load_param(rng.standard_normal((3, 9)), rng.standard_normal((1, 9)))
+    check_vjp("fc bottom_diff", fc.forward, fc.backward, rng.standard_normal((6, 3)))
+
+
+def test_relu_negative_input_has_zero_gradient(rng):
+    relu = ReLULayer()
+    x = -np.abs(rng.standard_normal((2, 3))) - 0.1
+    relu.forward(x)
+    assert np.array_equal(relu.backward(np.ones_like(x)), np.zeros_like(x))
+
+
+def test_softmax_backward_is_averaged_over_the_batch(rng):
+    sm = SoftmaxLossLayer()
+    x = rng.standard_normal((5, 4))
+    label = np.array([0, 1, 2, 3, 0])
+    prob = sm.forward(x)
+    sm.get_loss(label)
+    expected = (prob - np.eye(4)[label]) / 5
+    assert_close("softmax bottom_diff", sm.backward(), expected, 1e-12)
+
+
+def test_conv_img2col_stride_larger_than_kernel(rng):
+    layer = ConvolutionalLayer(2, 2, 3, 0, 3, type=1)
+    layer.load_param(rng.standard_normal((2, 2, 2, 3)), rng.standard_normal(3))
+    check_vjp("conv bottom_diff", layer.forward, layer.backward,
+              rng.standard_normal((1, 2, 8, 8)))
