@@ -23,16 +23,19 @@ METHODS = ("img2col", "winograd", "winograd4", "fft", "auto")
 def choose_method(kernel_size, stride, channel_in, channel_out, height, width):
     """The default method for a convolution of this shape (N = 1, float32, 2 cores).
 
-    Winograd F(4x4) pays once the GEMMs dominate its tile transforms: many channels on
-    maps of at least 28x28 (VGG's conv3_x-conv4_x, and conv5_x at 512x512 inputs).
-    Everything else (few channels, 14x14 maps, other kernels or strides) uses img2col.
-    ``benchmarks/bench_conv_algos.py`` re-measures the table on a new machine.
+    Measured with ``benchmarks/bench_conv_algos.py`` on VGG19's layers: Winograd F(4x4)
+    (computed in row bands that stay in cache) wins from 32 channels up on maps larger
+    than 16x16; on smaller maps F(2x2) (less transform work per output) is fastest;
+    narrow layers (conv1_1's 3 input channels), other kernels and strides use img2col.
     """
-    if kernel_size != 3 or stride != 1:
+    if kernel_size != 3 or stride != 1 or min(channel_in, channel_out) < 32:
         return "img2col"
-    if min(channel_in, channel_out) >= 128 and height * width >= 28 * 28:
-        return "winograd4"
-    return "img2col"
+    if height * width <= 16 * 16:
+        return "winograd"
+    return "winograd4"
+
+
+BAND_BYTES = 8 << 20     # Winograd tiles of one row band: bands only on the largest maps
 
 
 class ConvEngine:
@@ -75,9 +78,28 @@ class ConvEngine:
             m = 2 if method == "winograd" else 4
             U = self._get((w_key, method, dtype),
                           lambda: algos.winograd_filter_transform(w, m, dtype))
-            fn = algos.conv2d_winograd if m == 2 else algos.conv2d_winograd4
-            return fn(x, None, bias, pad, U=U)
+            return self._winograd_bands(x, U, bias, pad, m)
         return algos.conv2d_fft(x, w.astype(dtype, copy=False), bias, pad)
+
+    def _winograd_bands(self, x, U, bias, pad, m):
+        """Winograd over bands of output rows, so that each band's tiles (transformed
+        input, products) stay in cache instead of streaming through memory."""
+        n, c, h, wd = x.shape
+        cout = U.shape[1]
+        ho, wo = h + 2 * pad - 2, wd + 2 * pad - 2
+        tiles_per_row = -(-wo // m)
+        band_bytes = (m + 2) ** 2 * max(c, cout) * tiles_per_row * x.itemsize * n
+        rows = max(1, BAND_BYTES // band_bytes) * m          # output rows per band
+        if rows >= ho:
+            return algos._winograd(x, None, bias, pad, m, U)
+        xp = self._padded(x, pad)
+        y = np.empty((n, cout, ho, wo), dtype=x.dtype)
+        for r0 in range(0, ho, rows):
+            r1 = min(ho, r0 + rows)
+            y[:, :, r0:r1] = algos._winograd(xp[:, :, r0:r1 + 2], None, None, 0, m, U)
+        if bias is not None:
+            y += bias.astype(x.dtype, copy=False).reshape(1, -1, 1, 1)
+        return y
 
     def _img2col(self, x, w_key, w, bias, pad):
         n, c, h, wd = x.shape
@@ -113,9 +135,10 @@ class ConvEngine:
 
     def input_grad(self, dy, x_shape):
         """dL/dx (x_shape) from dy (N, Cout, Ho, Wo)."""
-        if self.stride != 1 or (self.method in ("auto", "img2col") and self.cin < self.cout):
-            # GEMM + col2im (K*K shifted-slice adds): for stride > 1, and where the input has
-            # fewer channels than the output (conv1_1: 27 rows of dcols instead of 576 of cols)
+        narrow = self.cin * self.k * self.k <= self.cout
+        if self.stride != 1 or (self.method in ("auto", "img2col") and narrow):
+            # GEMM + col2im (K*K shifted-slice adds): for stride > 1, and where the input is
+            # narrow (conv1_1: 27 rows of dcols to add up instead of 576 rows of cols to copy)
             return algos.conv2d_input_grad_img2col(dy, self.weight.astype(dy.dtype, copy=False),
                                                    self.padding, self.stride, x_shape)
         q = self.k - 1 - self.padding

@@ -75,15 +75,17 @@ def col2im(dcols, x_pad_shape, kernel_size, stride):
     n, cin, hp, wp = x_pad_shape
     h_out = (hp - kernel_size) // stride + 1
     w_out = (wp - kernel_size) // stride + 1
-    d = dcols.reshape(n, h_out, w_out, cin, kernel_size, kernel_size)
+    # (N, Ho, Wo, Cin, K, K) -> (N, Cin, K, K, Ho, Wo), one copy: each offset's slab is contiguous
+    d = np.ascontiguousarray(dcols.reshape(n, h_out, w_out, cin, kernel_size, kernel_size)
+                             .transpose(0, 3, 4, 5, 1, 2))
     dx_pad = np.zeros(x_pad_shape, dtype=dcols.dtype)
     # === STUDENT BEGIN: col2im ===
     # hint: for each kernel offset (kh, kw) the windows touch the strided slice
-    # hint: dx_pad[:, :, kh : kh + s*H_out : s, kw : kw + s*W_out : s]; add d[..., kh, kw] there
+    # hint: dx_pad[:, :, kh : kh + s*H_out : s, kw : kw + s*W_out : s]; add d[:, :, kh, kw] there
     for kh in range(kernel_size):
         for kw in range(kernel_size):
             dx_pad[:, :, kh:kh + stride * h_out:stride, kw:kw + stride * w_out:stride] += \
-                d[:, :, :, :, kh, kw].transpose(0, 3, 1, 2)
+                d[:, :, kh, kw]
     # === STUDENT END ===
     return dx_pad
 

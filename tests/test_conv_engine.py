@@ -80,6 +80,18 @@ def test_method_float32_error(rng, method):
     assert_close("bottom_diff float32", dx32, ref64.backward(dy), FLOAT32_BOUND[method], method)
 
 
+@pytest.mark.parametrize("method", ["winograd", "winograd4"])
+def test_winograd_row_bands_match_loops(rng, method, monkeypatch):
+    """Large maps are computed in row bands (odd sizes: the last band is partial)."""
+    import labkit.conv_engine as engine
+    monkeypatch.setattr(engine, "BAND_BYTES", 1)          # force bands of one tile row
+    ref, fast, x = pair(rng, (1, 3, 11, 9, 4, 3, 1, 1), method)
+    y = ref.forward(x)
+    assert_close("forward in bands", fast.forward(x), y, 1e-9, method)
+    dy = rng.standard_normal(y.shape)
+    assert_close("bottom_diff in bands", fast.backward(dy), ref.backward(dy), 1e-9, method)
+
+
 def test_engine_skips_param_grad_and_rejects_bad_methods(rng):
     _, layer, x = pair(rng, CASES[0], "winograd4")
     layer.need_param_grad = False
@@ -102,6 +114,7 @@ def test_reloading_weights_rebuilds_the_engine(rng):
 
 def test_choose_method_table():
     assert choose_method(3, 1, 512, 512, 28, 28) == "winograd4"
+    assert choose_method(3, 1, 512, 512, 14, 14) == "winograd"
     assert choose_method(3, 1, 3, 64, 224, 224) == "img2col"
     assert choose_method(3, 2, 512, 512, 28, 28) == "img2col"
     assert choose_method(5, 1, 512, 512, 28, 28) == "img2col"
