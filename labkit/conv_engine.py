@@ -35,6 +35,7 @@ def choose_method(kernel_size, stride, channel_in, channel_out, height, width):
     return "winograd4"
 
 
+_PAD_BUFFERS = {}         # (shape, pad, dtype) -> zero-bordered buffer, shared by all engines
 BAND_BYTES = 8 << 20     # Winograd tiles of one row band: bands only on the largest maps
 
 
@@ -120,11 +121,15 @@ class ConvEngine:
         return y
 
     def _padded(self, x, pad):
-        """x in a reused zero-bordered buffer (the border is written once)."""
+        """x copied into a zero-bordered buffer that is reused across calls and shared by
+        all layers (the border is written once; callers use it only during one call)."""
         if pad == 0:
             return x
         shape = x.shape[:2] + (x.shape[2] + 2 * pad, x.shape[3] + 2 * pad)
-        buf = self._get(("pad", shape, pad, x.dtype), lambda: np.zeros(shape, x.dtype))
+        key = (shape, pad, x.dtype)
+        buf = _PAD_BUFFERS.get(key)
+        if buf is None:
+            buf = _PAD_BUFFERS[key] = np.zeros(shape, x.dtype)
         buf[:, :, pad:-pad, pad:-pad] = x
         return buf
 

@@ -118,6 +118,7 @@ class ConvolutionalLayer:
         self.type = type
         self.need_param_grad = True
         self.input = None
+        self.input_meta = None      # (shape, dtype) of the last input, for the engine path
         self.cols = None
         self.weight = None
         self.bias = None
@@ -274,21 +275,24 @@ class ConvolutionalLayer:
         if self._engine is None or self._engine.weight is not weight:
             from labkit.conv_engine import ConvEngine
             self._engine = ConvEngine(weight, bias, self.padding, self.stride, self.method)
-        self.input = input
+        # the input itself is needed only for the parameter gradients; otherwise keep its
+        # shape and dtype, so that large activations are freed as soon as possible
+        self.input = input if self.need_param_grad else None
+        self.input_meta = (input.shape, input.dtype)
         output = self._engine.forward(input)
         self.forward_time = time.time() - start
         return output
 
     def backward_engine(self, top_diff):
         """Input gradient as a convolution of top_diff (stride 1); parameter gradients
-        only when ``need_param_grad``."""
+        only when ``need_param_grad`` (then forward kept the input)."""
         start = time.time()
-        x = need(self, "input")
-        if top_diff.dtype != x.dtype:
-            top_diff = top_diff.astype(x.dtype)
-        bottom_diff = self._engine.input_grad(top_diff, x.shape)
+        shape, dtype = need(self, "input_meta")
+        if top_diff.dtype != dtype:
+            top_diff = top_diff.astype(dtype)
+        bottom_diff = self._engine.input_grad(top_diff, shape)
         if self.need_param_grad:
-            self.d_weight, self.d_bias = self._engine.param_grad(x, top_diff)
+            self.d_weight, self.d_bias = self._engine.param_grad(need(self, "input"), top_diff)
         self.backward_time = time.time() - start
         return bottom_diff
 
