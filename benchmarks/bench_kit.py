@@ -297,7 +297,7 @@ def bench_torch_step(height, width, repeat):
 
 # ------------------------------------------------------------------------- 6. peak memory
 MEMORY_CHILD = """
-import resource, sys
+import sys
 sys.path.insert(0, {root!r}); sys.path.insert(0, {bench!r})
 from labkit.perf import reuse_large_allocations
 reuse_large_allocations()
@@ -308,7 +308,9 @@ adam = AdamOptimizer(1.0, image.shape)
 for _ in range({steps}):
     _, grad, _ = objective(image)
     image = adam.update(image, grad)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+# VmHWM: this process's peak resident memory (ru_maxrss would include the parent's,
+# inherited across fork/exec)
+print([l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM")][0])
 """
 
 
@@ -317,7 +319,7 @@ def bench_peak_memory(height, width, steps=3):
                                h=height, w=width, steps=steps)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
-    return int(out.stdout.strip().splitlines()[-1]) * 1024      # ru_maxrss is in KiB
+    return int(out.stdout.strip().splitlines()[-1]) * 1024      # VmHWM is in KiB
 
 
 # ------------------------------------------------------------------------- main
