@@ -12,7 +12,8 @@ weights built in memory (no 576 MB file needed). Prints tables and writes them a
 4. VGG19 classification forward at 224x224, steady state (filter transforms cached);
 5. one style-transfer step (forward to relu5_1, the six losses, one backward pass to the
    image, Adam) at 192x320, 224x224 and 512x512, against its GEMM-limit time: the step's
-   FLOPs at the matrix-multiply rate measured on that step's own img2col GEMM shapes;
+   FLOPs at the matrix-multiply rate measured on that step's own img2col GEMM shapes
+   (steps and GEMM passes alternate, so that speed drift affects both alike);
 6. the peak memory of a 512x512 style-transfer run (a separate process);
 7. PyTorch's time for the same step, if PyTorch happens to be installed (never required).
 
@@ -68,23 +69,50 @@ def conv_shapes(height, width, last="conv5_4"):
     return shapes
 
 
-def gemm_rate(shapes, repeat, rng):
-    """(aggregate, peak) GFLOP/s of the img2col GEMMs of these convolutions, forward and
-    input gradient, each GEMM timed on its own: aggregate = total FLOPs / total time (the
-    rate a plain-GEMM implementation of the workload gets), peak = the best single shape."""
-    flops = seconds = 0.0
-    cache, peak = {}, 0.0
+def gemm_operands(shapes, rng):
+    """{(M, K, N): (A, B)}: the distinct img2col GEMMs of these convolutions (forward
+    (Cout, Cin*9) @ (Cin*9, H*W) and input gradient (Cin, Cout*9) @ (Cout*9, H*W)), and
+    how often each occurs."""
+    operands, counts = {}, {}
     for _, cin, cout, h, w in shapes:
-        for m, k in ((cout, cin * 9), (cin, cout * 9)):        # forward, input gradient
+        for m, k in ((cout, cin * 9), (cin, cout * 9)):
             key = (m, k, h * w)
-            if key not in cache:
-                a = rng.standard_normal((m, k), dtype=np.float32)
-                b = rng.standard_normal((k, h * w), dtype=np.float32)
-                cache[key] = median_time(lambda: a @ b, repeat)
-                peak = max(peak, 2.0 * m * k * h * w / cache[key] / 1e9)
-            flops += 2.0 * m * k * h * w
-            seconds += cache[key]
+            counts[key] = counts.get(key, 0) + 1
+            if key not in operands:
+                operands[key] = (rng.standard_normal((m, k), dtype=np.float32),
+                                 rng.standard_normal((k, h * w), dtype=np.float32))
+    return operands, counts
+
+
+def gemm_pass(operands):
+    """Time each distinct GEMM once: {(M, K, N): seconds}."""
+    times = {}
+    for key, (a, b) in operands.items():
+        start = time.perf_counter()
+        a @ b
+        times[key] = time.perf_counter() - start
+    return times
+
+
+def gemm_summary(samples, counts):
+    """(aggregate, peak) GFLOP/s from repeated gemm_pass samples (median per shape):
+    aggregate = total FLOPs / total time (what a plain-GEMM implementation of the
+    workload gets), peak = the best single shape."""
+    flops = seconds = peak = 0.0
+    for key, count in counts.items():
+        m, k, n = key
+        t = float(np.median([s[key] for s in samples]))
+        flops += 2.0 * m * k * n * count
+        seconds += t * count
+        peak = max(peak, 2.0 * m * k * n / t / 1e9)
     return flops / seconds / 1e9, peak
+
+
+def gemm_rate(shapes, repeat, rng):
+    """(aggregate, peak) GFLOP/s of the img2col GEMMs of these convolutions."""
+    operands, counts = gemm_operands(shapes, rng)
+    gemm_pass(operands)                                             # warm-up
+    return gemm_summary([gemm_pass(operands) for _ in range(repeat)], counts)
 
 
 def step_flops(height, width):
@@ -236,9 +264,20 @@ def bench_style_step(height, width, repeat, rng):
         _, grad, _ = objective(state["image"])
         state["image"] = adam.update(state["image"], grad)
 
-    seconds = median_time(step, repeat, warmup=2)
+    # steps and GEMMs alternate, so that the VM's speed drift affects both alike
+    operands, counts = gemm_operands(conv_shapes(height, width, last="conv5_1"), rng)
+    step()
+    step()
+    gemm_pass(operands)
+    step_times, samples = [], []
+    for _ in range(max(3, repeat)):
+        start = time.perf_counter()
+        step()
+        step_times.append(time.perf_counter() - start)
+        samples.append(gemm_pass(operands))
+    seconds = float(np.median(step_times))
+    rate, peak = gemm_summary(samples, counts)
     gflop = step_flops(height, width) / 1e9
-    rate, peak = gemm_rate(conv_shapes(height, width, last="conv5_1"), max(3, repeat), rng)
     limit = gflop / rate
     return {"size": f"{height}x{width}", "step_s": seconds, "gflop": gflop,
             "gemm_gflops": rate, "gemm_limit_s": limit, "ratio": seconds / limit,
