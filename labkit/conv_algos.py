@@ -188,6 +188,19 @@ _WINO = {
 }
 
 
+def _winograd_kron(m, dtype):
+    """(kron(B^T, B^T), kron(A^T, A^T)): both 2-D transforms of F(m x m, 3x3) as matrices."""
+    key = (m, np.dtype(dtype))
+    if key not in _KRON:
+        BT = np.array(_WINO[m]["BT"], dtype=np.float64)
+        AT = np.array(_WINO[m]["AT"], dtype=np.float64)
+        _KRON[key] = (np.kron(BT, BT).astype(dtype), np.kron(AT, AT).astype(dtype))
+    return _KRON[key]
+
+
+_KRON = {}
+
+
 def winograd_filter_transform(w, m=2, dtype=None):
     """U = G g G^T for every (c,o): w (Cin,3,3,Cout) -> U ((m+2)^2, Cout, Cin), contiguous.
 
@@ -216,23 +229,23 @@ def _winograd(x, w, b, pad, m, U):
     ho, wo = _out_size(h, 3, pad, 1), _out_size(wd, 3, pad, 1)
     th, tw = -(-ho // m), -(-wo // m)                      # tiles per column / row
     xp = _pad(x, pad, th * m - ho, tw * m - wo)            # (N, C, th*m+2, tw*m+2)
-    BT = np.array(_WINO[m]["BT"], dtype=x.dtype)
-    AT = np.array(_WINO[m]["AT"], dtype=x.dtype)
+    KB, KA = _winograd_kron(m, x.dtype)
     # gather the overlapping a x a tiles (step m) from a strided view: T[i,j,n,c,ti,tj]
     T = np.empty((a, a, n, c, th, tw), dtype=x.dtype)
-    np.copyto(T, sliding_window_view(xp, (a, a), axis=(2, 3))[:, :, ::m, ::m].transpose(4, 5, 0, 1, 2, 3))
-    # input transform V = B^T d B: two small GEMMs over the tile axes (rows, then columns)
-    V = np.matmul(BT, T.reshape(a, -1)).reshape(a, a, -1)
-    V = np.matmul(BT, V)                                    # V[k,l] = sum_ij BT[k,i] BT[l,j] d[i,j]
+    np.copyto(T, sliding_window_view(xp, (a, a), axis=(2, 3))[:, :, ::m, ::m]
+              .transpose(4, 5, 0, 1, 2, 3))
+    # input transform V = B^T d B as ONE GEMM with kron(B^T, B^T): (a*a, a*a) @ (a*a, rest);
+    # more multiplies than two separable passes, but one pass over memory, at GEMM speed
+    V = np.matmul(KB, T.reshape(a * a, -1))                 # V[(k,l)] = sum_ij BT[k,i] BT[l,j] d[i,j]
     # a*a batched GEMMs (Cout, Cin) @ (Cin, tiles) in one matmul call
     if n == 1:
         M = np.matmul(U, V.reshape(a * a, c, th * tw))
     else:
         M = np.matmul(U[:, None], V.reshape(a * a, n, c, th * tw))
-    # output transform Y = A^T M A (rows, then columns), then one copy into NCHW order
-    Z = np.matmul(AT, M.reshape(a, -1)).reshape(m, a, -1)
-    Y = np.matmul(AT, Z).reshape(m, m, n, cout, th, tw)    # Y[r,s,n,o,ti,tj]
-    y = np.ascontiguousarray(Y.transpose(2, 3, 4, 0, 5, 1))  # (n, o, ti, r, tj, s)
+    # output transform Y = A^T M A, again one GEMM with kron(A^T, A^T); one copy to NCHW
+    Y = np.matmul(KA, M.reshape(a * a, -1)).reshape(m, m, n, cout, th, tw)   # Y[r,s,n,o,ti,tj]
+    y = np.empty((n, cout, th, m, tw, m), dtype=x.dtype)
+    np.copyto(y, Y.transpose(2, 3, 4, 0, 5, 1))                               # (n,o,ti,r,tj,s)
     y = y.reshape(n, cout, th * m, tw * m)
     if th * m != ho or tw * m != wo:
         y = np.ascontiguousarray(y[:, :, :ho, :wo])

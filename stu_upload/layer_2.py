@@ -383,51 +383,70 @@ class MaxPoolingLayer:
                         # === STUDENT END ===
         return bottom_diff
 
-    def _offset_views(self, array, h_out, w_out):
-        """The K*K strided views array[:, :, kh::s, kw::s] cropped to (H_out, W_out): view
-        (kh, kw) holds, for every window, its element at offset (kh, kw)."""
-        k, s = self.kernel_size, self.stride
-        return [array[:, :, kh:kh + s * (h_out - 1) + 1:s, kw:kw + s * (w_out - 1) + 1:s]
-                for kh in range(k) for kw in range(k)]
-
     def forward_speedup(self, input):
-        """Vectorised: the max of the K*K offset views (no loop over pixels or channels).
+        """Vectorised (``maxpool_forward``): no loop over pixels or channels.
         Caches ``self.output`` for backward (not an argmax array: cheaper)."""
         start = time.time()
-        h_out, w_out = self._out_size(input)
+        self._out_size(input)
         self.input = input
-        views = self._offset_views(input, h_out, w_out)
-        output = views[0].copy()
-        for view in views[1:]:
-            np.maximum(output, view, out=output)
-        self.output = output
+        self.output = maxpool_forward(input, self.kernel_size, self.stride)
         self.forward_time = time.time() - start
-        return output
+        return self.output
 
     def backward_speedup(self, top_diff):
-        """Vectorised eq. 3.9: loops only over the K*K window offsets. Each window's
-        gradient goes to the first offset (row-major) that holds its maximum, as in
-        the loop version."""
+        """Vectorised eq. 3.9 (``maxpool_backward``)."""
         start = time.time()
         x = need(self, "input")
         output = need(self, "output")
-        h_out, w_out = output.shape[2:]
-        k, s = self.kernel_size, self.stride
-        covered = k == s and h_out * s == x.shape[2] and w_out * s == x.shape[3]
-        # windows that tile the input exactly write every element once: no zero fill needed
-        bottom_diff = (np.empty if covered else np.zeros)(x.shape, dtype=top_diff.dtype)
-        taken = np.zeros(output.shape, dtype=bool)
-        targets = self._offset_views(bottom_diff, h_out, w_out)
-        for view, target in zip(self._offset_views(x, h_out, w_out), targets):
-            hit = view == output
-            hit &= ~taken
-            taken |= hit
-            if k == s:                          # disjoint windows: write
-                np.multiply(top_diff, hit, out=target)
-            else:                               # overlapping windows add up
-                target += top_diff * hit
+        bottom_diff = maxpool_backward(x, output, top_diff, self.kernel_size, self.stride)
         self.backward_time = time.time() - start
         return bottom_diff
+
+
+def offset_views(array, kernel_size, stride, h_out, w_out):
+    """The K*K strided views array[:, :, kh::s, kw::s] cropped to (H_out, W_out): view
+    (kh, kw) holds, for every window, its element at offset (kh, kw)."""
+    k, s = kernel_size, stride
+    return [array[:, :, kh:kh + s * (h_out - 1) + 1:s, kw:kw + s * (w_out - 1) + 1:s]
+            for kh in range(k) for kw in range(k)]
+
+
+def maxpool_forward(x, kernel_size, stride, out=None):
+    """(N, C, H, W) -> (N, C, H_out, W_out), H_out = (H - K) // s + 1: the element-wise
+    maximum of the K*K offset views (loops over the offsets only). Writes into ``out``
+    if given."""
+    h_out = (x.shape[2] - kernel_size) // stride + 1
+    w_out = (x.shape[3] - kernel_size) // stride + 1
+    views = offset_views(x, kernel_size, stride, h_out, w_out)
+    if out is None:
+        out = np.empty(views[0].shape, dtype=x.dtype)
+    np.copyto(out, views[0])
+    for view in views[1:]:
+        np.maximum(out, view, out=out)
+    return out
+
+
+def maxpool_backward(x, output, top_diff, kernel_size, stride, out=None):
+    """Eq. 3.9, vectorised: each window's gradient goes to the first offset (row-major)
+    that holds its maximum, as in the loop version. x (N, C, H, W); output and top_diff
+    (N, C, H_out, W_out) -> bottom_diff like x (written into ``out`` if given)."""
+    k, s = kernel_size, stride
+    h_out, w_out = output.shape[2:]
+    if out is None:
+        out = np.empty(x.shape, dtype=top_diff.dtype)
+    if not (k == s and h_out * s == x.shape[2] and w_out * s == x.shape[3]):
+        out.fill(0)      # overlaps add up, and the floor rule leaves elements with no window
+    taken = np.zeros(output.shape, dtype=bool)
+    for view, target in zip(offset_views(x, k, s, h_out, w_out),
+                            offset_views(out, k, s, h_out, w_out)):
+        hit = view == output
+        hit &= ~taken
+        taken |= hit
+        if k == s:                          # disjoint windows: write
+            np.multiply(top_diff, hit, out=target)
+        else:                               # overlapping windows add up
+            target += top_diff * hit
+    return out
 
 
 # ----------------------------------------------------------------------------- flatten
