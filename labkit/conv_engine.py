@@ -1,8 +1,9 @@
 """The fast convolution behind ``ConvolutionalLayer(..., method=...)`` (not a student file).
 
 One engine per layer. It keeps what does not change between calls: the weight as a GEMM
-matrix, the Winograd filter transforms of the weight and of the 180-degree-rotated weight
-(for input gradients), and the zero-bordered padding buffer. Methods (``labkit.conv_algos``):
+matrix and the Winograd filter transforms of the weight and of the 180-degree-rotated weight
+(for input gradients); zero-bordered padding buffers are shared by all engines. Methods
+(``labkit.conv_algos``):
 
 =============  =====================================================================
 img2col        shifted-slice img2col + one GEMM; input gradient of stride 1 is a
@@ -23,10 +24,10 @@ METHODS = ("img2col", "winograd", "winograd4", "fft", "auto")
 def choose_method(kernel_size, stride, channel_in, channel_out, height, width):
     """The default method for a convolution of this shape (N = 1, float32, 2 cores).
 
-    Measured with ``benchmarks/bench_conv_algos.py`` on VGG19's layers: Winograd F(4x4)
-    (computed in row bands that stay in cache) wins from 32 channels up on maps larger
-    than 16x16; on smaller maps F(2x2) (less transform work per output) is fastest;
-    narrow layers (conv1_1's 3 input channels), other kernels and strides use img2col.
+    Measured with ``benchmarks/bench_kit.py`` on VGG19's layers: Winograd F(4x4) wins from
+    32 channels up on maps larger than 16x16 (ties with img2col at 64->128 on 112x112);
+    on smaller maps F(2x2) (less transform work per output) is fastest; narrow layers
+    (conv1_1's 3 input channels), other kernels and strides use img2col.
     """
     if kernel_size != 3 or stride != 1 or min(channel_in, channel_out) < 32:
         return "img2col"
