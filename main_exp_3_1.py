@@ -47,13 +47,11 @@ def parse_args(argv=None):
 
 
 def prepare_demo(folder):
-    from labkit.fixtures import write_vgg19_mat
+    from labkit.fixtures import write_demo_vgg19
     from labkit.images import make_demo_image, save_rgb
-    weights = os.path.join(folder, "demo_vgg19_random_width8.mat")
     image = os.path.join(folder, "demo_image.png")
-    write_vgg19_mat(weights, layout="legacy", width_div=8, num_classes=1000, seed=0)
     save_rgb(make_demo_image(256, 320), image)
-    return weights, image
+    return write_demo_vgg19(folder), image
 
 
 def main(argv=None):

@@ -56,13 +56,11 @@ def parse_args(argv=None):
 
 def prepare_demo(folder=DEMO_FOLDER):
     """Write the demo weights, image and quant file; returns their paths."""
-    from labkit.fixtures import write_vgg19_mat
+    from labkit.fixtures import write_demo_vgg19
     from labkit.images import make_demo_image, save_rgb
-    os.makedirs(folder, exist_ok=True)
-    weights = os.path.join(folder, "demo_vgg19_random_width8.mat")
+    weights = write_demo_vgg19(folder)
     image = os.path.join(folder, "demo_image.png")
     quant = os.path.join(folder, "demo_vgg19_quant.npz")
-    write_vgg19_mat(weights, layout="legacy", width_div=8, num_classes=1000, seed=0)
     save_rgb(make_demo_image(256, 320), image)
     calib = demo_images(os.path.join(folder, "calib_images"), count=4, seed=100)
     calibrate_vgg19(weights, calib + [image], quant, verbose=False)

@@ -140,12 +140,9 @@ def speed_test(seed=1234):
 
 
 def prepare_demo(folder, height, width):
-    from labkit.fixtures import write_vgg19_mat
+    from labkit.fixtures import write_demo_vgg19
     from labkit.images import make_demo_image, save_rgb
-    os.makedirs(folder, exist_ok=True)
-    weights = os.path.join(folder, "demo_vgg19_random_width8.mat")
-    if not os.path.exists(weights):
-        write_vgg19_mat(weights, layout="legacy", width_div=8, num_classes=10, seed=0)
+    weights = write_demo_vgg19(folder, num_classes=10)
     content, style = (os.path.join(folder, f"demo_{n}.png") for n in ("content", "style"))
     save_rgb(make_demo_image(height, width, seed=0), content)
     save_rgb(make_demo_image(height, width, seed=7)[:, ::-1], style)

@@ -196,19 +196,9 @@ def bench_speed_test(quick):
 
 # ------------------------------------------------------------------------- 4. classification
 def bench_classification(repeat, rng):
-    from labkit.fixtures import random_vgg19_params
-    from labkit.matfile import MatLayer, VGGWeights
+    from labkit.fixtures import random_vgg19_weights
     from stu_upload.vgg_cpu import VGG19 as ClassifierVGG
-    params = random_vgg19_params(width_div=1, num_classes=1000, seed=0)
-    layers = []
-    for name, kind, _ in spec.FILE_LAYERS:
-        layer = MatLayer(name=name, type=kind)
-        if kind == "conv":
-            layer.weight, layer.bias = params[name]
-        layers.append(layer)
-    weights = VGGWeights(path="<memory>", layout="memory", layers=layers,
-                         mean_pixel=np.array([123.68, 116.779, 103.939]),
-                         class_names=[f"class {i}" for i in range(1000)])
+    weights = random_vgg19_weights(width_div=1, num_classes=1000, seed=0)
     image = rng.uniform(-120, 120, (1, 3, 224, 224)).astype(np.float32)
     shapes = conv_shapes(224, 224)
     conv_gflop = sum(2.0 * cin * cout * 9 * h * w for _, cin, cout, h, w in shapes) / 1e9
@@ -229,7 +219,7 @@ def bench_classification(repeat, rng):
         a_secs += median_time(lambda: a @ b, repeat)
         a_flops += 2.0 * cout * cin * 9 * h * w
     fc = rng.standard_normal((1, 25088), dtype=np.float32)
-    fcw = params["fc6"][0].reshape(-1, 4096)
+    fcw = weights.layer("fc6").weight.reshape(-1, 4096)
     a_secs += median_time(lambda: fc @ fcw, repeat) * (fc_gflop * 1e9 / (2.0 * 25088 * 4096))
     a_flops += fc_gflop * 1e9
     out["gemm_gflops"] = a_flops / a_secs / 1e9

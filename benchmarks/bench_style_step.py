@@ -15,9 +15,8 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from labkit import vgg19_spec as spec                                   # noqa: E402
 from labkit.images import make_demo_image, preprocess                   # noqa: E402
-from labkit.matfile import MatLayer, VGGWeights                         # noqa: E402
+from labkit.fixtures import random_vgg19_weights                        # noqa: E402
 from labkit.transfer import Objective, run_transfer                     # noqa: E402
 from stu_upload.style_transfer import VGG19, get_random_img             # noqa: E402
 
@@ -25,19 +24,8 @@ STYLE = {n: 1.0 for n in ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 
 
 def full_size_weights(seed=0):
-    """Conv layers with the real widths (He-initialised); fc layers are not needed."""
-    rng = np.random.default_rng(seed)
-    layers, cin = [], 3
-    for name, kind, cout in spec.FILE_LAYERS[:37]:
-        layer = MatLayer(name=name, type=kind)
-        if kind == "conv":
-            layer.weight = rng.standard_normal((3, 3, cin, cout), dtype=np.float32) \
-                * np.float32(np.sqrt(2.0 / (9 * cin)))
-            layer.bias = np.zeros(cout, np.float32)
-            cin = cout
-        layers.append(layer)
-    return VGGWeights(path="<memory>", layout="memory", layers=layers,
-                      mean_pixel=np.array([123.68, 116.779, 103.939]))
+    """Conv layers up to pool5 with the real widths (He-initialised); no fc layers."""
+    return random_vgg19_weights(width_div=1, seed=seed, last_layer="pool5")
 
 
 def main():

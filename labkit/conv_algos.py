@@ -99,14 +99,16 @@ def conv2d_weight_grad_reference(x, dy, k, pad, stride):
 def im2col(x, k, pad, stride):
     """x (N,C,H,W) -> cols (N, C*K*K, Ho*Wo), rows ordered (c, kh, kw) like w.reshape(C*K*K, Cout).
 
-    cols[n,(c,kh,kw),(i,j)] = xp[n,c,i*s+kh,j*s+kw].  Built from a strided
-    sliding-window view; the only copy is one np.copyto."""
+    cols[n,(c,kh,kw),(i,j)] = xp[n,c,i*s+kh,j*s+kw].  Built from K*K shifted (strided)
+    slices of the padded input: one copy each, no loop over pixels or channels."""
     n, c, h, wd = x.shape
     ho, wo = _out_size(h, k, pad, stride), _out_size(wd, k, pad, stride)
-    v = sliding_window_view(_pad(x, pad), (k, k), axis=(2, 3))   # (N,C,Hp-K+1,Wp-K+1,K,K)
-    v = v[:, :, ::stride, ::stride][:, :, :ho, :wo]
+    xp = _pad(x, pad)
     cols = np.empty((n, c, k, k, ho, wo), dtype=x.dtype)
-    np.copyto(cols, v.transpose(0, 1, 4, 5, 2, 3))          # the one copy
+    for kh in range(k):
+        for kw in range(k):
+            cols[:, :, kh, kw] = xp[:, :, kh:kh + stride * (ho - 1) + 1:stride,
+                                    kw:kw + stride * (wo - 1) + 1:stride]
     return cols.reshape(n, c * k * k, ho * wo), ho, wo
 
 

@@ -104,19 +104,12 @@ class ConvEngine:
         return y
 
     def _img2col(self, x, w_key, w, bias, pad):
-        n, c, h, wd = x.shape
-        k, s = w.shape[1], self.stride
-        cout = w.shape[3]
+        n, c = x.shape[:2]
+        k, cout = w.shape[1], w.shape[3]
         wm = self._get((w_key, "gemm", x.dtype),
                        lambda: np.ascontiguousarray(w.reshape(c * k * k, cout).T, dtype=x.dtype))
-        ho, wo = (h + 2 * pad - k) // s + 1, (wd + 2 * pad - k) // s + 1
-        xp = self._padded(x, pad)
-        cols = np.empty((n, c, k, k, ho, wo), dtype=x.dtype)
-        for kh in range(k):                     # shifted slices: K*K copies, no pixel loop
-            for kw in range(k):
-                cols[:, :, kh, kw] = xp[:, :, kh:kh + s * (ho - 1) + 1:s,
-                                         kw:kw + s * (wo - 1) + 1:s]
-        y = np.matmul(wm, cols.reshape(n, c * k * k, ho * wo)).reshape(n, cout, ho, wo)
+        cols, ho, wo = algos.im2col(self._padded(x, pad), k, 0, self.stride)
+        y = np.matmul(wm, cols).reshape(n, cout, ho, wo)
         if bias is not None:
             y += bias.astype(x.dtype, copy=False).reshape(1, -1, 1, 1)
         return y

@@ -42,11 +42,14 @@ def _cell(items):
     return cell
 
 
-def random_vgg19_params(width_div=16, num_classes=10, fc_width=None, seed=0):
-    """{conv name: (W [K, K, Cin, Cout] float32, b [Cout] float32)} for the 19 conv layers."""
+def random_vgg19_params(width_div=16, num_classes=10, fc_width=None, seed=0,
+                        last_layer="fc8"):
+    """{conv name: (W [K, K, Cin, Cout] float32, b [Cout] float32)} for the conv layers up to
+    ``last_layer`` (all 19 by default; e.g. "conv5_4" skips fc6's 400 MB at full size)."""
     rng = np.random.default_rng(seed)
     params, cin = {}, 3
-    for name, kind, cout in spec.FILE_LAYERS:
+    last = spec.FILE_LAYER_NAMES.index(last_layer)
+    for name, kind, cout in spec.FILE_LAYERS[:last + 1]:
         if kind != "conv":
             continue
         if name == "fc8":
@@ -64,6 +67,32 @@ def random_vgg19_params(width_div=16, num_classes=10, fc_width=None, seed=0):
         params[name] = (w, b)
         cin = cout
     return params
+
+
+def random_vgg19_weights(width_div=1, num_classes=1000, seed=0, last_layer="fc8"):
+    """The same random network as a ``labkit.matfile.VGGWeights`` in memory (no file), with
+    the layers up to ``last_layer``; for benchmarks of the full-size network."""
+    from labkit.matfile import MatLayer, VGGWeights
+    params = random_vgg19_params(width_div, num_classes, seed=seed, last_layer=last_layer)
+    layers = []
+    for name, kind, _ in spec.FILE_LAYERS[:spec.FILE_LAYER_NAMES.index(last_layer) + 1]:
+        layer = MatLayer(name=name, type=kind)
+        if kind == "conv":
+            layer.weight, layer.bias = params[name]
+        layers.append(layer)
+    classes = [f"random class {i}, fixture" for i in range(num_classes)] \
+        if last_layer == "fc8" else []
+    return VGGWeights(path="<memory>", layout="memory", layers=layers,
+                      mean_pixel=np.array(MEAN_PIXEL), class_names=classes)
+
+
+def write_demo_vgg19(folder, num_classes=1000):
+    """The drivers' --demo network: widths / 8, legacy layout, seed 0; returns its path."""
+    import os
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "demo_vgg19_random_width8.mat")
+    write_vgg19_mat(path, layout="legacy", width_div=8, num_classes=num_classes, seed=0)
+    return path
 
 
 def write_vgg19_mat(path, layout="legacy", width_div=16, num_classes=10, fc_width=None,
