@@ -21,6 +21,7 @@ Times are medians of ``--repeat`` runs after a warm-up; this machine is a VM who
 drifts by 10-30 %, so compare ratios measured in the same run.
 """
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -36,12 +37,19 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 from bench_style_step import STYLE, full_size_weights          # noqa: E402
 from labkit import vgg19_spec as spec                          # noqa: E402
 from labkit.conv_engine import choose_method                   # noqa: E402
-from labkit.perf import reuse_large_allocations                # noqa: E402
+from labkit.perf import engine_threads, reuse_large_allocations  # noqa: E402
 from stu_upload.layer_2 import ConvolutionalLayer              # noqa: E402
 
 STYLE_LAYERS = list(STYLE)
 CONTENT_LAYER = "relu4_2"
 METHODS = ["lab", "img2col", "winograd", "winograd4", "fft", "auto"]
+
+
+def settle_blas():
+    """Wait until OpenBLAS's own threads, busy after a multi-threaded GEMM, stop spinning
+    (they spin ~0.1 s before sleeping). Timing the engine's threads (labkit.perf) right after
+    a multi-threaded GEMM would otherwise charge it for that spin (measured: +15 % on a step)."""
+    time.sleep(0.3)
 
 
 def median_time(fn, repeat, warmup=1):
@@ -148,8 +156,11 @@ def bench_layers(repeat, rng, quick):
                                        method=None if method == "lab" else method)
             layer.load_param(weight, np.zeros(cout, np.float32))
             layer.need_param_grad = False
-            fwd = median_time(lambda: layer.forward(x), repeat)
-            bwd = median_time(lambda: layer.backward(dy), repeat)
+            if method != "lab":
+                settle_blas()
+            with engine_threads() if method != "lab" else contextlib.nullcontext():
+                fwd = median_time(lambda: layer.forward(x), repeat)
+                bwd = median_time(lambda: layer.backward(dy), repeat)
             row[method] = {"forward_ms": fwd * 1e3, "backward_ms": bwd * 1e3,
                            "forward_gflops": gflop / fwd, "backward_gflops": gflop / bwd}
         seen[key] = row
@@ -179,8 +190,11 @@ def bench_speed_test(quick):
         dx = layer.backward(dy)
         bwd = time.perf_counter() - start
         if name != "raw":                                       # warm, then the median
-            fwd = median_time(lambda: layer.forward(x), 5)
-            bwd = median_time(lambda: layer.backward(dy), 5)
+            if name == "auto":
+                settle_blas()
+            with engine_threads() if name == "auto" else contextlib.nullcontext():
+                fwd = median_time(lambda: layer.forward(x), 5)
+                bwd = median_time(lambda: layer.backward(dy), 5)
         result[name] = {"forward_ms": fwd * 1e3, "backward_ms": bwd * 1e3, "y": y, "dx": dx}
     if "raw" in result:
         for name in ("img2col", "auto"):
@@ -250,9 +264,10 @@ def bench_style_step(height, width, repeat, rng):
     adam = AdamOptimizer(1.0, image.shape)
     state = {"image": image}
 
-    def step():
-        _, grad, _ = objective(state["image"])
-        state["image"] = adam.update(state["image"], grad)
+    def step():       # as labkit.transfer.run_transfer runs it: in the engine's threads
+        with engine_threads():
+            _, grad, _ = objective(state["image"])
+            state["image"] = adam.update(state["image"], grad)
 
     # steps and GEMMs alternate, so that the VM's speed drift affects both alike
     operands, counts = gemm_operands(conv_shapes(height, width, last="conv5_1"), rng)
@@ -261,6 +276,7 @@ def bench_style_step(height, width, repeat, rng):
     gemm_pass(operands)
     step_times, samples = [], []
     for _ in range(max(3, repeat)):
+        settle_blas()
         start = time.perf_counter()
         step()
         step_times.append(time.perf_counter() - start)

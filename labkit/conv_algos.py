@@ -123,20 +123,26 @@ def conv2d_img2col(x, w, b, pad, stride=1):
     return _add_bias(y, b)
 
 
-def conv2d_input_grad_img2col(dy, w, pad, stride, x_shape):
+def conv2d_input_grad_img2col(dy, w, pad, stride, x_shape, pool=None):
     """Input gradient by GEMM + col2im, any stride.  dy (N,Cout,Ho,Wo) -> dx x_shape.
 
     dcols[n] = w.reshape(Cin*K*K, Cout) @ dy[n]; col2im adds each (kh,kw) slice of
-    dcols into the shifted, strided window of dxp (loop over K*K offsets only)."""
+    dcols into the shifted, strided window of dxp (loop over K*K offsets only).
+    With a pool (``labkit.perf``), input-channel ranges run in parallel."""
     n, c, h, wd = x_shape
     cin, k, _, cout = w.shape
     ho, wo = dy.shape[2:]
-    dcols = np.matmul(w.reshape(cin * k * k, cout).astype(dy.dtype, copy=False),
-                      dy.reshape(n, cout, ho * wo)).reshape(n, cin, k, k, ho, wo)
+    wm = w.reshape(cin * k * k, cout).astype(dy.dtype, copy=False)
+    dy_m = dy.reshape(n, cout, ho * wo)
     dxp = np.zeros((n, c, h + 2 * pad, wd + 2 * pad), dtype=dy.dtype)
-    for kh in range(k):
-        for kw in range(k):
-            dxp[:, :, kh:kh + stride * (ho - 1) + 1:stride, kw:kw + stride * (wo - 1) + 1:stride] += dcols[:, :, kh, kw]
+
+    def channels(c0, c1):
+        dcols = np.matmul(wm[c0 * k * k:c1 * k * k], dy_m).reshape(n, c1 - c0, k, k, ho, wo)
+        for kh in range(k):
+            for kw in range(k):
+                dxp[:, c0:c1, kh:kh + stride * (ho - 1) + 1:stride,
+                    kw:kw + stride * (wo - 1) + 1:stride] += dcols[:, :, kh, kw]
+    run_split(pool, channels, c)
     return dxp if pad == 0 else np.ascontiguousarray(dxp[:, :, pad:pad + h, pad:pad + wd])
 
 
@@ -219,7 +225,44 @@ def winograd_filter_transform(w, m=2, dtype=None):
     return np.ascontiguousarray(u.reshape(a * a, cout, cin), dtype=dtype or w.dtype)
 
 
-def _winograd(x, w, b, pad, m, U):
+def split_ranges(size, parts):
+    """[(lo, hi), ...]: ``size`` split into ``parts`` nearly equal, non-empty ranges."""
+    parts = max(1, min(parts, size))
+    edges = [size * i // parts for i in range(parts + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def run_split(pool, fn, size):
+    """fn(lo, hi) over ranges covering 0..size: all at once without a pool, else one range
+    per worker of ``pool`` (``labkit.perf.WorkerPool``), waiting for all of them."""
+    if pool is None or size < 2:
+        fn(0, size)
+        return
+    futures = [pool.submit(fn, lo, hi) for lo, hi in split_ranges(size, pool.workers)]
+    for future in futures:
+        future.result()
+
+
+def pad_into(x, pad, extra_h=0, extra_w=0, pool=None):
+    """x (N,C,H,W) zero-padded by ``pad`` (plus extra rows/columns at the bottom/right),
+    copied channel range by channel range (in parallel with a pool)."""
+    if pad == 0 and extra_h == 0 and extra_w == 0:
+        return x
+    n, c, h, wd = x.shape
+    xp = np.empty((n, c, h + 2 * pad + extra_h, wd + 2 * pad + extra_w), dtype=x.dtype)
+
+    def fill(c0, c1):
+        part = xp[:, c0:c1]
+        part[:, :, :pad] = 0
+        part[:, :, pad + h:] = 0
+        part[:, :, pad:pad + h, :pad] = 0
+        part[:, :, pad:pad + h, pad + wd:] = 0
+        part[:, :, pad:pad + h, pad:pad + wd] = x[:, c0:c1]
+    run_split(pool, fill, c)
+    return xp
+
+
+def _winograd(x, w, b, pad, m, U, pool=None):
     n, c, h, wd = x.shape
     a = m + 2
     if U is None:
@@ -230,28 +273,37 @@ def _winograd(x, w, b, pad, m, U):
     U = U.astype(x.dtype, copy=False)
     ho, wo = _out_size(h, 3, pad, 1), _out_size(wd, 3, pad, 1)
     th, tw = -(-ho // m), -(-wo // m)                      # tiles per column / row
-    xp = _pad(x, pad, th * m - ho, tw * m - wo)            # (N, C, th*m+2, tw*m+2)
+    tiles = th * tw
+    xp = pad_into(x, pad, th * m - ho, tw * m - wo, pool)  # (N, C, th*m+2, tw*m+2)
     KB, KA = _winograd_kron(m, x.dtype)
-    # gather the overlapping a x a tiles (step m) from a strided view: T[i,j,n,c,ti,tj]
-    T = np.empty((a, a, n, c, th, tw), dtype=x.dtype)
-    np.copyto(T, sliding_window_view(xp, (a, a), axis=(2, 3))[:, :, ::m, ::m]
-              .transpose(4, 5, 0, 1, 2, 3))
-    # input transform V = B^T d B as ONE GEMM with kron(B^T, B^T): (a*a, a*a) @ (a*a, rest);
-    # more multiplies than two separable passes, but one pass over memory, at GEMM speed
-    V = np.matmul(KB, T.reshape(a * a, -1))                 # V[(k,l)] = sum_ij BT[k,i] BT[l,j] d[i,j]
-    # a*a batched GEMMs (Cout, Cin) @ (Cin, tiles) in one matmul call
-    if n == 1:
-        M = np.matmul(U, V.reshape(a * a, c, th * tw))
-    else:
-        M = np.matmul(U[:, None], V.reshape(a * a, n, c, th * tw))
-    # output transform Y = A^T M A, again one GEMM with kron(A^T, A^T); one copy to NCHW
-    Y = np.matmul(KA, M.reshape(a * a, -1)).reshape(m, m, n, cout, th, tw)   # Y[r,s,n,o,ti,tj]
+    T = np.empty((a, a, n, c, th, tw), dtype=x.dtype)     # T[i,j,n,c,ti,tj]: the tiles
+    V = np.empty((a * a, n, c, tiles), dtype=x.dtype)     # their transforms B^T d B
     y = np.empty((n, cout, th, m, tw, m), dtype=x.dtype)
-    np.copyto(y, Y.transpose(2, 3, 4, 0, 5, 1))                               # (n,o,ti,r,tj,s)
+
+    def input_stage(c0, c1):    # channels c0..c1: gather the tiles, V = B^T d B
+        # the overlapping a x a tiles (step m) copied from a strided view
+        np.copyto(T[:, :, :, c0:c1], sliding_window_view(xp[:, c0:c1], (a, a), axis=(2, 3))
+                  [:, :, ::m, ::m].transpose(4, 5, 0, 1, 2, 3))
+        # B^T d B as ONE GEMM with kron(B^T, B^T): (a*a, a*a) @ (a*a, tiles); more
+        # multiplies than two separable passes, but one pass over memory, at GEMM speed
+        for i in range(n):
+            np.matmul(KB, T[:, :, i, c0:c1].reshape(a * a, -1),
+                      out=V[:, i, c0:c1].reshape(a * a, -1))
+
+    def output_stage(o0, o1):   # output channels o0..o1: a*a GEMMs, then Y = A^T M A
+        for i in range(n):
+            M = np.matmul(U[:, o0:o1], V[:, i])                  # (a*a, o, tiles)
+            Y = np.matmul(KA, M.reshape(a * a, -1))               # kron(A^T, A^T) @ M
+            np.copyto(y[i, o0:o1], Y.reshape(m, m, o1 - o0, th, tw).transpose(2, 3, 0, 4, 1))
+            if b is not None:
+                y[i, o0:o1] += b[o0:o1].astype(x.dtype, copy=False).reshape(-1, 1, 1, 1, 1)
+
+    run_split(pool, input_stage, c)        # with a pool: channel ranges in parallel,
+    run_split(pool, output_stage, cout)    # then output-channel ranges
     y = y.reshape(n, cout, th * m, tw * m)
     if th * m != ho or tw * m != wo:
         y = np.ascontiguousarray(y[:, :, :ho, :wo])
-    return _add_bias(y, b)
+    return y
 
 
 def conv2d_winograd(x, w, b, pad, U=None):

@@ -2,7 +2,9 @@
 
 One engine per layer. It keeps what does not change between calls: the weight as a GEMM
 matrix and the Winograd filter transforms of the weight and of the 180-degree-rotated weight
-(for input gradients); zero-bordered padding buffers are shared by all engines. Methods
+(for input gradients). Inside ``labkit.perf.engine_threads()`` the work is split over a
+pool of threads (Winograd stages by channel ranges, img2col GEMMs by output channels).
+Methods
 (``labkit.conv_algos``):
 
 =============  =====================================================================
@@ -17,6 +19,7 @@ auto           the fastest for the shape, from ``choose_method`` (measured table
 import numpy as np
 
 from labkit import conv_algos as algos
+from labkit.perf import active_pool
 
 METHODS = ("img2col", "winograd", "winograd4", "fft", "auto")
 
@@ -36,7 +39,6 @@ def choose_method(kernel_size, stride, channel_in, channel_out, height, width):
     return "winograd4"
 
 
-_PAD_BUFFERS = {}         # (shape, pad, dtype) -> zero-bordered buffer, shared by all engines
 BAND_BYTES = 8 << 20     # Winograd tiles of one row band: bands only on the largest maps
 
 
@@ -73,17 +75,17 @@ class ConvEngine:
 
     def _conv(self, x, w_key, w, bias, pad, method):
         """x (N, C, H, W) convolved with w [C, K, K, C'] (stride self.stride if img2col)."""
-        dtype = x.dtype
+        dtype, pool = x.dtype, active_pool()
         if method == "img2col":
-            return self._img2col(x, w_key, w, bias, pad)
+            return self._img2col(x, w_key, w, bias, pad, pool)
         if method in ("winograd", "winograd4"):
             m = 2 if method == "winograd" else 4
             U = self._get((w_key, method, dtype),
                           lambda: algos.winograd_filter_transform(w, m, dtype))
-            return self._winograd_bands(x, U, bias, pad, m)
+            return self._winograd_bands(x, U, bias, pad, m, pool)
         return algos.conv2d_fft(x, w.astype(dtype, copy=False), bias, pad)
 
-    def _winograd_bands(self, x, U, bias, pad, m):
+    def _winograd_bands(self, x, U, bias, pad, m, pool):
         """Winograd over bands of output rows, so that each band's tiles (transformed
         input, products) stay in cache instead of streaming through memory."""
         n, c, h, wd = x.shape
@@ -93,39 +95,31 @@ class ConvEngine:
         band_bytes = (m + 2) ** 2 * max(c, cout) * tiles_per_row * x.itemsize * n
         rows = max(1, BAND_BYTES // band_bytes) * m          # output rows per band
         if rows >= ho:
-            return algos._winograd(x, None, bias, pad, m, U)
-        xp = self._padded(x, pad)
+            return algos._winograd(x, None, bias, pad, m, U, pool)
+        xp = algos.pad_into(x, pad, pool=pool)
         y = np.empty((n, cout, ho, wo), dtype=x.dtype)
         for r0 in range(0, ho, rows):
             r1 = min(ho, r0 + rows)
-            y[:, :, r0:r1] = algos._winograd(xp[:, :, r0:r1 + 2], None, None, 0, m, U)
+            y[:, :, r0:r1] = algos._winograd(xp[:, :, r0:r1 + 2], None, None, 0, m, U, pool)
         if bias is not None:
             y += bias.astype(x.dtype, copy=False).reshape(1, -1, 1, 1)
         return y
 
-    def _img2col(self, x, w_key, w, bias, pad):
+    def _img2col(self, x, w_key, w, bias, pad, pool):
         n, c = x.shape[:2]
         k, cout = w.shape[1], w.shape[3]
         wm = self._get((w_key, "gemm", x.dtype),
                        lambda: np.ascontiguousarray(w.reshape(c * k * k, cout).T, dtype=x.dtype))
-        cols, ho, wo = algos.im2col(self._padded(x, pad), k, 0, self.stride)
-        y = np.matmul(wm, cols).reshape(n, cout, ho, wo)
-        if bias is not None:
-            y += bias.astype(x.dtype, copy=False).reshape(1, -1, 1, 1)
-        return y
+        cols, ho, wo = algos.im2col(algos.pad_into(x, pad, pool=pool), k, 0, self.stride)
+        y = np.empty((n, cout, ho * wo), dtype=x.dtype)
+        b = None if bias is None else bias.astype(x.dtype, copy=False).reshape(-1, 1)
 
-    def _padded(self, x, pad):
-        """x copied into a zero-bordered buffer that is reused across calls and shared by
-        all layers (the border is written once; callers use it only during one call)."""
-        if pad == 0:
-            return x
-        shape = x.shape[:2] + (x.shape[2] + 2 * pad, x.shape[3] + 2 * pad)
-        key = (shape, pad, x.dtype)
-        buf = _PAD_BUFFERS.get(key)
-        if buf is None:
-            buf = _PAD_BUFFERS[key] = np.zeros(shape, x.dtype)
-        buf[:, :, pad:-pad, pad:-pad] = x
-        return buf
+        def rows(o0, o1):     # output channels o0..o1
+            np.matmul(wm[o0:o1], cols, out=y[:, o0:o1])
+            if b is not None:
+                y[:, o0:o1] += b[o0:o1]
+        algos.run_split(pool, rows, cout)
+        return y.reshape(n, cout, ho, wo)
 
     # -- the three things a layer needs ------------------------------------------------
     def forward(self, x):
@@ -139,7 +133,8 @@ class ConvEngine:
             # GEMM + col2im (K*K shifted-slice adds): for stride > 1, and where the input is
             # narrow (conv1_1: 27 rows of dcols to add up instead of 576 rows of cols to copy)
             return algos.conv2d_input_grad_img2col(dy, self.weight.astype(dy.dtype, copy=False),
-                                                   self.padding, self.stride, x_shape)
+                                                   self.padding, self.stride, x_shape,
+                                                   active_pool())
         q = self.k - 1 - self.padding
         method = self._method(dy.shape, self.cout, self.cin)
         wr = self._get(("rot", dy.dtype), lambda: algos.rotate_filter(self.weight))

@@ -5,11 +5,13 @@
 with the image gradient from ONE backward pass. ``run_transfer`` drives Adam or L-BFGS,
 calls ``on_step`` after every step and handles Ctrl-C and non-finite losses.
 """
+import contextlib
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from labkit.perf import active_pool, engine_threads
 from stu_upload.layer_3 import AdamOptimizer, ContentLossLayer, StyleLossLayer
 from stu_upload.style_transfer import FEATURE_LAYER_NAMES
 
@@ -69,6 +71,18 @@ class Objective:
     def part_names(self):
         return ["content"] + [f"style_{n}" for n in self.style_weights] + ["tv"]
 
+    def _style_losses(self, feats):
+        """{layer: (loss, dloss/dfeatures)}; the layers are independent, so inside
+        ``labkit.perf.engine_threads()`` they run on the worker threads."""
+        def one(name):
+            layer = self.style_loss[name]
+            return layer.forward(feats[name]), layer.backward(feats[name])
+        pool = active_pool()
+        if pool is None:
+            return {name: one(name) for name in self.style_weights}
+        futures = {name: pool.submit(one, name) for name in self.style_weights}
+        return {name: future.result() for name, future in futures.items()}
+
     def __call__(self, image):
         self.evaluations += 1
         feats = self.vgg.forward(image, self.layer_list)
@@ -81,11 +95,11 @@ class Objective:
         parts["content"] = self.content_loss.forward(x, self.content_target)
         add(self.content_layer, self.alpha * self.content_loss.backward(x, self.content_target))
         total = self.alpha * parts["content"]
-        for name, weight in self.style_weights.items():
-            layer = self.style_loss[name]
-            parts[f"style_{name}"] = layer.forward(feats[name])
-            total += self.beta * weight * parts[f"style_{name}"]
-            add(name, (self.beta * weight) * layer.backward(feats[name]))
+        for name, (loss, grad) in self._style_losses(feats).items():
+            weight = self.style_weights[name]
+            parts[f"style_{name}"] = loss
+            total += self.beta * weight * loss
+            add(name, (self.beta * weight) * grad)
         grad = self.vgg.backward(dlosses)
         parts["tv"] = 0.0
         if self.tv_weight:
@@ -142,11 +156,15 @@ def run_transfer(objective, image, steps, optimizer="adam", lr=1.0, bounds=None,
 
     if optimizer not in ("adam", "lbfgs"):
         raise ValueError(f"optimizer must be 'adam' or 'lbfgs', got {optimizer!r}")
+    # the tuned convolutions parallelise themselves (labkit.perf); the lab's own layers
+    # (conv_method None) keep OpenBLAS's threads
+    tuned = getattr(getattr(objective, "vgg", None), "conv_method", None) is not None
     try:
-        if optimizer == "adam":
-            final = _run_adam(evaluate, record, image, steps, lr)
-        else:
-            final = _run_lbfgs(evaluate, record, image, steps, bounds, state)
+        with engine_threads() if tuned else contextlib.nullcontext():
+            if optimizer == "adam":
+                final = _run_adam(evaluate, record, image, steps, lr)
+            else:
+                final = _run_lbfgs(evaluate, record, image, steps, bounds, state)
     except KeyboardInterrupt:
         return TransferResult(state["current"], "interrupted", state["step"], state["step"],
                               state["history"], f"interrupted after {state['step']} steps")

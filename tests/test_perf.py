@@ -1,0 +1,187 @@
+"""labkit/perf.py and the threaded paths it enables: the engine's work split over a pool of
+threads (Winograd stages by channel ranges, img2col GEMMs by output channels, style losses by
+layer) gives the same results as the single-threaded code (float64, 1e-12 relative), and
+``engine_threads()`` leaves OpenBLAS's thread count as it found it. Nothing here is timed."""
+import numpy as np
+import pytest
+
+from labkit import conv_algos, perf
+from labkit.conv_engine import ConvEngine
+from labkit.gradcheck import assert_close
+from labkit.transfer import Objective
+
+SAME = 1e-12      # threads only reorder independent work: results agree to rounding
+
+
+@pytest.fixture(scope="module")
+def pool():
+    """A two-thread pool of our own (works whatever BLAS NumPy uses)."""
+    return perf.WorkerPool(2)
+
+
+@pytest.mark.parametrize("size,parts", [(1, 2), (2, 2), (3, 2), (5, 3), (64, 2), (7, 10)])
+def test_split_ranges_cover_once(size, parts):
+    ranges = conv_algos.split_ranges(size, parts)
+    assert ranges[0][0] == 0 and ranges[-1][1] == size
+    assert all(lo < hi for lo, hi in ranges), ranges
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:])), ranges
+    assert len(ranges) == min(size, parts)
+
+
+@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("shape", [(1, 3, 9, 11, 5), (2, 4, 6, 7, 3), (1, 1, 5, 5, 2)], ids=str)
+def test_threaded_winograd_matches_definition(rng, pool, m, shape):
+    """Channel ranges split unevenly (3 -> 1 + 2), several images, odd sizes, a bias."""
+    n, cin, h, w, cout = shape
+    x = rng.standard_normal((n, cin, h, w))
+    weight = rng.standard_normal((cin, 3, 3, cout))
+    bias = rng.standard_normal(cout)
+    want = conv_algos.conv2d_reference(x, weight, bias, 1)
+    serial = conv_algos._winograd(x, weight, bias, 1, m, None)
+    threaded = conv_algos._winograd(x, weight, bias, 1, m, None, pool)
+    assert_close(f"F({m}x{m}) threaded vs definition", threaded, want, 1e-9)
+    assert_close(f"F({m}x{m}) threaded vs serial", threaded, serial, SAME)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_threaded_img2col_input_grad_matches_definition(rng, pool, stride):
+    x_shape = (2, 3, 9, 8)
+    weight = rng.standard_normal((3, 3, 3, 4))
+    dy = rng.standard_normal((2, 4) + ((9 + 2 - 3) // stride + 1, (8 + 2 - 3) // stride + 1))
+    want = conv_algos.conv2d_input_grad_reference(dy, weight, 1, stride, x_shape)
+    got = conv_algos.conv2d_input_grad_img2col(dy, weight, 1, stride, x_shape, pool)
+    assert_close("img2col input gradient, threaded", got, want, 1e-9)
+
+
+def test_pad_into_threaded(rng, pool):
+    x = rng.standard_normal((2, 5, 4, 3))
+    want = np.pad(x, ((0, 0), (0, 0), (2, 3), (2, 4)))
+    assert np.array_equal(conv_algos.pad_into(x, 2, 1, 2, pool), want)
+
+
+def test_split_that_drops_work_is_caught(rng, pool, monkeypatch):
+    """Negative control: a split that forgets its last range gives a wrong convolution."""
+    x = rng.standard_normal((1, 4, 8, 8))
+    weight = rng.standard_normal((4, 3, 3, 4))
+    want = conv_algos.conv2d_reference(x, weight, None, 1)
+    monkeypatch.setattr(conv_algos, "split_ranges",
+                        lambda size, parts: [(0, size // 2)] if size > 1 else [(0, size)])
+    got = conv_algos._winograd(x, weight, None, 1, 4, None, pool)
+    with pytest.raises(AssertionError, match="relative error"):
+        assert_close("dropped range", got, want, 1e-9)
+
+
+needs_pool = pytest.mark.skipif(perf.worker_pool() is None,
+                                reason="no NumPy OpenBLAS thread control, or LABKIT_THREADS=1")
+
+
+@needs_pool
+@pytest.mark.parametrize("method", ["img2col", "winograd", "winograd4"])
+def test_engine_inside_engine_threads_matches_outside(rng, method, monkeypatch):
+    import labkit.conv_engine as engine
+    monkeypatch.setattr(engine, "BAND_BYTES", 1)          # row bands too
+    x = rng.standard_normal((1, 6, 13, 10))
+    weight, bias = rng.standard_normal((6, 3, 3, 5)), rng.standard_normal(5)
+    conv = ConvEngine(weight, bias, 1, 1, method)
+    y, dx = conv.forward(x), conv.input_grad(x[:, :5], (1, 6, 13, 10))
+    with perf.engine_threads():
+        assert perf.active_pool() is not None
+        y2, dx2 = conv.forward(x), conv.input_grad(x[:, :5], (1, 6, 13, 10))
+    assert perf.active_pool() is None
+    assert_close(f"{method} forward in engine_threads", y2, y, SAME)
+    assert_close(f"{method} input gradient in engine_threads", dx2, dx, SAME)
+
+
+@needs_pool
+def test_engine_threads_restores_blas_threads():
+    get_threads = perf._openblas()[0]
+    before = get_threads()
+    with perf.engine_threads():
+        assert get_threads() == 1
+        with perf.engine_threads():                       # nested: still single-threaded
+            assert get_threads() == 1
+        assert perf.active_pool() is not None
+    assert get_threads() == before
+    with pytest.raises(KeyboardInterrupt):                # restored on errors too
+        with perf.engine_threads():
+            raise KeyboardInterrupt
+    assert get_threads() == before and perf.active_pool() is None
+
+
+@needs_pool
+def test_no_pool_on_the_pool_threads():
+    """A worker must not wait for work queued behind itself."""
+    with perf.engine_threads():
+        assert perf.worker_pool().submit(perf.active_pool).result() is None
+
+
+class _Squares:
+    """A stand-in style loss (not student code): L = scale * sum(x^2), dL/dx = 2 scale x."""
+
+    def __init__(self, scale):
+        self.scale = scale
+
+    def forward(self, x):
+        return self.scale * float(np.sum(x * x))
+
+    def backward(self, x):
+        return 2 * self.scale * x
+
+
+class _FixedNet:
+    """A stand-in network: fixed features; backward returns the sum of each gradient's
+    mean, weighted by the layer's position, so a gradient sent to the wrong layer shows."""
+    names = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2", "relu5_1"]
+    conv_method = "auto"
+
+    def __init__(self, rng):
+        self.feats = {n: rng.standard_normal((1, 2 + i, 3, 3)) for i, n in enumerate(self.names)}
+
+    def forward(self, image, layer_list):
+        return {n: self.feats[n] * image.mean() for n in layer_list}
+
+    def backward(self, dlosses):
+        return np.full((1, 3, 4, 4), sum((i + 1) * dlosses[n].mean()
+                                         for i, n in enumerate(self.names) if n in dlosses))
+
+
+@needs_pool
+def test_objective_style_losses_on_threads_match_serial(rng):
+    """labkit.transfer.Objective runs the style losses on the pool inside engine_threads:
+    each layer's loss and gradient must still reach that layer (stand-in losses and network,
+    so no student code is involved)."""
+    obj = Objective.__new__(Objective)
+    obj.vgg = _FixedNet(rng)
+    obj.content_layer, obj.alpha, obj.beta, obj.tv_weight = "relu4_2", 1.0, 500.0, 0.0
+    styles = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
+    obj.style_weights = {n: 0.2 for n in styles}
+    obj.layer_list = _FixedNet.names
+    obj.content_loss = _Squares(1.0)
+    obj.content_loss.forward = lambda x, target: float(np.sum((x - target) ** 2))
+    obj.content_loss.backward = lambda x, target: 2 * (x - target)
+    obj.content_target = np.zeros_like(obj.vgg.feats["relu4_2"])
+    obj.style_loss = {n: _Squares(10.0 ** i) for i, n in enumerate(styles)}
+    obj.evaluations = 0
+    image = np.full((1, 3, 4, 4), 1.5)
+    total, grad, parts = obj(image)
+    with perf.engine_threads():
+        total2, grad2, parts2 = obj(image)
+    assert total2 == pytest.approx(total, rel=SAME)
+    assert parts2 == pytest.approx(parts, rel=SAME)
+    assert_close("image gradient in engine_threads", grad2, grad, SAME)
+    for i, n in enumerate(styles):            # and each part is its own layer's loss
+        want = 10.0 ** i * float(np.sum((obj.vgg.feats[n] * 1.5) ** 2))
+        assert parts2[f"style_{n}"] == pytest.approx(want, rel=SAME)
+
+
+def test_labkit_threads_1_turns_the_pool_off(monkeypatch):
+    monkeypatch.setitem(perf._POOL, "made", False)
+    monkeypatch.setitem(perf._POOL, "pool", None)
+    monkeypatch.setenv("LABKIT_THREADS", "1")
+    assert perf.worker_pool() is None
+    with perf.engine_threads():
+        assert perf.active_pool() is None
+    monkeypatch.setitem(perf._POOL, "made", False)
+    monkeypatch.setenv("LABKIT_THREADS", "two")
+    with pytest.raises(ValueError, match="LABKIT_THREADS must be a whole number"):
+        perf.worker_pool()
