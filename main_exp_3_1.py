@@ -69,7 +69,7 @@ def main(argv=None):
     if not os.path.exists(args.weights) and args.download:
         download_weights(args.weights)
     from stu_upload.vgg_cpu import VGG19
-    from labkit.perf import reuse_large_allocations
+    from labkit.perf import engine_threads, reuse_large_allocations
     reuse_large_allocations()
     vgg = VGG19(args.weights, type=0 if args.layers == "raw" else 1, dtype=args.dtype,
                 verbose=not args.quiet, conv_method="auto" if args.layers == "tuned" else None)
@@ -78,7 +78,11 @@ def main(argv=None):
     vgg.load_model()
     print(f"Weights: {args.weights} ({vgg.file.layout} layout, {vgg.file.num_classes} classes)")
     vgg.load_image(args.image)
-    vgg.forward()
+    if args.layers == "tuned":          # the tuned engine runs on its own threads
+        with engine_threads():
+            vgg.forward()
+    else:
+        vgg.forward()
     vgg.evaluate(args.top_k)
     print(f"Inference time ({args.layers} layers, {args.dtype}): {vgg.inference_time:.3f} s")
     if args.dump_pool5:
