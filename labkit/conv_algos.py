@@ -20,6 +20,8 @@ import numpy as np
 import scipy.fft as sfft
 from numpy.lib.stride_tricks import sliding_window_view
 
+from labkit.perf import run_split, split_ranges  # noqa: F401 (split_ranges: tests)
+
 __all__ = [
     "conv2d_reference", "conv2d_input_grad_reference", "conv2d_weight_grad_reference",
     "conv2d_img2col", "conv2d_input_grad_img2col", "conv2d_weight_grad", "im2col",
@@ -225,24 +227,6 @@ def winograd_filter_transform(w, m=2, dtype=None):
     return np.ascontiguousarray(u.reshape(a * a, cout, cin), dtype=dtype or w.dtype)
 
 
-def split_ranges(size, parts):
-    """[(lo, hi), ...]: ``size`` split into ``parts`` nearly equal, non-empty ranges."""
-    parts = max(1, min(parts, size))
-    edges = [size * i // parts for i in range(parts + 1)]
-    return list(zip(edges[:-1], edges[1:]))
-
-
-def run_split(pool, fn, size):
-    """fn(lo, hi) over ranges covering 0..size: all at once without a pool, else one range
-    per worker of ``pool`` (``labkit.perf.WorkerPool``), waiting for all of them."""
-    if pool is None or size < 2:
-        fn(0, size)
-        return
-    futures = [pool.submit(fn, lo, hi) for lo, hi in split_ranges(size, pool.workers)]
-    for future in futures:
-        future.result()
-
-
 def pad_into(x, pad, extra_h=0, extra_w=0, pool=None):
     """x (N,C,H,W) zero-padded by ``pad`` (plus extra rows/columns at the bottom/right),
     copied channel range by channel range (in parallel with a pool)."""
@@ -262,7 +246,9 @@ def pad_into(x, pad, extra_h=0, extra_w=0, pool=None):
     return xp
 
 
-def _winograd(x, w, b, pad, m, U, pool=None):
+def _winograd(x, w, b, pad, m, U, pool=None, out=None):
+    """Winograd F(m x m, 3x3); ``out`` (optional): an (N, Cout, Ho, Wo) array (or a view, such
+    as a band of rows of a larger output) to write the result into."""
     n, c, h, wd = x.shape
     a = m + 2
     if U is None:
@@ -278,7 +264,16 @@ def _winograd(x, w, b, pad, m, U, pool=None):
     KB, KA = _winograd_kron(m, x.dtype)
     T = np.empty((a, a, n, c, th, tw), dtype=x.dtype)     # T[i,j,n,c,ti,tj]: the tiles
     V = np.empty((a * a, n, c, tiles), dtype=x.dtype)     # their transforms B^T d B
-    y = np.empty((n, cout, th, m, tw, m), dtype=x.dtype)
+    exact = th * m == ho and tw * m == wo
+    if out is not None and out.shape != (n, cout, ho, wo):
+        raise ValueError(f"out has shape {out.shape}, expected {(n, cout, ho, wo)}")
+    if out is not None and exact:       # write the tiles straight into out (a strided view)
+        y = np.lib.stride_tricks.as_strided(
+            out, (n, cout, th, m, tw, m),
+            out.strides[:2] + (m * out.strides[2], out.strides[2], m * out.strides[3],
+                               out.strides[3]), writeable=True)
+    else:
+        y = np.empty((n, cout, th, m, tw, m), dtype=x.dtype)
 
     def input_stage(c0, c1):    # channels c0..c1: gather the tiles, V = B^T d B
         # the overlapping a x a tiles (step m) copied from a strided view
@@ -300,8 +295,12 @@ def _winograd(x, w, b, pad, m, U, pool=None):
 
     run_split(pool, input_stage, c)        # with a pool: channel ranges in parallel,
     run_split(pool, output_stage, cout)    # then output-channel ranges
+    if out is not None:
+        if not exact:
+            out[...] = y.reshape(n, cout, th * m, tw * m)[:, :, :ho, :wo]
+        return out
     y = y.reshape(n, cout, th * m, tw * m)
-    if th * m != ho or tw * m != wo:
+    if not exact:
         y = np.ascontiguousarray(y[:, :, :ho, :wo])
     return y
 

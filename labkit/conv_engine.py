@@ -100,9 +100,7 @@ class ConvEngine:
         y = np.empty((n, cout, ho, wo), dtype=x.dtype)
         for r0 in range(0, ho, rows):
             r1 = min(ho, r0 + rows)
-            y[:, :, r0:r1] = algos._winograd(xp[:, :, r0:r1 + 2], None, None, 0, m, U, pool)
-        if bias is not None:
-            y += bias.astype(x.dtype, copy=False).reshape(1, -1, 1, 1)
+            algos._winograd(xp[:, :, r0:r1 + 2], None, bias, 0, m, U, pool, out=y[:, :, r0:r1])
         return y
 
     def _img2col(self, x, w_key, w, bias, pad, pool):

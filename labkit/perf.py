@@ -136,3 +136,36 @@ def active_pool():
     if not _POOL.get("depth") or threading.current_thread().name.startswith("labkit"):
         return None
     return _POOL["pool"]
+
+
+def split_ranges(size, parts):
+    """[(lo, hi), ...]: ``size`` split into ``parts`` nearly equal, non-empty ranges."""
+    parts = max(1, min(parts, size))
+    edges = [size * i // parts for i in range(parts + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def run_split(pool, fn, size):
+    """fn(lo, hi) over ranges covering 0..size: all at once without a pool, else one range
+    per worker of ``pool`` (``labkit.perf.WorkerPool``): the first on the calling thread,
+    the others on the pool; returns when all are done."""
+    if pool is None or size < 2:
+        fn(0, size)
+        return
+    first, *rest = split_ranges(size, pool.workers)
+    futures = [pool.submit(fn, lo, hi) for lo, hi in rest]
+    try:
+        fn(*first)
+    finally:
+        for future in futures:
+            future.result()
+
+
+def by_channels(fn, channels):
+    """fn(slice of channels) over channel ranges covering 0..channels: on the pool inside
+    ``engine_threads()`` (the ranges are independent), else one call with slice(None)."""
+    pool = active_pool()
+    if pool is None:
+        fn(slice(None))
+    else:
+        run_split(pool, lambda lo, hi: fn(slice(lo, hi)), channels)

@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from labkit.perf import by_channels
 from stu_upload._base import check_param_shape, need
 
 
@@ -387,9 +388,13 @@ class MaxPoolingLayer:
         """Vectorised (``maxpool_forward``): no loop over pixels or channels.
         Caches ``self.output`` for backward (not an argmax array: cheaper)."""
         start = time.time()
-        self._out_size(input)
+        h_out, w_out = self._out_size(input)
         self.input = input
-        self.output = maxpool_forward(input, self.kernel_size, self.stride)
+        k, s = self.kernel_size, self.stride
+        self.output = np.empty(input.shape[:2] + (h_out, w_out), dtype=input.dtype)
+        # channels are independent: the tuned runs split them over threads (labkit.perf)
+        by_channels(lambda c: maxpool_forward(input[:, c], k, s, out=self.output[:, c]),
+                    input.shape[1])
         self.forward_time = time.time() - start
         return self.output
 
@@ -398,7 +403,10 @@ class MaxPoolingLayer:
         start = time.time()
         x = need(self, "input")
         output = need(self, "output")
-        bottom_diff = maxpool_backward(x, output, top_diff, self.kernel_size, self.stride)
+        k, s = self.kernel_size, self.stride
+        bottom_diff = np.empty(x.shape, dtype=top_diff.dtype)
+        by_channels(lambda c: maxpool_backward(x[:, c], output[:, c], top_diff[:, c], k, s,
+                                               out=bottom_diff[:, c]), x.shape[1])
         self.backward_time = time.time() - start
         return bottom_diff
 

@@ -21,7 +21,7 @@ def pool():
 
 @pytest.mark.parametrize("size,parts", [(1, 2), (2, 2), (3, 2), (5, 3), (64, 2), (7, 10)])
 def test_split_ranges_cover_once(size, parts):
-    ranges = conv_algos.split_ranges(size, parts)
+    ranges = perf.split_ranges(size, parts)
     assert ranges[0][0] == 0 and ranges[-1][1] == size
     assert all(lo < hi for lo, hi in ranges), ranges
     assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:])), ranges
@@ -64,7 +64,7 @@ def test_split_that_drops_work_is_caught(rng, pool, monkeypatch):
     x = rng.standard_normal((1, 4, 8, 8))
     weight = rng.standard_normal((4, 3, 3, 4))
     want = conv_algos.conv2d_reference(x, weight, None, 1)
-    monkeypatch.setattr(conv_algos, "split_ranges",
+    monkeypatch.setattr(perf, "split_ranges",
                         lambda size, parts: [(0, size // 2)] if size > 1 else [(0, size)])
     got = conv_algos._winograd(x, weight, None, 1, 4, None, pool)
     with pytest.raises(AssertionError, match="relative error"):
@@ -185,3 +185,38 @@ def test_labkit_threads_1_turns_the_pool_off(monkeypatch):
     monkeypatch.setenv("LABKIT_THREADS", "two")
     with pytest.raises(ValueError, match="LABKIT_THREADS must be a whole number"):
         perf.worker_pool()
+
+
+@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("width", [8, 9], ids=["tiles fit", "cropped"])
+def test_winograd_writes_into_a_band_of_out(rng, pool, m, width):
+    """``out=``: the result lands in a strided view (a band of rows of a larger array),
+    bias included, and nothing outside the band is touched."""
+    x = rng.standard_normal((1, 3, 10, width))
+    weight, bias = rng.standard_normal((3, 3, 3, 4)), rng.standard_normal(4)
+    want = conv_algos.conv2d_reference(x, weight, bias, 1)
+    big = np.full((1, 4, 20, width), 7.0)
+    got = conv_algos._winograd(x, weight, bias, 1, m, None, pool, out=big[:, :, 4:14])
+    assert got.base is not None and np.shares_memory(got, big)
+    assert_close(f"F({m}x{m}) into out", big[:, :, 4:14], want, 1e-9)
+    assert np.all(big[:, :, :4] == 7.0) and np.all(big[:, :, 14:] == 7.0)
+    with pytest.raises(ValueError, match="out has shape"):
+        conv_algos._winograd(x, weight, bias, 1, m, None, pool, out=big[:, :, :9])
+
+
+@needs_pool
+@pytest.mark.parametrize("k,s,shape", [(2, 2, (1, 5, 8, 10)), (3, 2, (2, 3, 9, 7)),
+                                       (2, 2, (1, 4, 7, 9))], ids=str)
+def test_maxpool_inside_engine_threads_matches_outside(rng, k, s, shape):
+    """The vectorised pooling layer splits channels over threads in the tuned runs; ties
+    (zeros after ReLU), overlapping windows and the floor rule give the same results."""
+    from stu_upload.layer_2 import MaxPoolingLayer
+    x = np.maximum(rng.standard_normal(shape), 0)
+    layer = MaxPoolingLayer(k, s, type=1)
+    y = layer.forward(x)
+    dy = rng.standard_normal(y.shape)
+    dx = layer.backward(dy)
+    with perf.engine_threads():
+        y2 = layer.forward(x)
+        dx2 = layer.backward(dy)
+    assert np.array_equal(y2, y) and np.array_equal(dx2, dx)
