@@ -148,18 +148,26 @@ def conv2d_input_grad_img2col(dy, w, pad, stride, x_shape, pool=None):
     return dxp if pad == 0 else np.ascontiguousarray(dxp[:, :, pad:pad + h, pad:pad + wd])
 
 
-def conv2d_weight_grad(x, dy, k, pad, stride=1):
+def conv2d_weight_grad(x, dy, k, pad, stride=1, pool=None):
     """Weight/bias gradients via img2col -> (dw (Cin,K,K,Cout), db (Cout,)).
 
-    dw.reshape(Cin*K*K, Cout) = sum_n cols[n] @ dy[n].T ;  db = dy.sum((0,2,3))."""
+    dw.reshape(Cin*K*K, Cout) = sum_n cols[n] @ dy[n].T ;  db = dy.sum((0,2,3)).
+    With a pool (``labkit.perf``), row ranges of dw run in parallel."""
     n, cin = x.shape[:2]
+    cout = dy.shape[1]
     cols, ho, wo = im2col(x, k, pad, stride)
-    dyr = dy.reshape(n, dy.shape[1], ho * wo)
+    dyr = dy.reshape(n, cout, ho * wo)
     if n == 1:
-        dw = cols[0] @ dyr[0].T
+        a, b = cols[0], dyr[0]
     else:   # one GEMM over the stacked batch: (CKK, N*HW) @ (N*HW, Cout)
-        dw = cols.transpose(1, 0, 2).reshape(cols.shape[1], -1) @ dyr.transpose(0, 2, 1).reshape(-1, dy.shape[1])
-    return dw.reshape(cin, k, k, dy.shape[1]), dy.sum(axis=(0, 2, 3))
+        a = cols.transpose(1, 0, 2).reshape(cols.shape[1], -1)
+        b = dyr.transpose(1, 0, 2).reshape(cout, -1)
+    dw = np.empty((a.shape[0], cout), dtype=np.result_type(x.dtype, dy.dtype))
+
+    def rows(r0, r1):       # rows (c, kh, kw) r0..r1 of dw
+        np.matmul(a[r0:r1], b.T, out=dw[r0:r1])
+    run_split(pool, rows, a.shape[0])
+    return dw.reshape(cin, k, k, cout), dy.sum(axis=(0, 2, 3))
 
 
 # ----------------------------------------------------------------------------- shared helpers

@@ -144,4 +144,5 @@ class ConvEngine:
 
     def param_grad(self, x, dy):
         """(dL/dweight [Cin, K, K, Cout], dL/dbias [Cout])."""
-        return algos.conv2d_weight_grad(x, dy, self.k, self.padding, self.stride)
+        return algos.conv2d_weight_grad(x, dy, self.k, self.padding, self.stride,
+                                        active_pool())

@@ -220,3 +220,14 @@ def test_maxpool_inside_engine_threads_matches_outside(rng, k, s, shape):
         y2 = layer.forward(x)
         dx2 = layer.backward(dy)
     assert np.array_equal(y2, y) and np.array_equal(dx2, dx)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_threaded_weight_grad_matches_definition(rng, pool, n):
+    x = rng.standard_normal((n, 3, 7, 6))
+    dy = rng.standard_normal((n, 5, 7, 6))
+    want_w, want_b = conv_algos.conv2d_weight_grad_reference(x, dy, 3, 1, 1)
+    got_w, got_b = conv_algos.conv2d_weight_grad(x, dy, 3, 1, 1, pool)
+    assert got_w.flags.c_contiguous
+    assert_close("weight gradient, threaded", got_w, want_w, 1e-9)
+    assert_close("bias gradient, threaded", got_b, want_b, 1e-12)
