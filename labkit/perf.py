@@ -13,7 +13,8 @@ pool of Python threads instead (NumPy releases the GIL in copies and matrix prod
 Winograd stages by channel ranges, img2col GEMMs by output channels, the style losses by
 layer. Outside that block everything runs on the main thread as before. Where NumPy's
 OpenBLAS cannot be found (another BLAS), there is no pool. ``LABKIT_THREADS=1`` turns the
-pool off; ``LABKIT_THREADS=4`` asks for 4 workers (default: min(CPUs, 2)).
+pool off; ``LABKIT_THREADS=4`` asks for 4 workers (default: one per usable CPU). Measured on
+2 cores only; on a larger machine compare with ``LABKIT_THREADS=1`` (OpenBLAS's threads).
 """
 import ctypes
 import ctypes.util
@@ -101,6 +102,14 @@ def blas_threads(n):
             fns[1](previous)
 
 
+def usable_cpus():
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def worker_pool():
     """The shared WorkerPool (made on first use), or None: one CPU, ``LABKIT_THREADS=1``,
     or no control over the BLAS threads."""
@@ -108,7 +117,7 @@ def worker_pool():
         _POOL["made"] = True
         env = os.environ.get("LABKIT_THREADS", "").strip()
         try:
-            workers = int(env) if env else min(os.cpu_count() or 1, 2)
+            workers = int(env) if env else usable_cpus()
         except ValueError:
             raise ValueError(f"LABKIT_THREADS must be a whole number, got {env!r}") from None
         if workers > 1 and _openblas() is not None:
