@@ -49,14 +49,21 @@ def reuse_large_allocations(limit_bytes=1 << 30):
 
 
 class WorkerPool:
-    """``workers`` threads; ``submit(fn, *args)`` returns a Future."""
+    """``workers`` threads; ``submit(fn, *args)`` returns a Future. The task runs under the
+    submitting thread's NumPy error settings (``np.errstate`` is per thread)."""
 
     def __init__(self, workers):
         self.workers = workers
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="labkit")
 
     def submit(self, fn, *args):
-        return self._executor.submit(fn, *args)
+        import numpy as np
+        settings = np.geterr()
+
+        def task():
+            with np.errstate(**settings):
+                return fn(*args)
+        return self._executor.submit(task)
 
 
 _POOL = {"made": False, "pool": None}

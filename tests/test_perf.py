@@ -231,3 +231,15 @@ def test_threaded_weight_grad_matches_definition(rng, pool, n):
     assert got_w.flags.c_contiguous
     assert_close("weight gradient, threaded", got_w, want_w, 1e-9)
     assert_close("bias gradient, threaded", got_b, want_b, 1e-12)
+
+
+def test_pool_tasks_follow_the_callers_error_settings(pool):
+    """np.errstate is per thread: the pool passes the caller's settings on, so a diverging
+    run that silences overflow warnings (labkit.transfer) stays silent on the workers too."""
+    def overflow():
+        return np.float32(3e38) * np.float32(10)
+    with np.errstate(over="raise"):
+        with pytest.raises(FloatingPointError):
+            pool.submit(overflow).result()
+    with np.errstate(over="ignore"):
+        assert np.isinf(pool.submit(overflow).result())
