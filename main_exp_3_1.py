@@ -78,10 +78,7 @@ def main(argv=None):
     vgg.load_model()
     print(f"Weights: {args.weights} ({vgg.file.layout} layout, {vgg.file.num_classes} classes)")
     vgg.load_image(args.image)
-    if args.layers == "tuned":          # the tuned engine runs on its own threads
-        with engine_threads():
-            vgg.forward()
-    else:
+    with engine_threads(args.layers == "tuned"):    # the tuned engine's own threads
         vgg.forward()
     vgg.evaluate(args.top_k)
     print(f"Inference time ({args.layers} layers, {args.dtype}): {vgg.inference_time:.3f} s")

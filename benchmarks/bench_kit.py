@@ -52,6 +52,16 @@ def settle_blas():
     time.sleep(0.3)
 
 
+@contextlib.contextmanager
+def timed_as_run(tuned):
+    """The block runs as the drivers run it: the tuned engine in its own threads (after
+    ``settle_blas``), the lab's layers with OpenBLAS's threads."""
+    if tuned:
+        settle_blas()
+    with engine_threads(tuned):
+        yield
+
+
 def median_time(fn, repeat, warmup=1):
     for _ in range(warmup):
         fn()
@@ -156,9 +166,7 @@ def bench_layers(repeat, rng, quick):
                                        method=None if method == "lab" else method)
             layer.load_param(weight, np.zeros(cout, np.float32))
             layer.need_param_grad = False
-            if method != "lab":
-                settle_blas()
-            with engine_threads() if method != "lab" else contextlib.nullcontext():
+            with timed_as_run(method != "lab"):
                 fwd = median_time(lambda: layer.forward(x), repeat)
                 bwd = median_time(lambda: layer.backward(dy), repeat)
             row[method] = {"forward_ms": fwd * 1e3, "backward_ms": bwd * 1e3,
@@ -190,9 +198,7 @@ def bench_speed_test(quick):
         dx = layer.backward(dy)
         bwd = time.perf_counter() - start
         if name != "raw":                                       # warm, then the median
-            if name == "auto":
-                settle_blas()
-            with engine_threads() if name == "auto" else contextlib.nullcontext():
+            with timed_as_run(name == "auto"):
                 fwd = median_time(lambda: layer.forward(x), 5)
                 bwd = median_time(lambda: layer.backward(dy), 5)
         result[name] = {"forward_ms": fwd * 1e3, "backward_ms": bwd * 1e3, "y": y, "dx": dx}
@@ -224,12 +230,8 @@ def bench_classification(repeat, rng):
         vgg.build_model()
         vgg.load_model()
         vgg.input_image = image
-        if method is None:
+        with timed_as_run(method is not None):     # as main_exp_3_1.py runs it
             out[f"{label}_s"] = median_time(vgg.forward, repeat)
-        else:                                   # as main_exp_3_1.py --layers tuned runs it
-            settle_blas()
-            with engine_threads():
-                out[f"{label}_s"] = median_time(vgg.forward, repeat)
     # the forward GEMMs only (classification has no backward)
     a_flops = a_secs = 0.0
     for _, cin, cout, h, w in shapes:

@@ -39,10 +39,23 @@ def _out_size(h, k, pad, stride):
     return ho
 
 
-def _pad(x, pad, extra_h=0, extra_w=0):
+def pad_into(x, pad, extra_h=0, extra_w=0, pool=None):
+    """x (N,C,H,W) zero-padded by ``pad`` (plus extra rows/columns at the bottom/right),
+    copied channel range by channel range (in parallel with a pool)."""
     if pad == 0 and extra_h == 0 and extra_w == 0:
         return x
-    return np.pad(x, ((0, 0), (0, 0), (pad, pad + extra_h), (pad, pad + extra_w)))
+    n, c, h, wd = x.shape
+    xp = np.empty((n, c, h + 2 * pad + extra_h, wd + 2 * pad + extra_w), dtype=x.dtype)
+
+    def fill(c0, c1):
+        part = xp[:, c0:c1]
+        part[:, :, :pad] = 0
+        part[:, :, pad + h:] = 0
+        part[:, :, pad:pad + h, :pad] = 0
+        part[:, :, pad:pad + h, pad + wd:] = 0
+        part[:, :, pad:pad + h, pad:pad + wd] = x[:, c0:c1]
+    run_split(pool, fill, c)
+    return xp
 
 
 def _add_bias(y, b):
@@ -61,7 +74,7 @@ def conv2d_reference(x, w, b, pad, stride=1):
     n, c, h, wd = x.shape
     k = w.shape[1]
     ho, wo = _out_size(h, k, pad, stride), _out_size(wd, k, pad, stride)
-    xp = _pad(x, pad)
+    xp = pad_into(x, pad)
     y = np.zeros((n, w.shape[3], ho, wo), dtype=x.dtype)
     for kh in range(k):
         for kw in range(k):
@@ -88,7 +101,7 @@ def conv2d_input_grad_reference(dy, w, pad, stride, x_shape):
 def conv2d_weight_grad_reference(x, dy, k, pad, stride):
     """dw[c,kh,kw,o] = sum_{n,i,j} xp[n,c,i*s+kh,j*s+kw] dy[n,o,i,j]; db[o] = sum dy[n,o,:,:]."""
     ho, wo = dy.shape[2:]
-    xp = _pad(x, pad)
+    xp = pad_into(x, pad)
     dw = np.zeros((x.shape[1], k, k, dy.shape[1]), dtype=x.dtype)
     for kh in range(k):
         for kw in range(k):
@@ -105,7 +118,7 @@ def im2col(x, k, pad, stride):
     slices of the padded input: one copy each, no loop over pixels or channels."""
     n, c, h, wd = x.shape
     ho, wo = _out_size(h, k, pad, stride), _out_size(wd, k, pad, stride)
-    xp = _pad(x, pad)
+    xp = pad_into(x, pad)
     cols = np.empty((n, c, k, k, ho, wo), dtype=x.dtype)
     for kh in range(k):
         for kw in range(k):
@@ -114,15 +127,22 @@ def im2col(x, k, pad, stride):
     return cols.reshape(n, c * k * k, ho * wo), ho, wo
 
 
-def conv2d_img2col(x, w, b, pad, stride=1):
+def conv2d_img2col(x, w, b, pad, stride=1, pool=None):
     """img2col + one GEMM.  x (N,Cin,H,W), w (Cin,K,K,Cout) -> y (N,Cout,Ho,Wo).
 
-    y[n] = w.reshape(Cin*K*K, Cout).T @ cols[n]  (Cout, Ho*Wo)."""
+    y[n] = w.reshape(Cin*K*K, Cout).T @ cols[n]  (Cout, Ho*Wo).
+    With a pool (``labkit.perf``), output-channel ranges run in parallel."""
     cin, k, _, cout = w.shape
     cols, ho, wo = im2col(x, k, pad, stride)
     wm = w.reshape(cin * k * k, cout).T.astype(x.dtype, copy=False)
-    y = np.matmul(wm, cols).reshape(x.shape[0], cout, ho, wo)
-    return _add_bias(y, b)
+    y = np.empty((x.shape[0], cout, ho * wo), dtype=x.dtype)
+
+    def rows(o0, o1):     # output channels o0..o1
+        np.matmul(wm[o0:o1], cols, out=y[:, o0:o1])
+        if b is not None:
+            y[:, o0:o1] += b[o0:o1].astype(x.dtype, copy=False).reshape(-1, 1)
+    run_split(pool, rows, cout)
+    return y.reshape(x.shape[0], cout, ho, wo)
 
 
 def conv2d_input_grad_img2col(dy, w, pad, stride, x_shape, pool=None):
@@ -178,16 +198,23 @@ def rotate_filter(w):
     return np.ascontiguousarray(w[:, ::-1, ::-1, :].transpose(3, 1, 2, 0))
 
 
-def _input_grad_via_forward(fwd, dy, w, pad, stride, x_shape, **kw):
-    """Stride-1 input gradient as a full convolution; pad K-1-pad < 0 becomes a crop."""
-    if stride != 1:
-        raise ValueError("this input gradient supports stride 1 only (use conv2d_input_grad_img2col)")
-    k = w.shape[1]
+def full_conv_input_grad(conv, k, pad, x_shape):
+    """Stride-1 input gradient from ``conv(p)``: dy convolved with the rotated filter and
+    padding p. Called with p = K-1-pad; a negative K-1-pad becomes a crop of the p=0 result."""
     h, wd = x_shape[2:]
     q = k - 1 - pad
-    dx = fwd(dy, rotate_filter(w) if kw.get("U") is None else None, None, max(q, 0), **kw)
+    dx = conv(max(q, 0))
     if q < 0:
         dx = np.ascontiguousarray(dx[:, :, -q:-q + h, -q:-q + wd])
+    return dx
+
+
+def _input_grad_via_forward(fwd, dy, w, pad, stride, x_shape, **kw):
+    """Stride-1 input gradient with the forward routine ``fwd``."""
+    if stride != 1:
+        raise ValueError("this input gradient supports stride 1 only (use conv2d_input_grad_img2col)")
+    wr = rotate_filter(w) if kw.get("U") is None else None
+    dx = full_conv_input_grad(lambda p: fwd(dy, wr, None, p, **kw), w.shape[1], pad, x_shape)
     assert dx.shape == tuple(x_shape), (dx.shape, x_shape)
     return dx
 
@@ -233,25 +260,6 @@ def winograd_filter_transform(w, m=2, dtype=None):
     u = np.matmul(G, np.matmul(G, g).transpose(1, 0, 2))      # u[l, k] = sum_j G[l,j] sum_i G[k,i] g[i,j]
     u = u.transpose(1, 0, 2)                                   # (k, l, Cout*Cin)
     return np.ascontiguousarray(u.reshape(a * a, cout, cin), dtype=dtype or w.dtype)
-
-
-def pad_into(x, pad, extra_h=0, extra_w=0, pool=None):
-    """x (N,C,H,W) zero-padded by ``pad`` (plus extra rows/columns at the bottom/right),
-    copied channel range by channel range (in parallel with a pool)."""
-    if pad == 0 and extra_h == 0 and extra_w == 0:
-        return x
-    n, c, h, wd = x.shape
-    xp = np.empty((n, c, h + 2 * pad + extra_h, wd + 2 * pad + extra_w), dtype=x.dtype)
-
-    def fill(c0, c1):
-        part = xp[:, c0:c1]
-        part[:, :, :pad] = 0
-        part[:, :, pad + h:] = 0
-        part[:, :, pad:pad + h, :pad] = 0
-        part[:, :, pad:pad + h, pad + wd:] = 0
-        part[:, :, pad:pad + h, pad:pad + wd] = x[:, c0:c1]
-    run_split(pool, fill, c)
-    return xp
 
 
 def _winograd(x, w, b, pad, m, U, pool=None, out=None):
@@ -361,7 +369,7 @@ def conv2d_fft(x, w, b, pad, stride=1, mode="auto", mem_bytes=1 << 26):
         raise ValueError("conv2d_fft supports stride 1 only")
     n, c, h, wd = x.shape
     cin, k, _, cout = w.shape
-    xp = _pad(x, pad)
+    xp = pad_into(x, pad)
     P, Q = xp.shape[2:]
     ho, wo = P - k + 1, Q - k + 1
     if ho < 1 or wo < 1:

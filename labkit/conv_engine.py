@@ -1,11 +1,9 @@
 """The fast convolution behind ``ConvolutionalLayer(..., method=...)`` (not a student file).
 
-One engine per layer. It keeps what does not change between calls: the weight as a GEMM
-matrix and the Winograd filter transforms of the weight and of the 180-degree-rotated weight
-(for input gradients). Inside ``labkit.perf.engine_threads()`` the work is split over a
-pool of threads (Winograd stages by channel ranges, img2col GEMMs by output channels).
-Methods
-(``labkit.conv_algos``):
+One engine per layer. It keeps what does not change between calls: the 180-degree-rotated
+weight (for input gradients) and the Winograd filter transforms of both. Inside
+``labkit.perf.engine_threads()`` the work is split over a pool of threads (Winograd stages
+by channel ranges, img2col GEMMs by output channels). Methods (``labkit.conv_algos``):
 
 =============  =====================================================================
 img2col        shifted-slice img2col + one GEMM; input gradient of stride 1 is a
@@ -77,7 +75,7 @@ class ConvEngine:
         """x (N, C, H, W) convolved with w [C, K, K, C'] (stride self.stride if img2col)."""
         dtype, pool = x.dtype, active_pool()
         if method == "img2col":
-            return self._img2col(x, w_key, w, bias, pad, pool)
+            return algos.conv2d_img2col(x, w, bias, pad, self.stride, pool)
         if method in ("winograd", "winograd4"):
             m = 2 if method == "winograd" else 4
             U = self._get((w_key, method, dtype),
@@ -103,22 +101,6 @@ class ConvEngine:
             algos._winograd(xp[:, :, r0:r1 + 2], None, bias, 0, m, U, pool, out=y[:, :, r0:r1])
         return y
 
-    def _img2col(self, x, w_key, w, bias, pad, pool):
-        n, c = x.shape[:2]
-        k, cout = w.shape[1], w.shape[3]
-        wm = self._get((w_key, "gemm", x.dtype),
-                       lambda: np.ascontiguousarray(w.reshape(c * k * k, cout).T, dtype=x.dtype))
-        cols, ho, wo = algos.im2col(algos.pad_into(x, pad, pool=pool), k, 0, self.stride)
-        y = np.empty((n, cout, ho * wo), dtype=x.dtype)
-        b = None if bias is None else bias.astype(x.dtype, copy=False).reshape(-1, 1)
-
-        def rows(o0, o1):     # output channels o0..o1
-            np.matmul(wm[o0:o1], cols, out=y[:, o0:o1])
-            if b is not None:
-                y[:, o0:o1] += b[o0:o1]
-        algos.run_split(pool, rows, cout)
-        return y.reshape(n, cout, ho, wo)
-
     # -- the three things a layer needs ------------------------------------------------
     def forward(self, x):
         method = self._method(x.shape, self.cin, self.cout)
@@ -133,14 +115,10 @@ class ConvEngine:
             return algos.conv2d_input_grad_img2col(dy, self.weight.astype(dy.dtype, copy=False),
                                                    self.padding, self.stride, x_shape,
                                                    active_pool())
-        q = self.k - 1 - self.padding
         method = self._method(dy.shape, self.cout, self.cin)
         wr = self._get(("rot", dy.dtype), lambda: algos.rotate_filter(self.weight))
-        dx = self._conv(dy, "rot", wr, None, max(q, 0), method)
-        if q < 0:
-            h, w = x_shape[2:]
-            dx = np.ascontiguousarray(dx[:, :, -q:-q + h, -q:-q + w])
-        return dx
+        return algos.full_conv_input_grad(lambda p: self._conv(dy, "rot", wr, None, p, method),
+                                          self.k, self.padding, x_shape)
 
     def param_grad(self, x, dy):
         """(dL/dweight [Cin, K, K, Cout], dL/dbias [Cout])."""

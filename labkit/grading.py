@@ -20,6 +20,7 @@ Points per test come from ``POINTS`` below (first matching pattern, default 1). 
 limit (``--test-timeout``, SIGALRM) turns an endless loop into one failed test.
 """
 import argparse
+import contextlib
 import csv
 import fnmatch
 import json
@@ -266,39 +267,34 @@ class Grader:
     def pytest_deselected(self, items):
         self.deselected.update(self.canonical(i.nodeid) for i in items)
 
-    def _arm(self):
+    @contextlib.contextmanager
+    def _time_limit(self):
+        """SIGALRM after --test-timeout seconds (main thread, where setitimer exists)."""
         if not self.timeout or not hasattr(signal, "setitimer") or \
                 threading.current_thread() is not threading.main_thread():
-            return None
+            yield
+            return
         limit = self.timeout
 
         def on_alarm(signum, frame):
             raise TestTimeout(f"time limit of {limit:g} s exceeded")
         old = signal.signal(signal.SIGALRM, on_alarm)
         signal.setitimer(signal.ITIMER_REAL, limit, 1.0)    # fires again if swallowed
-        return old
-
-    @staticmethod
-    def _disarm(old):
-        if old is not None:
+        try:
+            yield
+        finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, old)
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_setup(self, item):
-        old = self._arm()
-        try:
+        with self._time_limit():
             yield
-        finally:
-            self._disarm(old)
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_call(self, item):
-        old = self._arm()
-        try:
+        with self._time_limit():
             yield
-        finally:
-            self._disarm(old)
 
     def pytest_runtest_logreport(self, report):
         test_id = self.canonical(report.nodeid)

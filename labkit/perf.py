@@ -133,9 +133,10 @@ def worker_pool():
 
 
 @contextmanager
-def engine_threads():
-    """Inside the block: OpenBLAS single-threaded, ``active_pool()`` returns the pool."""
-    if worker_pool() is None:
+def engine_threads(enabled=True):
+    """Inside the block: OpenBLAS single-threaded, ``active_pool()`` returns the pool
+    (``enabled=False``, or no pool: the block runs as it is)."""
+    if not enabled or worker_pool() is None:
         yield
         return
     with blas_threads(1):

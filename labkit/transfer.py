@@ -5,7 +5,6 @@
 with the image gradient from ONE backward pass. ``run_transfer`` drives Adam or L-BFGS,
 calls ``on_step`` after every step and handles Ctrl-C and non-finite losses.
 """
-import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -160,7 +159,7 @@ def run_transfer(objective, image, steps, optimizer="adam", lr=1.0, bounds=None,
     # (conv_method None) keep OpenBLAS's threads
     tuned = getattr(getattr(objective, "vgg", None), "conv_method", None) is not None
     try:
-        with engine_threads() if tuned else contextlib.nullcontext():
+        with engine_threads(tuned):
             if optimizer == "adam":
                 final = _run_adam(evaluate, record, image, steps, lr)
             else:
