@@ -10,8 +10,8 @@ import sys
 
 import numpy as np
 
-from labkit import vgg19_spec as spec
-from labkit.cli import DEFAULT_WEIGHTS, UserError, download_weights, run_main
+from labkit.runtime import vgg19_spec as spec
+from labkit.runtime.cli import DEFAULT_WEIGHTS, UserError, download_weights, run_main
 
 
 def parse_args(argv=None):
@@ -24,8 +24,9 @@ def parse_args(argv=None):
                    "grey, RGBA, palette, 16-bit...)")
     p.add_argument("--layers", choices=["fast", "raw", "tuned"], default="fast",
                    help="fast = your img2col convolution and vectorised pooling; raw = the "
-                   "plain loops (minutes on the real network); tuned = the fastest algorithm "
-                   "per layer (img2col or Winograd, labkit/conv_engine.py)")
+                   "plain loops (minutes on the real network); tuned = your network with the "
+                   "tuned engine's layers swapped in (img2col or Winograd per layer; "
+                   "labkit/engine/ of the course repository, not part of the student kit)")
     p.add_argument("--top-k", type=int, default=5, help="how many classes to print")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
                    help="arithmetic precision")
@@ -43,12 +44,18 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.top_k < 1:
         p.error("--top-k must be at least 1")
+    if args.layers == "tuned":
+        try:
+            import labkit.engine.attach  # noqa: F401
+        except ImportError:
+            p.error("--layers tuned needs the tuned engine (labkit/engine/), which is not part "
+                    "of the student kit; use --layers fast (your img2col layers)")
     return args
 
 
 def prepare_demo(folder):
-    from labkit.fixtures import write_demo_vgg19
-    from labkit.images import make_demo_image, save_rgb
+    from labkit.runtime.fixtures import write_demo_vgg19
+    from labkit.runtime.images import make_demo_image, save_rgb
     image = os.path.join(folder, "demo_image.png")
     save_rgb(make_demo_image(256, 320), image)
     return write_demo_vgg19(folder), image
@@ -69,16 +76,20 @@ def main(argv=None):
     if not os.path.exists(args.weights) and args.download:
         download_weights(args.weights)
     from stu_upload.vgg_cpu import VGG19
-    from labkit.perf import engine_threads, reuse_large_allocations
-    reuse_large_allocations()
     vgg = VGG19(args.weights, type=0 if args.layers == "raw" else 1, dtype=args.dtype,
-                verbose=not args.quiet, conv_method="auto" if args.layers == "tuned" else None)
+                verbose=not args.quiet)
     vgg.build_model()
     vgg.init_model()
     vgg.load_model()
     print(f"Weights: {args.weights} ({vgg.file.layout} layout, {vgg.file.num_classes} classes)")
     vgg.load_image(args.image)
-    with engine_threads(args.layers == "tuned"):    # the tuned engine's own threads
+    if args.layers == "tuned":      # the engine's layers, holding the same weights
+        from labkit.engine.attach import tune
+        from labkit.engine.perf import reuse_large_allocations
+        reuse_large_allocations()
+        with tune(vgg).context():   # the tuned engine's own threads
+            vgg.forward()
+    else:
         vgg.forward()
     vgg.evaluate(args.top_k)
     print(f"Inference time ({args.layers} layers, {args.dtype}): {vgg.inference_time:.3f} s")

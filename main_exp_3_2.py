@@ -1,12 +1,12 @@
 """Exp 3.2: classify an image with VGG19 on the DLP through pycnml (stu_upload/vgg19_demo.py).
 
-Without a DLP (no ``pycnml`` module) the same code runs on labkit.pycnml_sim, a NumPy
+Without a DLP (no ``pycnml`` module) the same code runs on labkit.runtime.pycnml_sim, a NumPy
 simulator of the MLU's INT8/fp16 arithmetic; the output says which backend ran.
 
     python main_exp_3_2.py --image cat.jpg                      # real weights + quant file
     python main_exp_3_2.py --demo                               # no weights needed
     python main_exp_3_2.py --evaluate val_list.txt              # lines "image_path label"
-    python -m labkit.calibrate --weights W.mat --images photos/ # makes the quant file
+    python -m labkit.runtime.calibrate --weights W.mat --images photos/ # makes the quant file
 """
 import argparse
 import os
@@ -15,8 +15,8 @@ import time
 
 import numpy as np
 
-from labkit.calibrate import DEFAULT_QUANT, calibrate_vgg19, demo_images
-from labkit.cli import DEFAULT_WEIGHTS, UserError, run_main
+from labkit.runtime.calibrate import DEFAULT_QUANT, calibrate_vgg19, demo_images
+from labkit.runtime.cli import DEFAULT_WEIGHTS, UserError, run_main
 
 DEMO_FOLDER = os.path.join("output", "demo_dlp")
 
@@ -31,7 +31,7 @@ def parse_args(argv=None):
                    help="MatConvNet imagenet-vgg-verydeep-19.mat (legacy or meta layout)")
     p.add_argument("--quant", default=DEFAULT_QUANT,
                    help="INT8 quantisation file (.npz, keys 'input' and 'filter', 19 "
-                   "[position, scale] pairs each); make it with python -m labkit.calibrate")
+                   "[position, scale] pairs each); make it with python -m labkit.runtime.calibrate")
     p.add_argument("--image", help="image to classify (any format Pillow reads)")
     p.add_argument("--runs", type=int, default=10,
                    help="how many times to run forward() on the image (each prints its "
@@ -56,8 +56,8 @@ def parse_args(argv=None):
 
 def prepare_demo(folder=DEMO_FOLDER):
     """Write the demo weights, image and quant file; returns their paths."""
-    from labkit.fixtures import write_demo_vgg19
-    from labkit.images import make_demo_image, save_rgb
+    from labkit.runtime.fixtures import write_demo_vgg19
+    from labkit.runtime.images import make_demo_image, save_rgb
     weights = write_demo_vgg19(folder)
     image = os.path.join(folder, "demo_image.png")
     quant = os.path.join(folder, "demo_vgg19_quant.npz")

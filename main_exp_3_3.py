@@ -12,9 +12,19 @@ import time
 
 import numpy as np
 
-from labkit.cli import DEFAULT_WEIGHTS, UserError, run_main
+from labkit.runtime.cli import DEFAULT_WEIGHTS, UserError, run_main
 
 STYLE_DEFAULT = "relu1_1:1,relu2_1:1,relu3_1:1,relu4_1:1,relu5_1:1"
+ENGINE_METHODS = ["auto", "img2col", "winograd", "winograd4", "fft"]
+
+
+def engine_available():
+    """The tuned engine (labkit/engine/) is in the repository, not in the student kit."""
+    try:
+        import labkit.engine.attach  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def parse_args(argv=None):
@@ -54,10 +64,13 @@ def parse_args(argv=None):
     a("--save-every", type=int, default=10, help="save an intermediate image every N steps "
       "(0 = only the final image)")
     a("--dtype", choices=["float32", "float64"], default="float32", help="arithmetic precision")
-    a("--conv", choices=["lab", "auto", "img2col", "winograd", "winograd4", "fft"],
-      default="auto", help="convolution algorithm of the transfer: lab = your img2col of "
-      "layer_2.py; auto = the fastest per layer (tuned img2col or Winograd, "
-      "labkit/conv_engine.py); or force one")
+    has_engine = engine_available()
+    a("--conv", choices=["lab"] + ENGINE_METHODS, default="auto" if has_engine else "lab",
+      help="convolution and pooling layers of the transfer: lab = your own layers of "
+      "layer_2.py, untouched; auto = the tuned engine's fastest per layer (tuned img2col or "
+      "Winograd), or force one. The tuned engine lives in labkit/engine/ of the course "
+      "repository and is not part of the student kit" + ("" if has_engine else
+                                                         " (not found here: lab only)"))
     a("--skip-speed-test", action="store_true", help="skip the loops-vs-img2col speed test")
     a("--speed-test-only", action="store_true", help="run only the speed test")
     a("--demo", action="store_true", help="no weights needed: a small random-weight VGG19 "
@@ -73,6 +86,9 @@ def parse_args(argv=None):
         p.error("--noise must be between 0 and 1")
     if args.save_every < 0:
         p.error("--save-every must be 0 or more")
+    if args.conv != "lab" and not has_engine:
+        p.error(f"--conv {args.conv} needs the tuned engine (labkit/engine/), which is not "
+                f"part of the student kit; use --conv lab (your own layers)")
     return args
 
 
@@ -140,8 +156,8 @@ def speed_test(seed=1234):
 
 
 def prepare_demo(folder, height, width):
-    from labkit.fixtures import write_demo_vgg19
-    from labkit.images import make_demo_image, save_rgb
+    from labkit.runtime.fixtures import write_demo_vgg19
+    from labkit.runtime.images import make_demo_image, save_rgb
     weights = write_demo_vgg19(folder, num_classes=10)
     content, style = (os.path.join(folder, f"demo_{n}.png") for n in ("content", "style"))
     save_rgb(make_demo_image(height, width, seed=0), content)
@@ -158,8 +174,6 @@ def working_size(args, content_rgb):
 
 
 def main(argv=None):
-    from labkit.perf import reuse_large_allocations
-    reuse_large_allocations()
     args = parse_args(argv)
     if args.demo:
         args.weights, demo_content, demo_style = prepare_demo(
@@ -174,8 +188,8 @@ def main(argv=None):
     if not args.content or not args.style:
         raise UserError("pass --content PATH and --style PATH (or --demo to run without "
                         "weights and images).")
-    from labkit.images import load_rgb, preprocess
-    from labkit.transfer import Objective, deepest_layer
+    from labkit.runtime.images import load_rgb, preprocess
+    from labkit.runtime.transfer import Objective, deepest_layer
     from stu_upload.style_transfer import FEATURE_LAYER_NAMES, VGG19, get_random_img
     style_weights = parse_style_layers(args.style_layers)
     if args.content_layer not in FEATURE_LAYER_NAMES:
@@ -185,11 +199,16 @@ def main(argv=None):
     height, width = working_size(args, content_rgb)
     dtype = np.dtype(args.dtype)
     print(f"Loading {args.weights} ...", flush=True)
-    vgg = VGG19(args.weights, dtype=dtype,
-                conv_method=None if args.conv == "lab" else args.conv)
+    vgg = VGG19(args.weights, dtype=dtype)
     vgg.build_model(last_layer=deepest_layer([args.content_layer, *style_weights]))
     vgg.init_model()
     vgg.load_model()
+    run = None
+    if args.conv != "lab":          # the tuned engine's layers, holding the same weights
+        from labkit.engine.attach import tune
+        from labkit.engine.perf import reuse_large_allocations
+        reuse_large_allocations()
+        run = tune(vgg, method=args.conv, need_param_grad=False)
     mean = vgg.mean_pixel
     content = preprocess(content_rgb, mean, height, width, dtype)
     style = preprocess(style_rgb, mean, height, width, dtype)
@@ -201,18 +220,20 @@ def main(argv=None):
     else:
         image = preprocess(init_rgb, mean, height, width, dtype)
     objective = Objective(vgg, content, style, args.content_layer, style_weights,
-                          args.alpha, args.beta, args.tv_weight)
-    return run_and_save(args, vgg, objective, image, content_rgb)
+                          args.alpha, args.beta, args.tv_weight,
+                          parallel_map=run.parallel_map if run else None)
+    return run_and_save(args, vgg, objective, image, content_rgb,
+                        context=run.context() if run else None)
 
 
-def run_and_save(args, vgg, objective, image, content_rgb, hook=None):
+def run_and_save(args, vgg, objective, image, content_rgb, hook=None, context=None):
     """Optimise with a progress bar; write <run id>_log.csv, _loss.png, _stepNNNN.jpg every
     --save-every steps and _final.jpg. Ctrl-C saves _interrupted_stepNNNN.jpg and the log,
     then re-raises (exit 130); a non-finite loss saves _lastgood_stepNNNN.jpg, returns 1.
     ``hook(step, image, record)`` runs after each step (tests inject failures with it)."""
     from tqdm import tqdm
-    from labkit.runlog import CsvLog, make_run_id, plot_losses, preserve_colors
-    from labkit.transfer import run_transfer
+    from labkit.runtime.runlog import CsvLog, make_run_id, plot_losses, preserve_colors
+    from labkit.runtime.transfer import run_transfer
     os.makedirs(args.output_dir, exist_ok=True)
     run_id = make_run_id(args.output_dir, args.seed)
     stem = os.path.join(args.output_dir, run_id)
@@ -227,7 +248,7 @@ def run_and_save(args, vgg, objective, image, content_rgb, hook=None):
         path = f"{stem}_{name}.jpg"
         rgb = vgg.save_image(img, img.shape, path)
         if args.preserve_colors:
-            from labkit.images import save_rgb
+            from labkit.runtime.images import save_rgb
             save_rgb(preserve_colors(content_rgb, rgb), path)
         return path
 
@@ -243,7 +264,7 @@ def run_and_save(args, vgg, objective, image, content_rgb, hook=None):
 
     lows = -np.asarray(vgg.mean_pixel, np.float64)
     result = run_transfer(objective, image, args.steps, args.optimizer, args.lr,
-                          bounds=(lows, lows + 255.0), on_step=on_step)
+                          bounds=(lows, lows + 255.0), on_step=on_step, context=context)
     bar.close()
     log.close()
     name = {"done": "final", "interrupted": f"interrupted_step{result.image_step:04d}",

@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from labkit import conv_algos as ca  # noqa: E402
+from labkit.engine import conv_algos as ca  # noqa: E402
 
 LAYERS = [(64, 224), (128, 112), (256, 56), (512, 28), (512, 14)]
 

@@ -35,9 +35,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 from bench_style_step import STYLE, full_size_weights          # noqa: E402
-from labkit import vgg19_spec as spec                          # noqa: E402
-from labkit.conv_engine import choose_method                   # noqa: E402
-from labkit.perf import engine_threads, reuse_large_allocations  # noqa: E402
+from labkit.runtime import vgg19_spec as spec                          # noqa: E402
+from labkit.engine.attach import EngineConvolution, tune               # noqa: E402
+from labkit.engine.conv_engine import choose_method                   # noqa: E402
+from labkit.engine.perf import engine_threads, reuse_large_allocations  # noqa: E402
 from stu_upload.layer_2 import ConvolutionalLayer              # noqa: E402
 
 STYLE_LAYERS = list(STYLE)
@@ -47,7 +48,7 @@ METHODS = ["lab", "img2col", "winograd", "winograd4", "fft", "auto"]
 
 def settle_blas():
     """Wait until OpenBLAS's own threads, busy after a multi-threaded GEMM, stop spinning
-    (they spin ~0.1 s before sleeping). Timing the engine's threads (labkit.perf) right after
+    (they spin ~0.1 s before sleeping). Timing the engine's threads (labkit.engine.perf) right after
     a multi-threaded GEMM would otherwise charge it for that spin (measured: +15 % on a step)."""
     time.sleep(0.3)
 
@@ -162,10 +163,13 @@ def bench_layers(repeat, rng, quick):
         for method in METHODS:
             if quick and method == "fft":
                 continue
-            layer = ConvolutionalLayer(3, cin, cout, 1, 1, type=1,
-                                       method=None if method == "lab" else method)
-            layer.load_param(weight, np.zeros(cout, np.float32))
-            layer.need_param_grad = False
+            if method == "lab":
+                layer = ConvolutionalLayer(3, cin, cout, 1, 1, type=1)
+                layer.load_param(weight, np.zeros(cout, np.float32))
+                layer.need_param_grad = False
+            else:
+                layer = EngineConvolution(3, cin, cout, 1, 1, weight, np.zeros(cout, np.float32),
+                                          method, need_param_grad=False)
             with timed_as_run(method != "lab"):
                 fwd = median_time(lambda: layer.forward(x), repeat)
                 bwd = median_time(lambda: layer.backward(dy), repeat)
@@ -183,10 +187,11 @@ def bench_speed_test(quick):
     dy = rng.random((1, 256, 24, 40))
     weight, bias = rng.random((256, 3, 3, 256)), rng.random(256)
     layers = {}
-    for name, kind, method in (("raw", 0, None), ("img2col", 1, None), ("auto", 1, "auto")):
-        layer = ConvolutionalLayer(3, 256, 256, 1, 1, type=kind, method=method)
+    for name, kind in (("raw", 0), ("img2col", 1)):
+        layer = ConvolutionalLayer(3, 256, 256, 1, 1, type=kind)
         layer.load_param(weight, bias)
         layers[name] = layer
+    layers["auto"] = EngineConvolution(3, 256, 256, 1, 1, weight, bias, "auto")
     result = {}
     for name, layer in layers.items():
         if name == "raw" and quick:
@@ -216,7 +221,7 @@ def bench_speed_test(quick):
 
 # ------------------------------------------------------------------------- 4. classification
 def bench_classification(repeat, rng):
-    from labkit.fixtures import random_vgg19_weights
+    from labkit.runtime.fixtures import random_vgg19_weights
     from stu_upload.vgg_cpu import VGG19 as ClassifierVGG
     weights = random_vgg19_weights(width_div=1, num_classes=1000, seed=0)
     image = rng.uniform(-120, 120, (1, 3, 224, 224)).astype(np.float32)
@@ -225,10 +230,12 @@ def bench_classification(repeat, rng):
     fc_gflop = 2.0 * (25088 * 4096 + 4096 * 4096 + 4096 * 1000) / 1e9
     out = {"gflop": conv_gflop + fc_gflop}
     for label, method in (("lab_img2col", None), ("auto", "auto")):
-        vgg = ClassifierVGG(None, type=1, dtype=np.float32, verbose=False, conv_method=method)
+        vgg = ClassifierVGG(None, type=1, dtype=np.float32, verbose=False)
         vgg.file = weights
         vgg.build_model()
         vgg.load_model()
+        if method is not None:
+            tune(vgg, method)
         vgg.input_image = image
         with timed_as_run(method is not None):     # as main_exp_3_1.py runs it
             out[f"{label}_s"] = median_time(vgg.forward, repeat)
@@ -251,16 +258,18 @@ def bench_classification(repeat, rng):
 
 # ------------------------------------------------------------------------- 5. style step
 def build_style(height, width, method="auto"):
-    from labkit.images import make_demo_image, preprocess
-    from labkit.transfer import Objective
+    from labkit.runtime.images import make_demo_image, preprocess
+    from labkit.runtime.transfer import Objective
     from stu_upload.style_transfer import VGG19, get_random_img
-    vgg = VGG19(None, dtype=np.float32, weights=full_size_weights(), conv_method=method)
+    vgg = VGG19(None, dtype=np.float32, weights=full_size_weights())
     vgg.build_model(last_layer="relu5_1")
     vgg.load_model()
+    run = tune(vgg, method, need_param_grad=False) if method != "lab" else None
     mean = vgg.mean_pixel
     content = preprocess(make_demo_image(height, width, seed=0), mean, height, width, vgg.dtype)
     style = preprocess(make_demo_image(height, width, seed=7), mean, height, width, vgg.dtype)
-    objective = Objective(vgg, content, style, CONTENT_LAYER, STYLE, 1.0, 500.0)
+    objective = Objective(vgg, content, style, CONTENT_LAYER, STYLE, 1.0, 500.0,
+                          parallel_map=run.parallel_map if run else None)
     image = get_random_img(content, 0.5, np.random.default_rng(1234))
     return objective, image
 
@@ -271,7 +280,7 @@ def bench_style_step(height, width, repeat, rng):
     adam = AdamOptimizer(1.0, image.shape)
     state = {"image": image}
 
-    def step():       # as labkit.transfer.run_transfer runs it: in the engine's threads
+    def step():       # as labkit.runtime.transfer.run_transfer runs it: in the engine's threads
         with engine_threads():
             _, grad, _ = objective(state["image"])
             state["image"] = adam.update(state["image"], grad)
@@ -351,7 +360,7 @@ def bench_torch_step(height, width, repeat):
 MEMORY_CHILD = """
 import sys
 sys.path.insert(0, {root!r}); sys.path.insert(0, {bench!r})
-from labkit.perf import reuse_large_allocations
+from labkit.engine.perf import reuse_large_allocations
 reuse_large_allocations()
 from bench_kit import build_style
 from stu_upload.layer_3 import AdamOptimizer

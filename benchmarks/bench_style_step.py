@@ -15,9 +15,9 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from labkit.images import make_demo_image, preprocess                   # noqa: E402
-from labkit.fixtures import random_vgg19_weights                        # noqa: E402
-from labkit.transfer import Objective, run_transfer                     # noqa: E402
+from labkit.runtime.images import make_demo_image, preprocess                   # noqa: E402
+from labkit.runtime.fixtures import random_vgg19_weights                        # noqa: E402
+from labkit.runtime.transfer import Objective, run_transfer                     # noqa: E402
 from stu_upload.style_transfer import VGG19, get_random_img             # noqa: E402
 
 STYLE = {n: 1.0 for n in ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")}

@@ -7,9 +7,9 @@ Shapes: image (1, 3, H, W) NCHW with the mean pixel subtracted; features (1, C, 
 """
 import numpy as np
 
-from labkit import vgg19_spec as spec
-from labkit.images import deprocess, load_rgb, preprocess, save_rgb
-from labkit.matfile import load_vgg19_mat
+from labkit.runtime import vgg19_spec as spec
+from labkit.runtime.images import deprocess, load_rgb, preprocess, save_rgb
+from labkit.runtime.matfile import load_vgg19_mat
 from stu_upload.layer_1 import ReLULayer
 from stu_upload.layer_2 import ConvolutionalLayer, MaxPoolingLayer
 
@@ -21,15 +21,14 @@ class VGG19:
 
     ``VGG19(param_path, dtype)``; ``build_model(last_layer='pool5')`` builds the layers up to
     ``last_layer`` only (a deeper layer is never needed by the losses); ``weights`` may be a
-    ``labkit.matfile.VGGWeights`` already in memory instead of reading ``param_path``.
+    ``labkit.runtime.matfile.VGGWeights`` already in memory instead of reading ``param_path``.
     """
 
     def __init__(self, param_path="models/imagenet-vgg-verydeep-19.mat", dtype=np.float32,
-                 weights=None, conv_method=None):
+                 weights=None):
         self.param_path = param_path
         self.dtype = np.dtype(dtype)
         self.file = weights
-        self.conv_method = conv_method   # None: the lab's img2col; "auto": labkit.conv_engine
         self.param_layer_name = list(FEATURE_LAYER_NAMES)
         self.layers = {}
         self.forward_depth = -1      # index of the deepest layer the last forward() ran
@@ -65,8 +64,7 @@ class VGG19:
         for name in self.param_layer_name:
             if name.startswith("conv"):
                 cin, cout = widths[name][2:]
-                layer = ConvolutionalLayer(3, cin, cout, 1, 1, type=1,
-                                           method=self.conv_method)
+                layer = ConvolutionalLayer(3, cin, cout, 1, 1, type=1)
                 layer.need_param_grad = False      # the weights are fixed: image gradient only
             elif name.startswith("relu"):
                 layer = ReLULayer()

@@ -1,7 +1,7 @@
 """Exp 3.2: VGG19 image classification on the DLP (Cambricon MLU270) through pycnml.
 
 Written only against the pycnml API, so it runs unchanged on the real binding and, where
-there is none, on the NumPy simulator ``labkit.pycnml_sim`` (INT8 conv/MLP, fp16
+there is none, on the NumPy simulator ``labkit.runtime.pycnml_sim`` (INT8 conv/MLP, fp16
 activations). ``BACKEND`` says which one was imported.
 
 Shapes: input (1, 3, 224, 224) NCHW float, mean pixel subtracted; output: num_classes
@@ -18,13 +18,13 @@ import numpy as np
 try:
     import pycnml                                     # the real binding, on a DLP machine
 except ImportError:
-    from labkit import pycnml_sim as pycnml           # NumPy simulator elsewhere
+    from labkit.runtime import pycnml_sim as pycnml           # NumPy simulator elsewhere
 
-from labkit import vgg19_spec as spec
-from labkit.calibrate import DEFAULT_QUANT, QUANT_LAYERS, read_quant_pairs
-from labkit.cli import DEFAULT_WEIGHTS, UserError
-from labkit.images import load_rgb, preprocess
-from labkit.matfile import load_vgg19_mat
+from labkit.runtime import vgg19_spec as spec
+from labkit.runtime.calibrate import DEFAULT_QUANT, QUANT_LAYERS, read_quant_pairs
+from labkit.runtime.cli import DEFAULT_WEIGHTS, UserError
+from labkit.runtime.images import load_rgb, preprocess
+from labkit.runtime.matfile import load_vgg19_mat
 
 SIMULATED = bool(getattr(pycnml, "SIMULATOR", False))
 BACKEND = pycnml.backend_name() if SIMULATED else "pycnml (Cambricon MLU270, real DLP)"
@@ -38,7 +38,7 @@ class VGG19(object):
         self.net = pycnml.CnmlNet(16)
         self.input_quant_params = []     # 19 pycnml.QuantParam, QUANT_LAYERS order
         self.filter_quant_params = []
-        self.file = None                 # labkit.matfile.VGGWeights, read by build_model
+        self.file = None                 # labkit.runtime.matfile.VGGWeights, read by build_model
         self.param_path = None
         self.image = None                # (1, 3, 224, 224) float32 after load_image
         self.prob = None                 # (num_classes,) float32 after forward

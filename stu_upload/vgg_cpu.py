@@ -1,7 +1,7 @@
 """Exp 3.1: VGG19 image classification on the CPU with the layers of layer_1/layer_2.
 
 The weights come from MatConvNet's ``imagenet-vgg-verydeep-19.mat`` (both layouts; read
-by ``labkit.matfile``). Channel widths are taken from the file, so the same code runs the
+by ``labkit.runtime.matfile``). Channel widths are taken from the file, so the same code runs the
 real network and the tests' small fixtures. Shapes: input (1, 3, 224, 224) NCHW, mean pixel
 subtracted; pool5 (1, C5, 7, 7); output probabilities (1, num_classes).
 """
@@ -9,27 +9,25 @@ import time
 
 import numpy as np
 
-from labkit import vgg19_spec as spec
-from labkit.images import load_rgb, preprocess
-from labkit.matfile import load_vgg19_mat
+from labkit.runtime import vgg19_spec as spec
+from labkit.runtime.images import load_rgb, preprocess
+from labkit.runtime.matfile import load_vgg19_mat
 from stu_upload.layer_1 import FullyConnectedLayer, ReLULayer, SoftmaxLossLayer
 from stu_upload.layer_2 import ConvolutionalLayer, FlattenLayer, MaxPoolingLayer
 
 
 class VGG19:
     """VGG19 = 16 conv (3x3, pad 1, stride 1) + ReLU, 5 max-pools (2x2/2), flatten,
-    fc6-fc8 (+ ReLU), softmax. ``type=1`` uses the img2col layers, ``type=0`` the loops;
-    ``conv_method="auto"`` (with type=1) the tuned engine of labkit.conv_engine."""
+    fc6-fc8 (+ ReLU), softmax. ``type=1`` uses the img2col layers, ``type=0`` the loops."""
 
     def __init__(self, param_path="models/imagenet-vgg-verydeep-19.mat", type=1,
-                 dtype=np.float32, verbose=True, conv_method=None):
+                 dtype=np.float32, verbose=True):
         self.param_path = param_path
         self.type = type
         self.dtype = np.dtype(dtype)
         self.verbose = verbose
-        self.conv_method = conv_method   # None: the lab's img2col; "auto": labkit.conv_engine
         self.param_layer_name = list(spec.LAB_LAYER_NAMES)     # 44 names, with 'flatten'
-        self.file = None            # labkit.matfile.VGGWeights, read once by build_model
+        self.file = None            # labkit.runtime.matfile.VGGWeights, read once by build_model
         self.layers = {}
         self.input_image = None
         self.pool5 = None
@@ -51,8 +49,7 @@ class VGG19:
             # hint: pool layers MaxPoolingLayer(2, 2, self.type)
             if name.startswith("conv"):
                 cin, cout = widths[name][2:]
-                self.layers[name] = ConvolutionalLayer(3, cin, cout, 1, 1, self.type,
-                                                       method=self.conv_method)
+                self.layers[name] = ConvolutionalLayer(3, cin, cout, 1, 1, self.type)
             elif name.startswith("relu"):
                 self.layers[name] = ReLULayer()
             else:

@@ -1,12 +1,28 @@
 """Shared fixtures: small VGG19 .mat files with the real MatConvNet struct layout."""
+import os
+import sys
+
 import numpy as np
 import pytest
 
-from labkit.fixtures import write_vgg19_mat
-from labkit.images import make_demo_image, save_rgb
+from labkit.runtime.fixtures import write_vgg19_mat
+from labkit.runtime.images import make_demo_image, save_rgb
 
-# grading (--grade, --stu-dir, --hidden, ...; inactive otherwise): see labkit/grading.py
-pytest_plugins = ["labkit.grading"]
+# grading (--grade, --stu-dir, --hidden, ...; inactive otherwise): labkit/staff/grading.py,
+# in the course repository only (the student kit has no staff tools). When pytest took a
+# student kit's folder for its rootdir (``--stu-dir KIT`` written with a space), the kit's
+# ``labkit`` comes first on sys.path: load the plugin from this repository instead.
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+try:
+    import labkit.staff.grading  # noqa: F401
+except ImportError:
+    if os.path.isdir(os.path.join(_REPO, "labkit", "staff")):
+        for _name in [m for m in sys.modules if m == "labkit" or m.startswith("labkit.")]:
+            del sys.modules[_name]
+        sys.path.insert(0, _REPO)
+        import labkit.staff.grading  # noqa: F401
+if "labkit.staff.grading" in sys.modules:
+    pytest_plugins = ["labkit.staff.grading"]
 
 
 @pytest.fixture(scope="session")

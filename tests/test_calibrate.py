@@ -1,14 +1,14 @@
-"""Calibration for exp 3.2 (labkit.calibrate): max-abs statistics -> the lab's quant .npz."""
+"""Calibration for exp 3.2 (labkit.runtime.calibrate): max-abs statistics -> the lab's quant .npz."""
 import os
 
 import numpy as np
 import pytest
 
-from labkit import pycnml_sim
-from labkit.calibrate import (QUANT_LAYERS, QuantFileError, calibrate_vgg19, collect_max_abs,
+from labkit.runtime import pycnml_sim
+from labkit.runtime.calibrate import (QUANT_LAYERS, QuantFileError, calibrate_vgg19, collect_max_abs,
                               demo_images, find_images, main, read_quant_pairs)
-from labkit.cli import UserError
-from labkit.fixtures import write_vgg19_mat
+from labkit.runtime.cli import UserError
+from labkit.runtime.fixtures import write_vgg19_mat
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_find_images_errors(tmp_path):
 
 def test_read_quant_pairs_errors(tmp_path):
     missing = str(tmp_path / "none.npz")
-    with pytest.raises(QuantFileError, match="python -m labkit.calibrate") as err:
+    with pytest.raises(QuantFileError, match="python -m labkit.runtime.calibrate") as err:
         read_quant_pairs(missing)
     assert isinstance(err.value, UserError) and isinstance(err.value, FileNotFoundError)
     good = np.tile([2.0, 1.5], 19)

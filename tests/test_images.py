@@ -1,9 +1,9 @@
-"""labkit/images.py: odd images become RGB; bad files get clear errors."""
+"""labkit/runtime/images.py: odd images become RGB; bad files get clear errors."""
 import numpy as np
 import pytest
 from PIL import Image
 
-from labkit.images import (ImageLoadError, deprocess, load_rgb, make_demo_image, preprocess,
+from labkit.runtime.images import (ImageLoadError, deprocess, load_rgb, make_demo_image, preprocess,
                            resize_bilinear, save_rgb)
 
 MEAN = np.array([123.68, 116.779, 103.939])

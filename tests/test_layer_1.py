@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from labkit.gradcheck import GradientCheckError, check_vjp, numeric_gradient, assert_close
+from labkit.runtime.gradcheck import GradientCheckError, check_vjp, numeric_gradient, assert_close
 from stu_upload._base import BackwardBeforeForwardError
 from stu_upload.layer_1 import FullyConnectedLayer, ReLULayer, SoftmaxLossLayer
 

@@ -6,7 +6,7 @@ relative error = max|analytic - numeric| / max(max|analytic|, max|numeric|) < 1e
 import numpy as np
 import pytest
 
-from labkit.gradcheck import GradientCheckError, assert_close, check_vjp, numeric_gradient
+from labkit.runtime.gradcheck import GradientCheckError, assert_close, check_vjp, numeric_gradient
 from stu_upload._base import BackwardBeforeForwardError
 from stu_upload.layer_2 import (ConvolutionalLayer, FlattenLayer, MaxPoolingLayer, col2im,
                                 conv_output_size, img2col, pad_nchw, window_view)

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from labkit.gradcheck import GradientCheckError, assert_close, check_vjp
+from labkit.runtime.gradcheck import GradientCheckError, assert_close, check_vjp
 from stu_upload.layer_3 import AdamOptimizer, ContentLossLayer, StyleLossLayer, gram_matrix
 
 

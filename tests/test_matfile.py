@@ -1,13 +1,13 @@
-"""labkit/matfile.py and labkit/fixtures.py: both layouts of the VGG19 file, and bad files."""
+"""labkit/runtime/matfile.py and labkit/runtime/fixtures.py: both layouts of the VGG19 file, and bad files."""
 import os
 
 import numpy as np
 import pytest
 import scipy.io
 
-from labkit import vgg19_spec as spec
-from labkit.fixtures import LEGACY_FIELDS, META_FIELDS, write_vgg19_mat
-from labkit.matfile import WeightsFileError, load_vgg19_mat
+from labkit.runtime import vgg19_spec as spec
+from labkit.runtime.fixtures import LEGACY_FIELDS, META_FIELDS, write_vgg19_mat
+from labkit.runtime.matfile import WeightsFileError, load_vgg19_mat
 
 
 @pytest.mark.parametrize("layout", ["legacy", "meta"])
@@ -103,7 +103,7 @@ def test_network_that_is_not_vgg19(tmp_path, mat_files):
 
 
 def test_wrong_filter_shape_is_reported(tmp_path):
-    from labkit.fixtures import random_vgg19_params
+    from labkit.runtime.fixtures import random_vgg19_params
     params = random_vgg19_params(width_div=32)
     w, b = params["conv2_1"]
     params["conv2_1"] = (np.zeros((3, 3, w.shape[2] + 1, w.shape[3]), np.float32), b)
@@ -115,7 +115,7 @@ def test_wrong_filter_shape_is_reported(tmp_path):
 
 def test_full_size_parameter_count():
     """width_div=1 gives exactly the real file's 143,667,240 parameters (1000 classes)."""
-    from labkit.fixtures import random_vgg19_params
+    from labkit.runtime.fixtures import random_vgg19_params
     shapes = {}
     cin = 3
     for name, kind, cout in spec.FILE_LAYERS:

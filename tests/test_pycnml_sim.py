@@ -1,11 +1,11 @@
-"""Tests for labkit.pycnml_sim: quantisation arithmetic, layer maths, file format, misuse."""
+"""Tests for labkit.runtime.pycnml_sim: quantisation arithmetic, layer maths, file format, misuse."""
 import os
 
 import numpy as np
 import pytest
 
-from labkit import pycnml_sim as pycnml
-from labkit.pycnml_sim import CnmlError, QuantParam
+from labkit.runtime import pycnml_sim as pycnml
+from labkit.runtime.pycnml_sim import CnmlError, QuantParam
 
 
 # ------------------------------------------------------------------------ references

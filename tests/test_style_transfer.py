@@ -1,4 +1,4 @@
-"""stu_upload/style_transfer.py, labkit/transfer.py, labkit/runlog.py and main_exp_3_3.py
+"""stu_upload/style_transfer.py, labkit/runtime/transfer.py, labkit/runtime/runlog.py and main_exp_3_3.py
 on a small fixture VGG19 (channel widths / 32) and small images."""
 import argparse
 import csv
@@ -10,10 +10,10 @@ import sys
 import numpy as np
 import pytest
 
-from labkit.gradcheck import assert_close, check_vjp
-from labkit.images import load_rgb, make_demo_image, preprocess, save_rgb
-from labkit.runlog import preserve_colors
-from labkit.transfer import Objective, run_transfer, tv_loss
+from labkit.runtime.gradcheck import assert_close, check_vjp
+from labkit.runtime.images import load_rgb, make_demo_image, preprocess, save_rgb
+from labkit.runtime.runlog import preserve_colors
+from labkit.runtime.transfer import Objective, run_transfer, tv_loss
 from stu_upload.style_transfer import FEATURE_LAYER_NAMES, VGG19, get_random_img
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -189,7 +189,7 @@ def test_preserve_colors_keeps_content_chroma():
 
 def test_parse_style_layers():
     import main_exp_3_3 as drv
-    from labkit.cli import UserError
+    from labkit.runtime.cli import UserError
     assert drv.parse_style_layers("relu1_1:1,relu2_1:0.5,relu3_1") == \
         {"relu1_1": 1.0, "relu2_1": 0.5, "relu3_1": 1.0}
     with pytest.raises(UserError, match="unknown layer"):

@@ -16,12 +16,12 @@ import sys
 import numpy as np
 import pytest
 
-from labkit import vgg19_spec as spec
-from labkit.calibrate import QUANT_LAYERS, QuantFileError, calibrate_vgg19, demo_images
-from labkit.cli import UserError
-from labkit.fixtures import write_vgg19_mat
-from labkit.images import ImageLoadError, make_demo_image, save_rgb
-from labkit.matfile import WeightsFileError
+from labkit.runtime import vgg19_spec as spec
+from labkit.runtime.calibrate import QUANT_LAYERS, QuantFileError, calibrate_vgg19, demo_images
+from labkit.runtime.cli import UserError
+from labkit.runtime.fixtures import write_vgg19_mat
+from labkit.runtime.images import ImageLoadError, make_demo_image, save_rgb
+from labkit.runtime.matfile import WeightsFileError
 from stu_upload import vgg19_demo
 from stu_upload.vgg19_demo import VGG19
 from stu_upload.vgg_cpu import VGG19 as CpuVGG19
@@ -149,7 +149,7 @@ def test_get_top5_and_evaluate(setup, cpu, tmp_path, capsys):
 
 def test_misuse_errors(setup, tmp_path):
     weights, quant, images = setup
-    with pytest.raises(QuantFileError, match="python -m labkit.calibrate"):
+    with pytest.raises(QuantFileError, match="python -m labkit.runtime.calibrate"):
         VGG19().build_model(weights, str(tmp_path / "missing.npz"))
     bad = tmp_path / "bad.mat"
     bad.write_bytes(b"MATLAB 5.0 MAT-file, truncated")
@@ -193,7 +193,7 @@ def test_driver_missing_quant_file_and_help(setup, tmp_path):
     res = _run(["--weights", setup[0], "--quant", str(tmp_path / "q.npz"), "--image",
                 setup[2][0]], tmp_path)
     assert res.returncode == 2
-    assert "python -m labkit.calibrate" in res.stderr and "Traceback" not in res.stderr
+    assert "python -m labkit.runtime.calibrate" in res.stderr and "Traceback" not in res.stderr
     res = _run(["--help"], tmp_path)
     for flag in ("--weights", "--quant", "--image", "--runs", "--demo", "--evaluate"):
         assert flag in res.stdout

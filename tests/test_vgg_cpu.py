@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from labkit import vgg19_spec as spec
+from labkit.runtime import vgg19_spec as spec
 from stu_upload.vgg_cpu import VGG19
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -129,7 +129,7 @@ def test_cli_download_offline_fails_clearly(tmp_path, demo_image, monkeypatch):
     """--download with no network: a clear message, no partial file left behind."""
     import urllib.request
 
-    from labkit import cli
+    from labkit.runtime import cli
 
     def no_network(*a, **k):
         raise OSError("Network is unreachable")

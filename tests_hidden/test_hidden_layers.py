@@ -1,7 +1,7 @@
 """Hidden tests: cases the public tests do not show (run with --hidden tests_hidden)."""
 import numpy as np
 
-from labkit.gradcheck import assert_close, check_vjp
+from labkit.runtime.gradcheck import assert_close, check_vjp
 from stu_upload.layer_1 import FullyConnectedLayer, ReLULayer, SoftmaxLossLayer
 from stu_upload.layer_2 import ConvolutionalLayer
 

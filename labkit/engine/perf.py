@@ -164,7 +164,7 @@ def split_ranges(size, parts):
 
 def run_split(pool, fn, size):
     """fn(lo, hi) over ranges covering 0..size: all at once without a pool, else one range
-    per worker of ``pool`` (``labkit.perf.WorkerPool``): the first on the calling thread,
+    per worker of ``pool`` (``labkit.engine.perf.WorkerPool``): the first on the calling thread,
     the others on the pool; returns when all are done."""
     if pool is None or size < 2:
         fn(0, size)

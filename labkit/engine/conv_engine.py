@@ -2,8 +2,8 @@
 
 One engine per layer. It keeps what does not change between calls: the 180-degree-rotated
 weight (for input gradients) and the Winograd filter transforms of both. Inside
-``labkit.perf.engine_threads()`` the work is split over a pool of threads (Winograd stages
-by channel ranges, img2col GEMMs by output channels). Methods (``labkit.conv_algos``):
+``labkit.engine.perf.engine_threads()`` the work is split over a pool of threads (Winograd stages
+by channel ranges, img2col GEMMs by output channels). Methods (``labkit.engine.conv_algos``):
 
 =============  =====================================================================
 img2col        shifted-slice img2col + one GEMM; input gradient of stride 1 is a
@@ -16,8 +16,8 @@ auto           the fastest for the shape, from ``choose_method`` (measured table
 """
 import numpy as np
 
-from labkit import conv_algos as algos
-from labkit.perf import active_pool
+from labkit.engine import conv_algos as algos
+from labkit.engine.perf import active_pool
 
 METHODS = ("img2col", "winograd", "winograd4", "fft", "auto")
 

@@ -20,7 +20,7 @@ import numpy as np
 import scipy.fft as sfft
 from numpy.lib.stride_tricks import sliding_window_view
 
-from labkit.perf import run_split, split_ranges  # noqa: F401 (split_ranges: tests)
+from labkit.engine.perf import run_split, split_ranges  # noqa: F401 (split_ranges: tests)
 
 __all__ = [
     "conv2d_reference", "conv2d_input_grad_reference", "conv2d_weight_grad_reference",
@@ -131,7 +131,7 @@ def conv2d_img2col(x, w, b, pad, stride=1, pool=None):
     """img2col + one GEMM.  x (N,Cin,H,W), w (Cin,K,K,Cout) -> y (N,Cout,Ho,Wo).
 
     y[n] = w.reshape(Cin*K*K, Cout).T @ cols[n]  (Cout, Ho*Wo).
-    With a pool (``labkit.perf``), output-channel ranges run in parallel."""
+    With a pool (``labkit.engine.perf``), output-channel ranges run in parallel."""
     cin, k, _, cout = w.shape
     cols, ho, wo = im2col(x, k, pad, stride)
     wm = w.reshape(cin * k * k, cout).T.astype(x.dtype, copy=False)
@@ -150,7 +150,7 @@ def conv2d_input_grad_img2col(dy, w, pad, stride, x_shape, pool=None):
 
     dcols[n] = w.reshape(Cin*K*K, Cout) @ dy[n]; col2im adds each (kh,kw) slice of
     dcols into the shifted, strided window of dxp (loop over K*K offsets only).
-    With a pool (``labkit.perf``), input-channel ranges run in parallel."""
+    With a pool (``labkit.engine.perf``), input-channel ranges run in parallel."""
     n, c, h, wd = x_shape
     cin, k, _, cout = w.shape
     ho, wo = dy.shape[2:]
@@ -172,7 +172,7 @@ def conv2d_weight_grad(x, dy, k, pad, stride=1, pool=None):
     """Weight/bias gradients via img2col -> (dw (Cin,K,K,Cout), db (Cout,)).
 
     dw.reshape(Cin*K*K, Cout) = sum_n cols[n] @ dy[n].T ;  db = dy.sum((0,2,3)).
-    With a pool (``labkit.perf``), row ranges of dw run in parallel."""
+    With a pool (``labkit.engine.perf``), row ranges of dw run in parallel."""
     n, cin = x.shape[:2]
     cout = dy.shape[1]
     cols, ho, wo = im2col(x, k, pad, stride)

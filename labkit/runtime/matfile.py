@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.io
 
-from labkit import vgg19_spec as spec
+from labkit.runtime import vgg19_spec as spec
 
 
 class WeightsFileError(Exception):

@@ -5,7 +5,7 @@ import sys
 import urllib.error
 import urllib.request
 
-from labkit import vgg19_spec as spec
+from labkit.runtime import vgg19_spec as spec
 
 DEFAULT_WEIGHTS = os.path.join("models", spec.REAL_FILE_NAME)
 
@@ -17,8 +17,8 @@ class UserError(Exception):
 def run_main(main):
     """Call ``main()``; print known user errors as one clear message and exit 2, and turn
     Ctrl-C into exit 130 (the drivers save their state before re-raising it)."""
-    from labkit.images import ImageLoadError
-    from labkit.matfile import WeightsFileError
+    from labkit.runtime.images import ImageLoadError
+    from labkit.runtime.matfile import WeightsFileError
     try:
         return main()
     except (UserError, WeightsFileError, ImageLoadError) as exc:

@@ -10,7 +10,7 @@ random, so its "classes" mean nothing.
 import numpy as np
 import scipy.io
 
-from labkit import vgg19_spec as spec
+from labkit.runtime import vgg19_spec as spec
 
 LEGACY_FIELDS = {
     "conv": ("weights", "pad", "type", "name", "stride"),
@@ -70,9 +70,9 @@ def random_vgg19_params(width_div=16, num_classes=10, fc_width=None, seed=0,
 
 
 def random_vgg19_weights(width_div=1, num_classes=1000, seed=0, last_layer="fc8"):
-    """The same random network as a ``labkit.matfile.VGGWeights`` in memory (no file), with
+    """The same random network as a ``labkit.runtime.matfile.VGGWeights`` in memory (no file), with
     the layers up to ``last_layer``; for benchmarks of the full-size network."""
-    from labkit.matfile import MatLayer, VGGWeights
+    from labkit.runtime.matfile import MatLayer, VGGWeights
     params = random_vgg19_params(width_div, num_classes, seed=seed, last_layer=last_layer)
     layers = []
     for name, kind, _ in spec.FILE_LAYERS[:spec.FILE_LAYER_NAMES.index(last_layer) + 1]:

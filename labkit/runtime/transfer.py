@@ -5,12 +5,12 @@
 with the image gradient from ONE backward pass. ``run_transfer`` drives Adam or L-BFGS,
 calls ``on_step`` after every step and handles Ctrl-C and non-finite losses.
 """
+import contextlib
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from labkit.perf import active_pool, engine_threads
 from stu_upload.layer_3 import AdamOptimizer, ContentLossLayer, StyleLossLayer
 from stu_upload.style_transfer import FEATURE_LAYER_NAMES
 
@@ -51,8 +51,9 @@ class Objective:
     """
 
     def __init__(self, vgg, content_image, style_image, content_layer, style_weights,
-                 alpha=1.0, beta=500.0, tv_weight=0.0):
+                 alpha=1.0, beta=500.0, tv_weight=0.0, parallel_map=None):
         self.vgg = vgg
+        self.parallel_map = parallel_map
         self.content_layer = content_layer
         self.style_weights = normalise_weights(style_weights)
         self.alpha, self.beta, self.tv_weight = float(alpha), float(beta), float(tv_weight)
@@ -71,16 +72,15 @@ class Objective:
         return ["content"] + [f"style_{n}" for n in self.style_weights] + ["tv"]
 
     def _style_losses(self, feats):
-        """{layer: (loss, dloss/dfeatures)}; the layers are independent, so inside
-        ``labkit.perf.engine_threads()`` they run on the worker threads."""
+        """{layer: (loss, dloss/dfeatures)}; the layers are independent, so a
+        ``parallel_map(fn, items)`` given to the constructor (the tuned engine's) may run
+        them at the same time."""
         def one(name):
             layer = self.style_loss[name]
             return layer.forward(feats[name]), layer.backward(feats[name])
-        pool = active_pool()
-        if pool is None:
-            return {name: one(name) for name in self.style_weights}
-        futures = {name: pool.submit(one, name) for name in self.style_weights}
-        return {name: future.result() for name, future in futures.items()}
+        names = list(self.style_weights)
+        results = (self.parallel_map or (lambda fn, items: [fn(i) for i in items]))(one, names)
+        return dict(zip(names, results))
 
     def __call__(self, image):
         self.evaluations += 1
@@ -125,7 +125,7 @@ class TransferResult:
 
 
 def run_transfer(objective, image, steps, optimizer="adam", lr=1.0, bounds=None,
-                 on_step=None):
+                 on_step=None, context=None):
     """Optimise ``image`` for ``steps`` steps (Adam) or iterations (L-BFGS-B).
 
     ``on_step(step, image, record)`` is called after each step with the new image and a
@@ -134,6 +134,7 @@ def run_transfer(objective, image, steps, optimizer="adam", lr=1.0, bounds=None,
     returns status "nonfinite" with the last image whose loss was finite. The record of an
     Adam step holds the loss of the image *before* that step's update.
     ``bounds`` (low, high) per channel (3,) arrays limit L-BFGS-B's pixels.
+    ``context``: a context manager to run the steps in (the tuned engine's threads).
     """
     state = {"good": image, "good_step": 0, "current": image, "step": 0, "history": []}
 
@@ -155,11 +156,8 @@ def run_transfer(objective, image, steps, optimizer="adam", lr=1.0, bounds=None,
 
     if optimizer not in ("adam", "lbfgs"):
         raise ValueError(f"optimizer must be 'adam' or 'lbfgs', got {optimizer!r}")
-    # the tuned convolutions parallelise themselves (labkit.perf); the lab's own layers
-    # (conv_method None) keep OpenBLAS's threads
-    tuned = getattr(getattr(objective, "vgg", None), "conv_method", None) is not None
     try:
-        with engine_threads(tuned):
+        with context if context is not None else contextlib.nullcontext():
             if optimizer == "adam":
                 final = _run_adam(evaluate, record, image, steps, lr)
             else:

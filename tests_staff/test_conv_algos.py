@@ -1,4 +1,4 @@
-"""Checks for labkit/conv_algos.py: every algorithm against the plain definition.
+"""Checks for labkit/engine/conv_algos.py: every algorithm against the plain definition.
 
 Error measure everywhere: rel = max|got - want| / max|want| (max-norm relative error).
 float64: rel <= 1e-9 for every algorithm.
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy.signal import correlate
 
-from labkit import conv_algos as ca
+from labkit.engine import conv_algos as ca
 
 F64_TOL = 1e-9
 F32_TOL = {"img2col": 5e-6, "wino2": 5e-6, "wino4": 5e-5, "fft": 5e-6, "fft_spectrum": 5e-6, "weight": 5e-6}

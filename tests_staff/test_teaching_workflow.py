@@ -16,9 +16,9 @@ import zipfile
 
 import pytest
 
-from labkit import kit as kitmod
-from labkit.grading import HIDDEN_PREFIX, MANIFEST_NAME, points_for, run_grading
-from labkit.kit import KitError, parse_regions, write_kit
+from labkit.staff import kit as kitmod
+from labkit.staff.grading import HIDDEN_PREFIX, MANIFEST_NAME, points_for, run_grading
+from labkit.staff.kit import KitError, parse_regions, write_kit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HIDDEN = os.path.join(ROOT, "tests_hidden")
@@ -149,7 +149,7 @@ def test_kit_imports_and_refuses_to_overwrite(kit, tmp_path):
 
 def test_manifest_lists_exactly_the_suite():
     """tests/grading_manifest.json must match the tests; if not, rebuild it with
-    'python -m labkit.grading manifest --hidden tests_hidden'."""
+    'python -m labkit.staff.grading manifest --hidden tests_hidden'."""
     r = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q",
                         "-p", "no:cacheprovider", "tests", "tests_hidden"],
                        cwd=ROOT, capture_output=True, text=True)
@@ -161,7 +161,7 @@ def test_manifest_lists_exactly_the_suite():
     with open(os.path.join(ROOT, MANIFEST_NAME)) as f:
         manifest = set(json.load(f)["tests"])
     assert ids == manifest, ("the grading manifest is out of date; rebuild it with 'python -m "
-                             "labkit.grading manifest --hidden tests_hidden'. Not in the "
+                             "labkit.staff.grading manifest --hidden tests_hidden'. Not in the "
                              f"manifest: {sorted(ids - manifest)[:5]}; gone: "
                              f"{sorted(manifest - ids)[:5]}")
 
@@ -254,7 +254,7 @@ def test_batch_grading_csv(kit, tmp_path):
     with zipfile.ZipFile(subs / "eve.zip", "w") as zf:          # path traversal
         zf.writestr("stu_upload/layer_1.py", "x = 1\n")
         zf.writestr("../../escaped.py", "x = 1\n")
-    cmd = [sys.executable, "-m", "labkit.batch_grade", str(subs), "--out",
+    cmd = [sys.executable, "-m", "labkit.staff.batch_grade", str(subs), "--out",
            str(tmp_path / "grades.csv"), "--", "tests/test_layer_1.py"]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr

@@ -1,14 +1,15 @@
-"""labkit/perf.py and the threaded paths it enables: the engine's work split over a pool of
+"""labkit/engine/perf.py and the threaded paths it enables: the engine's work split over a pool of
 threads (Winograd stages by channel ranges, img2col GEMMs by output channels, style losses by
 layer) gives the same results as the single-threaded code (float64, 1e-12 relative), and
 ``engine_threads()`` leaves OpenBLAS's thread count as it found it. Nothing here is timed."""
 import numpy as np
 import pytest
 
-from labkit import conv_algos, perf
-from labkit.conv_engine import ConvEngine
-from labkit.gradcheck import assert_close
-from labkit.transfer import Objective
+from labkit.engine import conv_algos, perf
+from labkit.engine.attach import TunedRun
+from labkit.engine.conv_engine import ConvEngine
+from labkit.runtime.gradcheck import assert_close
+from labkit.runtime.transfer import Objective
 
 SAME = 1e-12      # threads only reorder independent work: results agree to rounding
 
@@ -78,7 +79,7 @@ needs_pool = pytest.mark.skipif(perf.worker_pool() is None,
 @needs_pool
 @pytest.mark.parametrize("method", ["img2col", "winograd", "winograd4"])
 def test_engine_inside_engine_threads_matches_outside(rng, method, monkeypatch):
-    import labkit.conv_engine as engine
+    import labkit.engine.conv_engine as engine
     monkeypatch.setattr(engine, "BAND_BYTES", 1)          # row bands too
     x = rng.standard_normal((1, 6, 13, 10))
     weight, bias = rng.standard_normal((6, 3, 3, 5)), rng.standard_normal(5)
@@ -132,7 +133,6 @@ class _FixedNet:
     """A stand-in network: fixed features; backward returns the sum of each gradient's
     mean, weighted by the layer's position, so a gradient sent to the wrong layer shows."""
     names = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2", "relu5_1"]
-    conv_method = "auto"
 
     def __init__(self, rng):
         self.feats = {n: rng.standard_normal((1, 2 + i, 3, 3)) for i, n in enumerate(self.names)}
@@ -147,11 +147,12 @@ class _FixedNet:
 
 @needs_pool
 def test_objective_style_losses_on_threads_match_serial(rng):
-    """labkit.transfer.Objective runs the style losses on the pool inside engine_threads:
+    """labkit.runtime.transfer.Objective runs the style losses on the pool inside engine_threads:
     each layer's loss and gradient must still reach that layer (stand-in losses and network,
     so no student code is involved)."""
     obj = Objective.__new__(Objective)
     obj.vgg = _FixedNet(rng)
+    obj.parallel_map = TunedRun.parallel_map
     obj.content_layer, obj.alpha, obj.beta, obj.tv_weight = "relu4_2", 1.0, 500.0, 0.0
     styles = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
     obj.style_weights = {n: 0.2 for n in styles}
@@ -208,11 +209,11 @@ def test_winograd_writes_into_a_band_of_out(rng, pool, m, width):
 @pytest.mark.parametrize("k,s,shape", [(2, 2, (1, 5, 8, 10)), (3, 2, (2, 3, 9, 7)),
                                        (2, 2, (1, 4, 7, 9))], ids=str)
 def test_maxpool_inside_engine_threads_matches_outside(rng, k, s, shape):
-    """The vectorised pooling layer splits channels over threads in the tuned runs; ties
+    """The engine's pooling layer splits channels over threads in the tuned runs; ties
     (zeros after ReLU), overlapping windows and the floor rule give the same results."""
-    from stu_upload.layer_2 import MaxPoolingLayer
+    from labkit.engine.attach import EngineMaxPooling
     x = np.maximum(rng.standard_normal(shape), 0)
-    layer = MaxPoolingLayer(k, s, type=1)
+    layer = EngineMaxPooling(k, s)
     y = layer.forward(x)
     dy = rng.standard_normal(y.shape)
     dx = layer.backward(dy)
@@ -235,7 +236,7 @@ def test_threaded_weight_grad_matches_definition(rng, pool, n):
 
 def test_pool_tasks_follow_the_callers_error_settings(pool):
     """np.errstate is per thread: the pool passes the caller's settings on, so a diverging
-    run that silences overflow warnings (labkit.transfer) stays silent on the workers too."""
+    run that silences overflow warnings (labkit.runtime.transfer) stays silent on the workers too."""
     def overflow():
         return np.float32(3e38) * np.float32(10)
     with np.errstate(over="raise"):

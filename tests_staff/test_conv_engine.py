@@ -1,16 +1,16 @@
-"""labkit/conv_engine.py through ConvolutionalLayer(type=1, method=...): every method gives
+"""labkit/engine/conv_engine.py through EngineConvolution (labkit/engine/attach.py): every method gives
 the definition's results (float64 to 1e-9 relative) and its gradients pass the numerical check.
 
-The expected values come from ``labkit.conv_algos``'s references, not from the student's loop
+The expected values come from ``labkit.engine.conv_algos``'s references, not from the student's loop
 layer: these tests check the kit's engine, so they must not depend on (or grade) student code.
 """
 import numpy as np
 import pytest
 
-from labkit import conv_algos
-from labkit.conv_engine import ConvEngine, choose_method
-from labkit.gradcheck import assert_close, check_vjp, numeric_gradient
-from stu_upload.layer_2 import ConvolutionalLayer
+from labkit.engine import conv_algos
+from labkit.engine.conv_engine import ConvEngine, choose_method
+from labkit.runtime.gradcheck import assert_close, check_vjp, numeric_gradient
+from labkit.engine.attach import EngineConvolution
 
 CASES = [  # N, Cin, H, W, Cout, K, pad, stride
     (1, 3, 7, 9, 4, 3, 1, 1), (2, 4, 6, 5, 3, 3, 0, 1), (1, 2, 5, 6, 3, 3, 2, 1),
@@ -29,7 +29,7 @@ def supported(method, case):
 
 
 class Reference:
-    """The convolution's definition (labkit.conv_algos references) with a layer's interface."""
+    """The convolution's definition (labkit.engine.conv_algos references) with a layer's interface."""
 
     def __init__(self, weight, bias, padding, stride):
         self.weight, self.bias, self.padding, self.stride = weight, bias, padding, stride
@@ -51,8 +51,8 @@ def pair(rng, case, method, dtype=np.float64):
     n, cin, h, w, cout, k, pad, stride = case
     ref = Reference(rng.standard_normal((cin, k, k, cout)), rng.standard_normal(cout), pad,
                     stride)
-    fast = ConvolutionalLayer(k, cin, cout, pad, stride, type=1, method=method)
-    fast.load_param(ref.weight.astype(dtype), ref.bias.astype(dtype))
+    fast = EngineConvolution(k, cin, cout, pad, stride, ref.weight.astype(dtype),
+                             ref.bias.astype(dtype), method)
     return ref, fast, rng.standard_normal((n, cin, h, w))
 
 
@@ -77,7 +77,7 @@ def test_method_gradient_check(rng, method):
     dy = rng.standard_normal(layer.forward(x).shape)
     layer.backward(dy)
     def loss():
-        layer.params_changed()          # the engine caches filter transforms
+        layer.load_param(layer.weight, layer.bias)    # the engine caches filter transforms
         return float(np.sum(layer.forward(x) * dy))
 
     w = layer.weight
@@ -105,7 +105,7 @@ def test_method_float32_error(rng, method):
 @pytest.mark.parametrize("method", ["winograd", "winograd4"])
 def test_winograd_row_bands_match_definition(rng, method, monkeypatch):
     """Large maps are computed in row bands (odd sizes: the last band is partial)."""
-    import labkit.conv_engine as engine
+    import labkit.engine.conv_engine as engine
     monkeypatch.setattr(engine, "BAND_BYTES", 1)          # force bands of one tile row
     ref, fast, x = pair(rng, (1, 3, 11, 9, 4, 3, 1, 1), method)
     y = ref.forward(x)
@@ -119,10 +119,9 @@ def test_engine_skips_param_grad_and_rejects_bad_methods(rng):
     layer.need_param_grad = False
     layer.backward(np.ones_like(layer.forward(x)))
     assert not hasattr(layer, "d_weight")
-    with pytest.raises(ValueError, match="method must be None"):
-        ConvolutionalLayer(3, 2, 2, 1, 1, type=1, method="magic")
-    strided = ConvolutionalLayer(3, 2, 2, 1, 2, type=1, method="winograd")
-    strided.init_param()
+    with pytest.raises(ValueError, match="method must be one of"):
+        EngineConvolution(3, 2, 2, 1, 1, np.zeros((2, 3, 3, 2)), np.zeros(2), "magic")
+    strided = EngineConvolution(3, 2, 2, 1, 2, np.zeros((2, 3, 3, 2)), np.zeros(2), "winograd")
     with pytest.raises(ValueError, match="needs stride 1"):
         strided.forward(np.zeros((1, 2, 6, 6)))
 

@@ -1,0 +1,238 @@
+"""Attach the tuned engine to a student's network from outside.
+
+``tune(vgg)`` takes a built and loaded student ``VGG19`` (exp 3.1's classifier or exp 3.3's
+feature network: anything with a ``layers`` dict) and swaps in layers with the same
+``forward``/``backward`` interface that compute with the engine:
+
+* each ``ConvolutionalLayer`` becomes an ``EngineConvolution`` holding the same weight and
+  bias (``ConvEngine``: tuned img2col, Winograd F(2x2)/F(4x4) or FFT, picked per shape);
+* each ``MaxPoolingLayer`` becomes an ``EngineMaxPooling`` (the same maths, split over the
+  engine's threads by channels).
+
+The student's own layer objects are not changed; ``untune(vgg)`` puts them back. The tuned
+layers parallelise themselves inside ``labkit.engine.perf.engine_threads()``; ``tune``
+returns a ``TunedRun`` with that context and a ``parallel_map`` for the style losses.
+"""
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from labkit.engine.conv_engine import METHODS, ConvEngine
+from labkit.engine.perf import active_pool, by_channels, engine_threads
+
+
+class EngineConvolution:
+    """A convolution with the lab layer's interface, computed by ``ConvEngine``.
+
+    weight [Cin, K, K, Cout], bias [Cout]; input (N, Cin, H, W) -> (N, Cout, Ho, Wo).
+    ``need_param_grad = False``: backward computes only the input gradient (style transfer).
+    """
+
+    def __init__(self, kernel_size, channel_in, channel_out, padding, stride, weight, bias,
+                 method="auto", need_param_grad=True):
+        if method not in METHODS:
+            raise ValueError(f"EngineConvolution: method must be one of {METHODS}, "
+                             f"got {method!r}.")
+        self.kernel_size, self.channel_in, self.channel_out = kernel_size, channel_in, channel_out
+        self.padding, self.stride, self.method = padding, stride, method
+        self.need_param_grad = need_param_grad
+        self.weight = np.asarray(weight)
+        self.bias = np.asarray(bias).reshape(-1)
+        self._engines = {}              # dtype -> ConvEngine with the weights in that dtype
+        self.input = self.input_meta = None
+        self.forward_time = self.backward_time = 0.0
+
+    @classmethod
+    def like(cls, layer, method="auto", need_param_grad=None):
+        """The engine twin of a lab ``ConvolutionalLayer`` (its current weight and bias)."""
+        if getattr(layer, "weight", None) is None:
+            raise ValueError(f"{type(layer).__name__} has no weights yet: tune the network "
+                             f"after load_model().")
+        weight = np.asarray(layer.weight)
+        if need_param_grad is None:
+            need_param_grad = getattr(layer, "need_param_grad", True)
+        cin, k, _, cout = weight.shape
+        return cls(k, cin, cout, int(layer.padding), int(layer.stride), weight, layer.bias,
+                   method, need_param_grad)
+
+    def _engine(self, dtype):
+        engine = self._engines.get(dtype)
+        if engine is None:
+            engine = self._engines[dtype] = ConvEngine(
+                self.weight.astype(dtype, copy=False), self.bias.astype(dtype, copy=False),
+                self.padding, self.stride, self.method)
+        return engine
+
+    def forward(self, input):
+        start = time.time()
+        if input.ndim != 4 or input.shape[1] != self.channel_in:
+            raise ValueError(f"EngineConvolution: input has shape {input.shape}, expected "
+                             f"(N, {self.channel_in}, H, W).")
+        # keep the input only when the parameter gradients need it (frees activations early)
+        self.input = input if self.need_param_grad else None
+        self.input_meta = (input.shape, input.dtype)
+        output = self._engine(input.dtype).forward(input)
+        self.forward_time = time.time() - start
+        return output
+
+    def backward(self, top_diff):
+        start = time.time()
+        if self.input_meta is None:
+            raise RuntimeError("EngineConvolution.backward() before forward().")
+        shape, dtype = self.input_meta
+        top_diff = np.asarray(top_diff, dtype=dtype)
+        engine = self._engine(dtype)
+        bottom_diff = engine.input_grad(top_diff, shape)
+        if self.need_param_grad:
+            self.d_weight, self.d_bias = engine.param_grad(self.input, top_diff)
+        self.backward_time = time.time() - start
+        return bottom_diff
+
+    def load_param(self, weight, bias):
+        self.weight, self.bias = np.asarray(weight), np.asarray(bias).reshape(-1)
+        self._engines = {}
+
+    def get_gradient(self):
+        return self.d_weight, self.d_bias
+
+    def update_param(self, lr):
+        self.load_param(self.weight - lr * self.d_weight, self.bias - lr * self.d_bias)
+
+    def get_forward_time(self):
+        return self.forward_time
+
+    def get_backward_time(self):
+        return self.backward_time
+
+
+# ------------------------------------------------------------------------------ pooling
+def _window_starts(k, s, n_out):
+    return [slice(o, o + s * (n_out - 1) + 1, s) for o in range(k)]
+
+
+def pool_max(x, k, s, out):
+    """out (N, C, Ho, Wo) = the maximum over each K x K window of x, stride s."""
+    rows = _window_starts(k, s, out.shape[2])
+    cols = _window_starts(k, s, out.shape[3])
+    first = True
+    for r in rows:
+        for c in cols:
+            if first:
+                np.copyto(out, x[:, :, r, c])
+                first = False
+            else:
+                np.maximum(out, x[:, :, r, c], out=out)
+    return out
+
+
+def pool_max_grad(x, y, dy, k, s, out):
+    """out (like x) = dy routed to the first (row-major) maximum of each window."""
+    rows = _window_starts(k, s, y.shape[2])
+    cols = _window_starts(k, s, y.shape[3])
+    disjoint = k == s and y.shape[2] * s == x.shape[2] and y.shape[3] * s == x.shape[3]
+    if not disjoint:
+        out.fill(0)
+    claimed = np.zeros(y.shape, dtype=bool)
+    for r in rows:
+        for c in cols:
+            is_max = x[:, :, r, c] == y
+            is_max &= ~claimed
+            claimed |= is_max
+            if disjoint:
+                np.multiply(dy, is_max, out=out[:, :, r, c])
+            else:
+                out[:, :, r, c] += dy * is_max
+    return out
+
+
+class EngineMaxPooling:
+    """Max-pooling with the lab layer's interface; channels split over the engine's threads."""
+
+    def __init__(self, kernel_size, stride):
+        self.kernel_size, self.stride = int(kernel_size), int(stride)
+        self.input = self.output = None
+        self.forward_time = self.backward_time = 0.0
+
+    def forward(self, input):
+        start = time.time()
+        k, s = self.kernel_size, self.stride
+        n, c, h, w = input.shape
+        if h < k or w < k:
+            raise ValueError(f"EngineMaxPooling: input {input.shape} is smaller than the "
+                             f"{k}x{k} window.")
+        self.input = input
+        self.output = np.empty((n, c, (h - k) // s + 1, (w - k) // s + 1), dtype=input.dtype)
+        by_channels(lambda ch: pool_max(input[:, ch], k, s, self.output[:, ch]), c)
+        self.forward_time = time.time() - start
+        return self.output
+
+    def backward(self, top_diff):
+        start = time.time()
+        if self.output is None:
+            raise RuntimeError("EngineMaxPooling.backward() before forward().")
+        x, y, k, s = self.input, self.output, self.kernel_size, self.stride
+        top_diff = np.asarray(top_diff, dtype=y.dtype)
+        bottom_diff = np.empty(x.shape, dtype=y.dtype)
+        by_channels(lambda ch: pool_max_grad(x[:, ch], y[:, ch], top_diff[:, ch], k, s,
+                                             bottom_diff[:, ch]), x.shape[1])
+        self.backward_time = time.time() - start
+        return bottom_diff
+
+
+# ------------------------------------------------------------------------------ attaching
+def _is_conv(layer):
+    return type(layer).__name__ == "ConvolutionalLayer" and hasattr(layer, "kernel_size")
+
+
+def _is_maxpool(layer):
+    return type(layer).__name__ == "MaxPoolingLayer" and hasattr(layer, "kernel_size")
+
+
+@dataclass
+class TunedRun:
+    """What a tuned network runs in: ``with run.context(): ...`` (the engine's threads) and
+    ``run.parallel_map(fn, items)`` (independent work, e.g. the style losses, on the pool)."""
+    swapped: int
+
+    @staticmethod
+    def context():
+        return engine_threads(True)
+
+    @staticmethod
+    def parallel_map(fn, items):
+        pool = active_pool()
+        if pool is None:
+            return [fn(item) for item in items]
+        futures = [pool.submit(fn, item) for item in items]
+        return [f.result() for f in futures]
+
+
+def tune(vgg, method="auto", need_param_grad=None, pooling=True):
+    """Swap engine layers into ``vgg.layers`` (after ``load_model()``); returns a TunedRun.
+
+    ``need_param_grad``: None keeps each layer's own setting (True when it has none);
+    False for a feature network whose weights are fixed (exp 3.3).
+    """
+    layers = getattr(vgg, "layers", None)
+    if not isinstance(layers, dict) or not layers:
+        raise ValueError("tune: the network has no layers dict; call build_model() and "
+                         "load_model() first.")
+    originals = vgg.__dict__.setdefault("_untuned_layers", {})
+    swapped = 0
+    for name, layer in list(layers.items()):
+        if _is_conv(layer):
+            layers[name] = EngineConvolution.like(layer, method, need_param_grad)
+        elif pooling and _is_maxpool(layer):
+            layers[name] = EngineMaxPooling(layer.kernel_size, layer.stride)
+        else:
+            continue
+        originals.setdefault(name, layer)
+        swapped += 1
+    return TunedRun(swapped)
+
+
+def untune(vgg):
+    """Put the student's own layers back."""
+    for name, layer in vgg.__dict__.pop("_untuned_layers", {}).items():
+        vgg.layers[name] = layer

@@ -1,0 +1,550 @@
+"""Grading with pytest (a plugin, registered from tests/conftest.py) and its manifest.
+
+Active only with ``--grade``, ``--stu-dir``, ``--hidden``, ``--grade-json`` or
+``--grade-csv``; a plain ``pytest -q`` is unchanged.
+
+    python -m pytest --grade                          # grade ./stu_upload (the kit: yours)
+    python -m pytest --stu-dir PATH                   # grade another folder's stu_upload
+    python -m pytest --stu-dir PATH --hidden tests_hidden --grade-json r.json --grade-csv r.csv
+    python -m labkit.staff.grading manifest [--hidden tests_hidden]    # staff: rebuild the manifest
+
+Which tests are *graded*: those that pass on the reference and fail on the blank student kit,
+i.e. the tests that exercise at least one student task. Tests of ``labkit`` alone, and tests
+in a student module's file that no task affects (argument checks of given code), are
+ungraded checks: they run and are reported, worth 0 points. ``tests/grading_manifest.json``
+records this, generated from the reference by ``python -m labkit.staff.grading manifest``; it also
+lists every test that must exist, so a test module that does not import (a student's
+SyntaxError) or a test that did not run scores 0 with a message, instead of vanishing.
+
+Points per test come from ``POINTS`` below (first matching pattern, default 1). A per-test time
+limit (``--test-timeout``, SIGALRM) turns an endless loop into one failed test.
+"""
+import argparse
+import contextlib
+import csv
+import fnmatch
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+
+import pytest
+
+from labkit.staff._stu_site.sitecustomize import PACKAGE, install
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SITE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_stu_site")
+MANIFEST_NAME = os.path.join("tests", "grading_manifest.json")
+STAFF_TESTS = "tests_staff"
+HIDDEN_PREFIX = "hidden/"
+DEFAULT_TIMEOUT = 60.0
+
+# (node-id pattern, points): the first match wins; hidden tests' ids start with "hidden/".
+POINTS = [
+    ("tests/test_vgg_cpu.py::test_raw_and_fast_paths_agree_float64", 3),
+    ("tests/test_vgg_cpu.py::test_classifies_end_to_end*", 2),
+    ("tests/test_vgg_cpu.py::test_cli_classifies_and_checks_pool5", 2),
+    ("tests/test_layer_2.py::test_conv_gradients*", 2),
+]
+DEFAULT_POINTS = 1
+
+
+def points_for(test_id):
+    for pattern, points in POINTS:
+        if fnmatch.fnmatchcase(test_id, pattern):
+            return points
+    return DEFAULT_POINTS
+
+
+class TestTimeout(BaseException):
+    """The per-test time limit ran out (a BaseException: ``except Exception`` won't hide it)."""
+
+
+def find_stu_package(path):
+    """The ``stu_upload`` folder that ``path`` names: the folder itself, or its
+    ``stu_upload`` sub-folder. Raises ValueError."""
+    path = os.path.abspath(path)
+    if os.path.isdir(os.path.join(path, PACKAGE)):
+        return os.path.join(path, PACKAGE)
+    if os.path.isdir(path) and (os.path.basename(path) == PACKAGE or
+                                any(n.endswith(".py") for n in os.listdir(path))):
+        return path
+    raise ValueError(f"--stu-dir {path}: neither a {PACKAGE} folder nor a folder containing "
+                     f"one")
+
+
+# ------------------------------------------------------------------------------- messages
+NOT_IMPLEMENTED_RE = re.compile(r"NotImplementedError: ([A-Za-z_][A-Za-z0-9_]*):")
+
+
+def _first_line(text, limit=300):
+    line = (text or "").strip().splitlines()[0] if (text or "").strip() else ""
+    return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
+def teaching_message(report, timeout):
+    """One line that says why the test failed: the task not implemented yet, the time limit,
+    or the first line of the assertion (which tensor, relative error, threshold)."""
+    text = report.longreprtext or ""
+    crash = getattr(getattr(report.longrepr, "reprcrash", None), "message", "") or ""
+    tasks = NOT_IMPLEMENTED_RE.findall(crash) or NOT_IMPLEMENTED_RE.findall(text)
+    if tasks:
+        return "not implemented yet: " + ", ".join(dict.fromkeys(tasks))
+    if "TestTimeout" in crash or "TestTimeout" in text:
+        return f"time limit of {timeout:g} s exceeded (an endless loop, or far too slow)"
+    if report.skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else text
+        return "skipped: " + _first_line(str(reason)).replace("Skipped: ", "")
+    if not crash:
+        return _first_line(text)
+    crash = re.sub(r"^(?:[A-Za-z_][\w]*\.)+(?=\w+(?:Error|Exception|Warning)\b)", "", crash)
+    line = _first_line(crash)
+    if line.startswith("assert ") or line in ("AssertionError", "assert False"):
+        sources = [l[1:].strip() for l in text.splitlines() if l.startswith(">")]
+        if sources:
+            return f"assertion failed: {sources[-1]}"
+    return line
+
+
+def collect_error_message(text):
+    """'SyntaxError: invalid syntax (layer_2.py, line 40)' from a collection error report."""
+    lines = [l[1:].strip() for l in text.splitlines() if l.startswith("E ")]
+    errors = [l for l in lines if re.match(r"[\w.]*(Error|Exception)\b", l)]
+    msg = errors[-1] if errors else _first_line(text)
+    where = re.findall(r'File "([^"]+)", line (\d+)', text)
+    where = [w for w in where if f"{os.sep}{PACKAGE}" in w[0] or PACKAGE + "/" in w[0]]
+    if where:
+        msg += f" ({PACKAGE}/{os.path.basename(where[-1][0])}, line {where[-1][1]})"
+    return "could not import the test module: " + msg
+
+
+# ------------------------------------------------------------------------------- plugin
+def pytest_addoption(parser):
+    g = parser.getgroup("grading", "grading (labkit.staff.grading)")
+    g.addoption("--grade", action="store_true", help="grade: points per test and a summary")
+    g.addoption("--stu-dir", metavar="PATH",
+                help="grade this folder's stu_upload (a stu_upload folder or a folder holding "
+                "one) instead of ./stu_upload; implies --grade")
+    g.addoption("--hidden", metavar="DIR", help="also run the hidden tests in DIR")
+    g.addoption("--grade-json", metavar="PATH", help="write the grade report as JSON")
+    g.addoption("--grade-csv", metavar="PATH", help="write the per-test grades as CSV")
+    g.addoption("--test-timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                help="per-test time limit while grading (0: none)")
+    g.addoption("--grade-manifest", metavar="PATH",
+                help=f"manifest of the graded tests (default: {MANIFEST_NAME}; 'none': every "
+                "test is graded, used to build the manifest)")
+
+
+def public_fixtures(root=ROOT):
+    """The fixtures of tests/conftest.py, for a hidden tests folder's conftest.py::
+
+        from labkit.staff.grading import public_fixtures
+        globals().update(public_fixtures())
+    """
+    import importlib.util
+    path = os.path.join(root, "tests", "conftest.py")
+    spec = importlib.util.spec_from_file_location("labkit_public_conftest", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return {k: v for k, v in vars(module).items()
+            if not k.startswith("_") and k != "pytest_plugins" and callable(v)
+            and "fixture" in type(v).__name__.lower()}
+
+
+def pytest_configure(config):
+    opt = config.getoption
+    if not any(opt(o) for o in ("grade", "stu_dir", "hidden", "grade_json", "grade_csv")):
+        return
+    _check_rootdir(config)
+    config.pluginmanager.register(Grader(config), "labkit-grader")
+
+
+PATH_OPTIONS = ("--stu-dir", "--hidden", "--grade-json", "--grade-csv", "--grade-manifest")
+
+
+def _check_rootdir(config):
+    """pytest picks its rootdir and ini file before it knows plugin options, so in
+    ``--stu-dir PATH`` it may take PATH for a test folder and read PATH's own pytest.ini (a
+    kit has one). Then run again as ``--stu-dir=PATH`` (a command-line run), or stop:
+    never grade with the wrong configuration."""
+    args = list(config.invocation_params.args)
+    spaced = [a for a in args if a in PATH_OPTIONS]
+    inv, root = str(config.invocation_params.dir), str(config.rootpath)
+    if not spaced or inv == root or inv.startswith(root + os.sep):
+        os.environ.pop("LABKIT_REEXEC", None)
+        return
+    if args == sys.argv[1:] and not os.environ.get("LABKIT_REEXEC"):
+        fixed, i = [], 0
+        while i < len(args):
+            if args[i] in PATH_OPTIONS and i + 1 < len(args):
+                fixed.append(f"{args[i]}={args[i + 1]}")
+                i += 2
+            else:
+                fixed.append(args[i])
+                i += 1
+        print(f"note: pytest took the value of {spaced[0]} for a test path; running again as "
+              f"{spaced[0]}=...", file=sys.stderr, flush=True)
+        os.environ["LABKIT_REEXEC"] = "1"
+        os.chdir(inv)
+        os.execv(sys.executable, [sys.executable, "-m", "pytest", *fixed])
+    raise pytest.UsageError(
+        f"pytest read the value of {spaced[0]} as a test path and chose the wrong rootdir "
+        f"({root}); write the option with '=', e.g. {spaced[0]}=PATH, or add -c pytest.ini")
+
+
+class Grader:
+    def __init__(self, config):
+        self.config = config
+        self.root = str(config.rootpath)
+        self.timeout = config.getoption("test_timeout") or 0
+        self.results, self.collect_errors, self.deselected = {}, {}, set()
+        self.init_error = None
+        stu = config.getoption("stu_dir")
+        try:
+            self.stu_pkg = find_stu_package(stu) if stu else os.path.join(self.root, PACKAGE)
+        except ValueError as exc:
+            raise pytest.UsageError(str(exc))
+        if stu:
+            self.init_error = install(self.stu_pkg)
+            os.environ["LABKIT_STU_DIR"] = self.stu_pkg
+            os.environ["PYTHONPATH"] = os.pathsep.join(
+                [SITE_DIR] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+        if config.args_source != pytest.Config.ArgsSource.ARGS:     # testpaths: not the
+            config.args[:] = [a for a in config.args                 # staff-only tests
+                              if os.path.basename(os.path.normpath(a)) != STAFF_TESTS]
+        hidden = config.getoption("hidden")
+        self.hidden_dir = os.path.abspath(hidden) if hidden else None
+        if self.hidden_dir:
+            if not os.path.isdir(self.hidden_dir):
+                raise pytest.UsageError(f"--hidden {hidden}: no such folder")
+            self.selected_args = list(config.args)
+            if config.args_source != pytest.Config.ArgsSource.ARGS:
+                self.selected_args = []
+            config.args.append(self.hidden_dir)
+        else:
+            self.selected_args = (list(config.args)
+                                  if config.args_source == pytest.Config.ArgsSource.ARGS else [])
+        manifest = config.getoption("grade_manifest")
+        if manifest is None:
+            manifest = os.path.join(self.root, MANIFEST_NAME)
+            if not os.path.exists(manifest):
+                raise pytest.UsageError(f"no grading manifest at {manifest}; build it with "
+                                        f"'python -m labkit.staff.grading manifest'")
+        self.manifest = None
+        if manifest != "none":
+            with open(manifest, encoding="utf-8") as f:
+                self.manifest = json.load(f)
+        config.option.continue_on_collection_errors = True
+        if config.option.tbstyle == "auto" and not any(
+                a.startswith("--tb") for a in config.invocation_params.args):
+            config.option.tbstyle = "no"
+
+    # -- ids ------------------------------------------------------------------------------
+    def canonical(self, nodeid):
+        path, sep, rest = nodeid.partition("::")
+        full = os.path.normpath(os.path.join(self.root, path))
+        if self.hidden_dir and (full == self.hidden_dir or
+                                full.startswith(self.hidden_dir + os.sep)):
+            rel = os.path.relpath(full, self.hidden_dir).replace(os.sep, "/")
+            return HIDDEN_PREFIX + rel + sep + rest
+        return nodeid
+
+    def _sanitize(self, text):
+        return text.replace(self.stu_pkg + os.sep, PACKAGE + "/").replace(self.stu_pkg, PACKAGE)
+
+    # -- hooks ----------------------------------------------------------------------------
+    def pytest_ignore_collect(self, collection_path, config):
+        from labkit.staff.kit import is_staff_only
+        if collection_path.name == STAFF_TESTS and collection_path.is_dir():
+            return True         # staff-only tests (engine, staff tools): never graded
+        if collection_path.suffix == ".py" and collection_path.name.startswith("test_"):
+            return True if is_staff_only(str(collection_path)) else None
+        return None
+
+    def pytest_collectreport(self, report):
+        if report.failed:
+            self.collect_errors[self.canonical(report.nodeid)] = self._sanitize(
+                collect_error_message(report.longreprtext or str(report.longrepr)))
+
+    def pytest_deselected(self, items):
+        self.deselected.update(self.canonical(i.nodeid) for i in items)
+
+    @contextlib.contextmanager
+    def _time_limit(self):
+        """SIGALRM after --test-timeout seconds (main thread, where setitimer exists)."""
+        if not self.timeout or not hasattr(signal, "setitimer") or \
+                threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        limit = self.timeout
+
+        def on_alarm(signum, frame):
+            raise TestTimeout(f"time limit of {limit:g} s exceeded")
+        old = signal.signal(signal.SIGALRM, on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, limit, 1.0)    # fires again if swallowed
+        try:
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_setup(self, item):
+        with self._time_limit():
+            yield
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_call(self, item):
+        with self._time_limit():
+            yield
+
+    def pytest_runtest_logreport(self, report):
+        test_id = self.canonical(report.nodeid)
+        previous = self.results.get(test_id)
+        if previous and previous["result"] != "passed":
+            return                                  # keep the first problem
+        if report.failed:
+            result = "timeout" if "TestTimeout" in (report.longreprtext or "") else (
+                "failed" if report.when == "call" else "error")
+            self.results[test_id] = {"result": result, "message": self._sanitize(
+                teaching_message(report, self.timeout))}
+        elif report.skipped:
+            self.results[test_id] = {"result": "skipped",
+                                     "message": teaching_message(report, self.timeout)}
+        elif report.when == "call":
+            self.results[test_id] = {"result": "passed", "message": ""}
+
+    # -- the grade ------------------------------------------------------------------------
+    def _selected(self, test_id, module):
+        """Whether a manifest test belongs to this run (paths given on the command line,
+        -k); hidden tests only with --hidden."""
+        if test_id.startswith(HIDDEN_PREFIX):
+            return self.hidden_dir is not None
+        if self.selected_args:
+            full_id = test_id
+            ok = False
+            for arg in self.selected_args:
+                path, sep, rest = str(arg).partition("::")
+                apath = os.path.normpath(os.path.join(str(self.config.invocation_params.dir),
+                                                      path))
+                mpath = os.path.normpath(os.path.join(self.root, module))
+                if sep:
+                    rel = os.path.relpath(apath, self.root).replace(os.sep, "/")
+                    ok = ok or full_id.startswith(rel + "::" + rest)
+                elif mpath == apath or mpath.startswith(apath + os.sep):
+                    ok = True
+            if not ok:
+                return False
+        keyword = self.config.getoption("keyword")
+        if keyword:
+            try:
+                from _pytest.mark.expression import Expression
+                expr = Expression.compile(keyword)
+                parts = re.split(r"::|/|\[|\]", test_id.lower())
+                return expr.evaluate(lambda s: any(s.lower() in p for p in parts))
+            except Exception:
+                return True
+        return True
+
+    def compute(self):
+        rows = []
+        manifest_tests = (self.manifest or {}).get("tests", {})
+        seen = set()
+        for test_id, info in sorted(manifest_tests.items()):
+            if test_id in self.deselected or not self._selected(test_id, info["module"]):
+                continue
+            seen.add(test_id)
+            graded = info.get("graded", True)
+            max_points = points_for(test_id) if graded else 0
+            res = self.results.get(test_id)
+            if res is None:
+                err = self.collect_errors.get(info["module"])
+                res = ({"result": "error", "message": err} if err else
+                       {"result": "missing", "message": "not run: missing from this run"})
+            rows.append(self._row(test_id, graded, max_points, res, info.get("hidden")))
+        for test_id, res in sorted(self.results.items()):
+            if test_id in seen:
+                continue
+            if self.manifest is None:
+                rows.append(self._row(test_id, True, points_for(test_id), res,
+                                      test_id.startswith(HIDDEN_PREFIX)))
+            else:
+                res = dict(res, message=(res["message"] + "; " if res["message"] else "") +
+                           "not in the grading manifest: 0 points (rebuild it with 'python -m "
+                           "labkit.staff.grading manifest')")
+                rows.append(self._row(test_id, False, 0, res, test_id.startswith(HIDDEN_PREFIX)))
+        for module, err in sorted(self.collect_errors.items()):
+            if not any(r["module"] == module for r in rows):
+                rows.append(self._row(module, self.manifest is None, 0,
+                                      {"result": "error", "message": err},
+                                      module.startswith(HIDDEN_PREFIX)))
+        hidden_all = {k for k, v in manifest_tests.items() if v.get("hidden")}
+        hidden_count = len(hidden_all) or (self.manifest or {}).get(
+            "hidden_summary", {}).get("count", 0)
+        graded = [r for r in rows if r["graded"]]
+        points = sum(r["points"] for r in graded)
+        max_points = sum(r["max_points"] for r in graded)
+        return {
+            "stu_dir": self.stu_pkg,
+            "points": points, "max_points": max_points,
+            "percent": round(100.0 * points / max_points, 1) if max_points else 0.0,
+            "graded_tests": len(graded),
+            "passed": sum(r["result"] == "passed" for r in graded),
+            "failed": sum(r["result"] != "passed" for r in graded),
+            "hidden_run": self.hidden_dir is not None,
+            "hidden_tests_not_run": 0 if self.hidden_dir else hidden_count,
+            "manifest": self.manifest is not None,
+            "init_error": self.init_error,
+            "collection_errors": dict(sorted(self.collect_errors.items())),
+            "tests": rows,
+        }
+
+    @staticmethod
+    def _row(test_id, graded, max_points, res, hidden):
+        passed = res["result"] == "passed"
+        return {"test": test_id, "module": test_id.partition("::")[0], "graded": graded,
+                "hidden": bool(hidden), "points": max_points if passed else 0,
+                "max_points": max_points, "result": res["result"], "message": res["message"]}
+
+    @staticmethod
+    def verdict(grade):
+        if grade["hidden_run"]:
+            scope = " (public and hidden tests)"
+        elif grade["hidden_tests_not_run"]:
+            scope = (f"; public tests only, hidden tests not run "
+                     f"({grade['hidden_tests_not_run']} hidden tests)")
+        else:
+            scope = "; public tests only, hidden tests not run"
+        if grade["graded_tests"] and not grade["failed"]:
+            what = ("all graded tests passed" if grade["hidden_run"]
+                    else "all graded public tests passed")
+        else:
+            what = f"{grade['passed']} of {grade['graded_tests']} graded tests passed"
+        return what + scope
+
+    @pytest.hookimpl(hookwrapper=True, tryfirst=True)
+    def pytest_terminal_summary(self, terminalreporter):
+        yield                               # after pytest's own summary: the grade comes last
+        grade = self.compute()
+        grade["verdict"] = self.verdict(grade)
+        tr = terminalreporter
+        tr.write_sep("=", "grade")
+        graded = [r for r in grade["tests"] if r["graded"]]
+        ungraded = [r for r in grade["tests"] if not r["graded"]]
+        width = min(max([len(r["test"]) for r in graded] + [4]), 70)
+        tr.write_line(f"{'test':<{width}}  points  result   message")
+        for r in graded:
+            name = r["test"] if len(r["test"]) <= width else "..." + r["test"][-(width - 3):]
+            msg = r["message"] if len(r["message"]) <= 110 else r["message"][:107] + "..."
+            tr.write_line(f"{name:<{width}}  {r['points']:>2g}/{r['max_points']:<3g} "
+                          f"{r['result'].upper():<8} {msg}".rstrip())
+        bad = [r for r in ungraded if r["result"] not in ("passed", "skipped")]
+        tr.write_line(f"ungraded checks (no student task affects them): {len(ungraded)}, "
+                      f"{len(ungraded) - len(bad)} passed or skipped")
+        for r in bad:
+            tr.write_line(f"  {r['test']}: {r['result'].upper()} {r['message']}")
+        if grade["init_error"]:
+            tr.write_line(f"{PACKAGE}/__init__.py failed: {grade['init_error']}")
+        tr.write_line(f"{PACKAGE}: {grade['stu_dir']}")
+        tr.write_line(f"GRADE: {grade['points']:g} / {grade['max_points']:g} points "
+                      f"({grade['percent']:.1f}%): {grade['verdict']}", bold=True)
+        if self.config.getoption("grade_json"):
+            with open(self.config.getoption("grade_json"), "w", encoding="utf-8") as f:
+                json.dump(grade, f, indent=1)
+                f.write("\n")
+        if self.config.getoption("grade_csv"):
+            with open(self.config.getoption("grade_csv"), "w", newline="",
+                      encoding="utf-8") as f:
+                w = csv.writer(f)
+                w.writerow(["test", "points", "max_points", "result", "graded", "hidden",
+                            "message"])
+                for r in grade["tests"]:
+                    w.writerow([r["test"], f"{r['points']:g}", f"{r['max_points']:g}",
+                                r["result"], int(r["graded"]), int(r["hidden"]), r["message"]])
+
+
+# ------------------------------------------------------------------------------- manifest
+def run_grading(stu_dir, json_path, extra=(), hidden=None, manifest=None, timeout=None,
+                cwd=ROOT):
+    """Grade ``stu_dir`` in a fresh ``python -m pytest``; returns (report or None, process)."""
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+           "-c", os.path.join(cwd, "pytest.ini"), f"--rootdir={cwd}",
+           f"--stu-dir={stu_dir}", f"--grade-json={json_path}"]
+    if hidden:
+        cmd += [f"--hidden={hidden}"]
+    if manifest:
+        cmd += [f"--grade-manifest={manifest}"]
+    cmd += list(extra)
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=env)
+    report = None
+    if os.path.exists(json_path):
+        with open(json_path, encoding="utf-8") as f:
+            report = json.load(f)
+    return report, proc
+
+
+def build_manifest(hidden=None, out=None, root=ROOT):
+    """Grade the reference and a fresh kit with every test graded; keep the tests that pass
+    on the reference, graded when they fail on the kit."""
+    from labkit.staff.kit import write_kit
+    out = out or os.path.join(root, MANIFEST_NAME)
+    with tempfile.TemporaryDirectory() as tmp:
+        kit = os.path.join(tmp, "kit")
+        write_kit(kit, root=root)
+        reports = {}
+        for name, stu in (("reference", os.path.join(root, PACKAGE)),
+                          ("kit", os.path.join(kit, PACKAGE))):
+            print(f"running the suite on the {name} ...", flush=True)
+            report, proc = run_grading(stu, os.path.join(tmp, name + ".json"), hidden=hidden,
+                                       manifest="none", cwd=root)
+            if report is None:
+                raise SystemExit(f"the {name} run wrote no report:\n{proc.stdout[-3000:]}"
+                                 f"\n{proc.stderr[-3000:]}")
+            reports[name] = {r["test"]: r for r in report["tests"]}
+    ref, kit = reports["reference"], reports["kit"]
+    broken = [f"{t}: {r['result']} {r['message']}" for t, r in ref.items()
+              if r["result"] not in ("passed", "skipped")]
+    if broken:
+        raise SystemExit("the reference does not pass its own tests:\n  " + "\n  ".join(broken))
+    tests = {}
+    for test_id, r in sorted(ref.items()):
+        k = kit.get(test_id, {"result": "missing", "message": ""})
+        graded = r["result"] == "passed" and k["result"] != "passed"
+        tasks = re.findall(r"[A-Za-z_]\w*", k["message"].split("not implemented yet:", 1)[1]) \
+            if "not implemented yet:" in k["message"] else []
+        tests[test_id] = {"module": r["module"], "graded": graded, "hidden": r["hidden"],
+                          "tasks": tasks}
+    manifest = {"about": "tests that must exist when grading, and which are graded (pass on "
+                "the reference, fail on the blank kit). Rebuild: python -m labkit.staff.grading "
+                "manifest [--hidden DIR]", "tests": tests}
+    with open(out, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=1, sort_keys=True)
+        f.write("\n")
+    n_graded = sum(v["graded"] for v in tests.values())
+    print(f"{out}: {len(tests)} tests, {n_graded} graded "
+          f"({sum(v['hidden'] for v in tests.values())} hidden), "
+          f"{sum(points_for(t) for t, v in tests.items() if v['graded']):g} points")
+    return manifest
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Grading tools for course staff.")
+    sub = p.add_subparsers(dest="command", required=True)
+    m = sub.add_parser("manifest", help="rebuild tests/grading_manifest.json from the "
+                       "reference and a fresh kit (runs the suite twice)")
+    m.add_argument("--hidden", help="hidden tests folder to include (e.g. tests_hidden)")
+    m.add_argument("--out", help=f"where to write it (default {MANIFEST_NAME})")
+    args = p.parse_args(argv)
+    if args.command == "manifest":
+        build_manifest(args.hidden and os.path.abspath(args.hidden), args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

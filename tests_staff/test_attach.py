@@ -1,0 +1,143 @@
+"""labkit/engine/attach.py: the tuned engine swapped into a student network from outside.
+
+The tuned network must compute what the student's own layers compute (float64, 1e-9), the
+student's layer objects must stay untouched, and the engine's pooling must match the
+definition of max-pooling (a loop reference written here, not the student's code).
+"""
+import numpy as np
+import pytest
+
+from labkit.engine import perf
+from labkit.engine.attach import EngineConvolution, EngineMaxPooling, tune, untune
+from labkit.runtime.gradcheck import assert_close, check_vjp
+from labkit.runtime.images import make_demo_image, preprocess
+from labkit.runtime.transfer import Objective
+from stu_upload.style_transfer import VGG19 as StyleVGG19
+from stu_upload.vgg_cpu import VGG19 as ClassifierVGG19
+
+
+def loop_max_pool(x, k, s):
+    """Definition of max-pooling (eqs. 3.7-3.9): output, and the gradient routing as a
+    function dy -> dx (first maximum in row-major order gets it)."""
+    n, c, h, w = x.shape
+    ho, wo = (h - k) // s + 1, (w - k) // s + 1
+    y = np.empty((n, c, ho, wo))
+    where = {}
+    for idx in np.ndindex(n, c, ho, wo):
+        win = x[idx[0], idx[1], idx[2] * s:idx[2] * s + k, idx[3] * s:idx[3] * s + k]
+        y[idx] = win.max()
+        kh, kw = divmod(int(np.argmax(win)), k)
+        where[idx] = (idx[0], idx[1], idx[2] * s + kh, idx[3] * s + kw)
+
+    def grad(dy):
+        dx = np.zeros(x.shape)
+        for idx, target in where.items():
+            dx[target] += dy[idx]
+        return dx
+    return y, grad
+
+
+@pytest.mark.parametrize("k,s,shape", [(2, 2, (1, 3, 8, 10)), (3, 2, (2, 2, 9, 7)),
+                                       (2, 2, (1, 2, 7, 9)), (3, 1, (1, 2, 5, 6))], ids=str)
+def test_engine_pooling_matches_definition(rng, k, s, shape):
+    x = np.maximum(rng.standard_normal(shape), 0)       # ties: zeros after ReLU
+    layer = EngineMaxPooling(k, s)
+    want_y, want_grad = loop_max_pool(x, k, s)
+    assert_close("engine max-pool forward", layer.forward(x), want_y, 1e-12)
+    dy = rng.standard_normal(want_y.shape)
+    assert_close("engine max-pool backward", layer.backward(dy), want_grad(dy), 1e-12)
+
+
+def test_engine_pooling_negative_control(rng):
+    """A gradient routed to the last maximum instead of the first must fail the check."""
+    x = np.zeros((1, 1, 4, 4))                          # all ties
+    want_y, want_grad = loop_max_pool(x, 2, 2)
+    layer = EngineMaxPooling(2, 2)
+    layer.forward(x)
+    dy = rng.standard_normal(want_y.shape)
+    wrong = want_grad(dy)[:, :, ::-1, ::-1]
+    with pytest.raises(AssertionError):
+        assert_close("engine max-pool backward", layer.backward(dy), wrong, 1e-12)
+
+
+def test_engine_convolution_gradient_check(rng):
+    w, b = rng.standard_normal((2, 3, 3, 3)), rng.standard_normal(3)
+    layer = EngineConvolution(3, 2, 3, 1, 1, w, b, "winograd4")
+    check_vjp("bottom_diff", layer.forward, layer.backward, rng.standard_normal((1, 2, 6, 7)),
+              threshold=1e-7, context="EngineConvolution winograd4")
+
+
+def _classifier(path):
+    vgg = ClassifierVGG19(path, type=1, dtype=np.float64, verbose=False)
+    vgg.build_model()
+    vgg.init_model()
+    vgg.load_model()
+    return vgg
+
+
+def test_tuned_classifier_matches_the_students_layers(mat_files, demo_image):
+    vgg = _classifier(mat_files["legacy"])
+    vgg.load_image(demo_image)
+    want = vgg.forward().copy()
+    own = dict(vgg.layers)
+    run = tune(vgg)
+    assert run.swapped == 16 + 5
+    assert all(isinstance(vgg.layers[f"conv{i}_1"], EngineConvolution) for i in range(1, 6))
+    assert isinstance(vgg.layers["pool1"], EngineMaxPooling)
+    assert vgg.layers["fc6"] is own["fc6"] and vgg.layers["relu1_1"] is own["relu1_1"]
+    with run.context():
+        got = vgg.forward()
+    assert_close("tuned probabilities", got, want, 1e-9)
+    untune(vgg)
+    assert all(vgg.layers[n] is own[n] for n in own)
+
+
+def test_tune_before_load_is_refused(mat_files):
+    vgg = ClassifierVGG19(mat_files["legacy"], type=1, dtype=np.float64, verbose=False)
+    vgg.build_model()
+    with pytest.raises(ValueError, match="after load_model"):
+        tune(vgg)
+
+
+def test_tuned_style_gradient_matches_the_students_layers(tiny_mat):
+    def objective(tuned):
+        vgg = StyleVGG19(tiny_mat, dtype=np.float64)
+        vgg.build_model(last_layer="relu5_1")
+        vgg.init_model()
+        vgg.load_model()
+        run = tune(vgg, need_param_grad=False) if tuned else None
+        content = preprocess(make_demo_image(32, 48, seed=0), vgg.mean_pixel, 32, 48)
+        style = preprocess(make_demo_image(32, 48, seed=7), vgg.mean_pixel, 32, 48)
+        styles = {n: 1.0 for n in ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")}
+        obj = Objective(vgg, content, style, "relu4_2", styles,
+                        parallel_map=run.parallel_map if run else None)
+        return obj, content, run
+    lab, content, _ = objective(False)
+    tuned, _, run = objective(True)
+    image = content + 3.0
+    want_total, want_grad, _ = lab(image)
+    with run.context():
+        total, grad, _ = tuned(image)
+    assert total == pytest.approx(want_total, rel=1e-10)
+    assert_close("tuned image gradient", grad, want_grad, 1e-9)
+    assert all(not hasattr(layer, "d_weight") for layer in tuned.vgg.layers.values())
+
+
+def test_runtime_never_imports_engine_or_staff():
+    """Imports run one way: labkit.runtime imports neither labkit.engine nor labkit.staff."""
+    import ast
+    import pathlib
+    import labkit.runtime
+    folder = pathlib.Path(labkit.runtime.__file__).parent
+    bad = []
+    for path in sorted(folder.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            bad += [f"{path.name}: {n}" for n in names
+                    if n.startswith(("labkit.engine", "labkit.staff"))]
+    assert not bad, f"labkit.runtime must not import the engine or staff tools: {bad}"
+    assert perf is not None
