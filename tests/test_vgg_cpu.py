@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from labkit.runtime import vgg19_spec as spec
+from stu_upload.layer_2 import ConvolutionalLayer
 from stu_upload.vgg_cpu import VGG19
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,7 +43,9 @@ def test_fc6_flatten_matches_matconvnet_convolution(mat_files, demo_image):
     vgg.load_image(demo_image)
     vgg.forward()
     w = vgg.file.layer("fc6").weight.astype(np.float64)                 # [7, 7, C, 4096]
-    conv = np.einsum("nchw,hwco->no", vgg.pool5, w) + vgg.file.layer("fc6").bias
+    conv_layer = ConvolutionalLayer(7, w.shape[2], w.shape[3], 0, 1, type=1)  # your conv
+    conv_layer.load_param(np.transpose(w, [2, 0, 1, 3]), vgg.file.layer("fc6").bias)
+    conv = conv_layer.forward(vgg.pool5).reshape(vgg.pool5.shape[0], -1)
     fc6 = vgg.layers["fc6"].forward(vgg.layers["flatten"].forward(vgg.pool5))
     assert np.allclose(fc6, conv, rtol=1e-10, atol=1e-8)
 
