@@ -103,7 +103,8 @@ TEMPLATES = {
 PROBE_CODE = r'''
 import importlib.util, inspect, json, os, signal, sys, warnings
 import numpy as np
-kit, answers_path, templates = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+kit, answers_path = sys.argv[1], sys.argv[2]
+templates, files = json.loads(sys.argv[3]), json.loads(sys.argv[4])
 A = dict(np.load(answers_path))
 A.update(x_shape=A["x"].shape, x_pad_shape=A["x_pad"].shape, pk=2, ps=2, one=1,
          yp=A["ans_maxpool_forward"])
@@ -160,43 +161,38 @@ def arity_ok(fn, n):
 
 found, calls = [], 0
 work = os.getcwd()
-for dirpath, dirnames, filenames in os.walk(kit):
-    dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
-    for fname in sorted(filenames):
-        if not fname.endswith(".py"):
-            continue
-        path = os.path.join(dirpath, fname)
-        rel = os.path.relpath(path, kit)
-        spec = importlib.util.spec_from_file_location("kitprobe_" + rel.replace(os.sep, "_")[:-3], path)
-        module = importlib.util.module_from_spec(spec)
-        try:
-            signal.alarm(10)
-            spec.loader.exec_module(module)
-        except BaseException as exc:
-            print(f"note: {rel} did not import ({type(exc).__name__})", file=sys.stderr)
-            continue
-        finally:
-            signal.alarm(0)
-        for name, fn in functions(module):
-            for task, orders in templates.items():
-                want = A["ans_" + task]
-                for order in orders:
-                    if not arity_ok(fn, len(order)):
-                        continue
-                    args = [A[k].copy() if isinstance(A[k], np.ndarray) and A[k].ndim else
-                            (int(A[k]) if isinstance(A[k], np.ndarray) else A[k]) for k in order]
-                    calls += 1
-                    try:
-                        os.chdir(work)
-                        signal.alarm(2)
-                        result = fn(*args)
-                    except BaseException:
-                        continue
-                    finally:
-                        signal.alarm(0)
-                    if matches(result, want):
-                        found.append(f"{rel}: {name}{tuple(order)} computes {task}")
-                        break
+for rel in files:
+    path = os.path.join(kit, rel)
+    spec = importlib.util.spec_from_file_location("kitprobe_" + rel.replace(os.sep, "_")[:-3], path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        signal.alarm(10)
+        spec.loader.exec_module(module)
+    except BaseException as exc:
+        print(f"note: {rel} did not import ({type(exc).__name__})", file=sys.stderr)
+        continue
+    finally:
+        signal.alarm(0)
+    for name, fn in functions(module):
+        for task, orders in templates.items():
+            want = A["ans_" + task]
+            for order in orders:
+                if not arity_ok(fn, len(order)):
+                    continue
+                args = [A[k].copy() if isinstance(A[k], np.ndarray) and A[k].ndim else
+                        (int(A[k]) if isinstance(A[k], np.ndarray) else A[k]) for k in order]
+                calls += 1
+                try:
+                    os.chdir(work)
+                    signal.alarm(2)
+                    result = fn(*args)
+                except BaseException:
+                    continue
+                finally:
+                    signal.alarm(0)
+                if matches(result, want):
+                    found.append(f"{rel}: {name}{tuple(order)} computes {task}")
+                    break
 print(json.dumps({"found": found, "calls": calls}))
 '''
 
@@ -222,21 +218,26 @@ CONTROL = ("if ", "elif ", "else", "for ", "while ", "try", "except", "with ", "
            "class ", "#")
 
 
+def kit_py_files(kit):
+    """Every .py file of the kit, relative to it, in a stable order."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(kit):
+        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+        found += [os.path.relpath(os.path.join(dirpath, n), kit) for n in sorted(filenames)
+                  if n.endswith(".py")]
+    return found
+
+
 def scan_lines(kit, root=ROOT):
     """[problem]: a removed solution line found in any .py file of the kit."""
     lines, problems = _solution_lines(root), []
-    for dirpath, dirnames, filenames in os.walk(kit):
-        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
-        for name in sorted(filenames):
-            if not name.endswith(".py"):
-                continue
-            path = os.path.join(dirpath, name)
-            with open(path, encoding="utf-8", errors="replace") as f:
-                for no, line in enumerate(f, 1):
-                    task = lines.get(line.strip())
-                    if task:
-                        problems.append(f"{os.path.relpath(path, kit)}:{no}: solution line of "
-                                        f"task '{task}': {line.strip()}")
+    for rel in kit_py_files(kit):
+        with open(os.path.join(kit, rel), encoding="utf-8", errors="replace") as f:
+            for no, line in enumerate(f, 1):
+                task = lines.get(line.strip())
+                if task:
+                    problems.append(f"{rel}:{no}: solution line of task '{task}': "
+                                    f"{line.strip()}")
     return problems
 
 
@@ -259,7 +260,7 @@ def probe_calls(kit, root=ROOT, timeout=600):
         work = os.path.join(tmp, "work")
         os.makedirs(work)
         r = subprocess.run([sys.executable, "-c", PROBE_CODE, os.path.abspath(kit), answers,
-                            json.dumps(TEMPLATES)], cwd=work,
+                            json.dumps(TEMPLATES), json.dumps(kit_py_files(kit))], cwd=work,
                            env={**env, "PYTHONPATH": os.path.abspath(kit),
                                 "PYTHONDONTWRITEBYTECODE": "1", "MPLBACKEND": "Agg"},
                            capture_output=True, text=True, timeout=timeout,
