@@ -273,10 +273,16 @@ def prepare_demo(folder, height, width):
     return weights, content, style
 
 
-def working_size(args, content_rgb):
+def demo_content_shape(height, width, longest=320):
+    """The demo content picture's size: the working aspect ratio, longer side <= 320."""
+    scale = min(1.0, longest / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def working_size(args, content_shape):
     if args.max_side is None:
         return args.height, args.width
-    h, w = content_rgb.shape[:2]
+    h, w = content_shape[:2]
     scale = args.max_side / max(h, w)
     return max(16, round(h * scale)), max(16, round(w * scale))
 
@@ -468,29 +474,40 @@ def _main(argv, guard, hook=None):
     if args.speed_test_only:
         speed_test(args.seed)
         return 0
-    check_output_dir(args.output_dir)
-    if args.demo and ckpt is None:
-        demo = prepare_demo(os.path.join(args.output_dir, "demo"), args.height, args.width)
-        args.weights = demo[0]
-        args.content = args.content or demo[1]
-        args.style = args.style or [demo[2]]
-        print("DEMO: random-weight VGG19 (real layout, channel widths / 8) and synthetic "
-              "images; the result shows the code path works, it is not art.")
-    if not args.content or not args.style:
+    demo = args.demo and ckpt is None
+    if not demo and (not args.content or not args.style):
         raise UserError("pass --content PATH and --style PATH (or --demo to run without "
                         "weights and images).")
-    if args.style_blend is not None and len(args.style_blend) != len(args.style):
-        raise UserError(f"--style-blend: {len(args.style_blend)} weights for "
-                        f"{len(args.style)} style images; give one weight per --style image.")
-    content_rgb = load_rgb(args.content)                      # fail fast, before the weights
-    style_rgbs = [load_rgb(p) for p in args.style]
-    init_rgb = None if args.init in ("content", "noise", "blend") else load_rgb(args.init)
-    height, width = working_size(args, content_rgb)
+    n_styles = len(args.style) if args.style else 1
+    if args.style_blend is not None and len(args.style_blend) != n_styles:
+        raise UserError(f"--style-blend: {len(args.style_blend)} weights for {n_styles} "
+                        f"style image(s); give one weight per --style image.")
+    if demo:       # the demo's synthetic content: the working aspect, at most 320 pixels
+        content_shape = (load_rgb(args.content).shape if args.content else
+                         demo_content_shape(args.height, args.width))
+    else:          # fail fast on the images, before the weights
+        content_rgb = load_rgb(args.content)
+        style_rgbs = [load_rgb(p) for p in args.style]
+        init_rgb = None if args.init in ("content", "noise", "blend") else load_rgb(args.init)
+        content_shape = content_rgb.shape
+        check_weights_file(args.weights)
+    height, width = working_size(args, content_shape)
     stages = schedule(height, width, args.scale_list, args.steps)
     deepest = deepest_layer([args.content_layer, *args.style_weights])
     check_sizes(args, stages, deepest)
-    check_weights_file(args.weights)
     check_memory(args, stages, deepest)
+    check_output_dir(args.output_dir)
+    if demo:
+        weights, demo_content, demo_style = prepare_demo(
+            os.path.join(args.output_dir, "demo"), *content_shape[:2])
+        args.weights = weights
+        args.content = args.content or demo_content
+        args.style = args.style or [demo_style]
+        print("DEMO: random-weight VGG19 (real layout, channel widths / 8) and synthetic "
+              "images; the result shows the code path works, it is not art.")
+        content_rgb = load_rgb(args.content)
+        style_rgbs = [load_rgb(p) for p in args.style]
+        init_rgb = None if args.init in ("content", "noise", "blend") else load_rgb(args.init)
     if not args.skip_speed_test:
         speed_test(args.seed)
     from labkit.runtime.images import preprocess
