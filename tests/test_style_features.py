@@ -20,6 +20,8 @@ from stu_upload.layer_3 import gram_matrix
 from stu_upload.style_transfer import VGG19
 
 STYLE = {"relu1_1": 1, "relu2_1": 1, "relu3_1": 1}
+ENGINE = os.path.isdir(os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), "labkit", "engine"))
 
 
 def build(path, dtype=np.float64, last_layer="relu3_1"):
@@ -240,6 +242,8 @@ def _interrupt_at(k):
     ("float64", [], 3), ("float32", [], 3),
     ("float64", ["--scales", "24,48"], 3),          # at the scale boundary (3 + 3 steps)
     ("float64", ["--scales", "24,48", "--pooling", "avg"], 4),     # inside the second scale
+    pytest.param("float32", ["--conv", "auto"], 3, marks=pytest.mark.skipif(
+        not ENGINE, reason="the tuned engine is not part of the student kit")),
 ])
 def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, dtype, extra, k, capsys):
     import main_exp_3_3 as drv
