@@ -54,3 +54,44 @@ def demo_image(tmp_path_factory):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+# ----------------------------------------------------------------------------- fuzzing
+# The readers' contract: for ANY bytes, "our error naming the file, or a correct result".
+# damaged_bytes(data) is a Hypothesis strategy of damaged copies of ``data``: truncated at
+# any offset, a few bytes flipped, or a run of bytes zero-filled. FUZZ is the bounded,
+# deterministic setting every fuzz test uses (CI must not find new examples on each run).
+try:
+    from hypothesis import HealthCheck, settings, strategies as st
+
+    FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                           HealthCheck.too_slow])
+
+    def damaged_bytes(data):
+        n = len(data)
+
+        def truncate(cut):
+            return data[:cut]
+
+        def flip(changes):
+            out = bytearray(data)
+            for offset, mask in changes:
+                out[offset % n] ^= mask
+            return bytes(out)
+
+        def zero_fill(span):
+            start, length = span
+            start %= n
+            return data[:start] + bytes(min(length, n - start)) + data[start + length:]
+
+        return st.one_of(
+            st.integers(0, n - 1).map(truncate),
+            st.lists(st.tuples(st.integers(0, n - 1), st.integers(1, 255)),
+                     min_size=1, max_size=4).map(flip),
+            st.tuples(st.integers(0, n - 1), st.integers(1, max(1, n // 4))).map(zero_fill),
+            st.just(bytes(n)),                                   # all zeros
+            st.just(b""),                                        # empty
+        )
+except ImportError:         # pragma: no cover - hypothesis is in requirements.txt
+    FUZZ = damaged_bytes = None

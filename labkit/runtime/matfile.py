@@ -15,6 +15,7 @@ import numpy as np
 import scipy.io
 
 from labkit.runtime import vgg19_spec as spec
+from labkit.runtime.matcheck import MatStructureError, check_mat5
 
 
 class WeightsFileError(Exception):
@@ -80,7 +81,11 @@ def _ints(value, default):
     arr = np.asarray(value)
     if arr.size == 0:
         return default
-    return tuple(int(v) for v in arr.astype(np.int64).reshape(-1))
+    values = arr.astype(np.float64).reshape(-1)
+    if not np.all(np.isfinite(values)) or np.any(np.abs(values) > 1e6):
+        raise WeightsFileError(f"a size field holds {values}, not small whole numbers: "
+                               f"the file is corrupt.")
+    return tuple(int(v) for v in values)
 
 
 def _field(record, name, where):
@@ -154,6 +159,13 @@ def load_vgg19_mat(path):
     if size == 0:
         raise WeightsFileError(f"{path} is empty (0 bytes): an interrupted download? Download "
                                f"it again; the legacy file's MD5 is {spec.LEGACY_MD5}.")
+    try:
+        check_mat5(path)        # a damaged file could crash SciPy's reader (segfault)
+    except MatStructureError as exc:
+        raise WeightsFileError(
+            f"cannot read {path} ({size:,} bytes) as a MATLAB .mat file: {exc}. The file "
+            f"is probably truncated or corrupt (an interrupted download?). Download it again; "
+            f"the legacy file's MD5 is {spec.LEGACY_MD5}.") from None
     try:
         data = scipy.io.loadmat(path)
     except Exception as exc:    # SciPy raises many types on damaged files (MatReadError, ...)
