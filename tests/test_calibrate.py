@@ -94,7 +94,7 @@ def test_fuzz_damaged_quant_files(tmp_path_factory):
 
     from hypothesis import given
 
-    from conftest import FUZZ, damaged_bytes
+    from labkit.runtime.fuzzing import FUZZ, damaged_bytes
     buf = io.BytesIO()
     np.savez(buf, input=_good_pairs(), filter=_good_pairs())
     path = tmp_path_factory.mktemp("fuzz") / "q.npz"

@@ -80,7 +80,7 @@ def test_fuzz_damaged_images(tmp_path_factory, fmt):
 
     from hypothesis import given
 
-    from conftest import FUZZ, damaged_bytes
+    from labkit.runtime.fuzzing import FUZZ, damaged_bytes
     buf = io.BytesIO()
     Image.fromarray(make_demo_image(12, 16)).save(buf, format=fmt)
     path = tmp_path_factory.mktemp("fuzz") / f"damaged.{fmt.lower()}"

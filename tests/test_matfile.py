@@ -155,7 +155,7 @@ def test_fuzz_damaged_mat_files(tmp_path_factory, layout):
     """Truncated, byte-flipped, zero-filled, empty files: our error or a correct result."""
     from hypothesis import given
 
-    from conftest import FUZZ, damaged_bytes
+    from labkit.runtime.fuzzing import FUZZ, damaged_bytes
     folder = str(tmp_path_factory.mktemp("fuzz"))
     good = _small_mat(folder, layout)
     path = os.path.join(folder, "damaged.mat")

@@ -154,7 +154,7 @@ def test_fuzz_damaged_pool5_dumps(tmp_path_factory):
 
     from hypothesis import given
 
-    from conftest import FUZZ, damaged_bytes
+    from labkit.runtime.fuzzing import FUZZ, damaged_bytes
     from labkit.runtime.npyfile import Pool5FileError, read_pool5
     buf = io.BytesIO()
     np.save(buf, np.random.default_rng(0).standard_normal((1, 4, 7, 7)).astype(np.float32))
