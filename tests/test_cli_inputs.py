@@ -94,7 +94,7 @@ def test_image_folder_is_called_a_folder(small, tmp_path):
 def test_check_pool5_pointing_at_an_image_fails_before_loading(small):
     weights, image = small
     r = run("main_exp_3_1.py", "--weights", weights, "--image", image, "--check-pool5", image)
-    assert_user_error(r, "--check-pool5", image)
+    assert_user_error(r, "--check-pool5", image, "is not a .npy file")
     assert "Weights:" not in r.stdout            # before the weights load
 
 
@@ -185,6 +185,7 @@ def test_calibrate_out_unwritable_fails_before_calibrating(small, tmp_path, wher
 
 
 def test_calibrate_missing_image(small, tmp_path):
-    r = run("labkit.runtime.calibrate", "--weights", small[0], "--images",
+    """Through the alias ``python -m labkit.calibrate`` (the README's command)."""
+    r = run("labkit.calibrate", "--weights", small[0], "--images",
             str(tmp_path / "nope.jpg"), "--out", str(tmp_path / "q.npz"))
     assert_user_error(r, "--images", "nope.jpg")

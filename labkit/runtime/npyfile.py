@@ -26,6 +26,11 @@ def read_pool5(path, flag="--check-pool5"):
                              f"{os.path.abspath(path)}); {how}.")
     if os.path.isdir(path):
         raise Pool5FileError(f"{flag}: {path} is a folder; pass the .npy file; {how}.")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic != b"\x93NUMPY" and magic[:2] != b"PK":
+        raise Pool5FileError(f"{flag}: {path} is not a .npy file (it does not start with "
+                             f"NumPy's header; an image or a text file?); {how}.")
     try:
         data = np.load(path, allow_pickle=False)
     except Exception as exc:    # not a NumPy file (an image, text), or a damaged one
