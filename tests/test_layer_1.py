@@ -121,3 +121,47 @@ def test_load_param_checks_shapes():
         fc.load_param(np.zeros((3, 4)), np.zeros(3))
     fc.load_param(np.zeros((4, 3)), np.zeros(3))       # a flat bias is accepted
     assert fc.bias.shape == (1, 3)
+
+
+# ----------------------------------------------------------------------------- given code
+def test_integer_input_is_converted_to_float64(rng):
+    """A uint8 image straight from Pillow must not cast the weights to integers."""
+    fc = FullyConnectedLayer(6, 3)
+    fc.init_param(std=0.1, seed=1)
+    x = rng.integers(0, 255, size=(2, 6)).astype(np.uint8)
+    out = fc.forward(x)
+    assert out.dtype == np.float64 and np.abs(out).max() > 0
+    np.testing.assert_allclose(out, x.astype(np.float64) @ fc.weight + fc.bias, rtol=1e-12)
+    assert ReLULayer().forward(np.array([[-2, 3]])).dtype == np.float64
+
+
+def test_constructor_sizes_must_be_whole_and_positive():
+    for bad in (2.5, 0, -1, "3", None, True):
+        with pytest.raises(ValueError, match="FullyConnectedLayer: num_input must be a whole"):
+            FullyConnectedLayer(bad, 3)
+    assert FullyConnectedLayer(4.0, np.int64(3)).num_input == 4
+
+
+def test_backward_checks_top_diff_shape(rng):
+    fc = FullyConnectedLayer(4, 3)
+    fc.init_param()
+    fc.forward(rng.standard_normal((2, 4)))
+    with pytest.raises(ValueError, match=r"top_diff has shape \(2, 4\), expected \(2, 3\)"):
+        fc.backward(rng.standard_normal((2, 4)))
+    relu = ReLULayer()
+    relu.forward(rng.standard_normal((2, 4)))
+    with pytest.raises(ValueError, match=r"ReLULayer.backward: top_diff has shape"):
+        relu.backward(rng.standard_normal((4, 2)))
+
+
+@pytest.mark.parametrize("label, message", [([0, -1], "label -1 is not a class index"),
+                                            ([0, 3], "label 3 is not a class index in \\[0, 2\\]"),
+                                            ([0.5, 1], "whole class indices"),
+                                            (["a", "b"], "whole class indices"),
+                                            ([0], "1 labels for a batch of 2")])
+def test_softmax_labels_are_checked(rng, label, message):
+    layer = SoftmaxLossLayer()
+    layer.forward(rng.standard_normal((2, 3)))
+    with pytest.raises(ValueError, match=message):
+        layer.get_loss(np.array(label))
+    assert layer.get_loss(np.array([2.0, 0.0])) > 0        # whole floats are fine

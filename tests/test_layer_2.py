@@ -204,3 +204,50 @@ def test_flatten_uses_hwc_order_and_backward_inverts(rng):
     check_vjp("flatten bottom_diff", layer.forward, layer.backward, x, threshold=THRESHOLD)
     with pytest.raises(ValueError, match="expected"):
         layer.forward(np.zeros((2, 5, 4, 3)))
+
+
+# ----------------------------------------------------------------------------- given code
+def test_constructor_sizes_must_be_whole_and_positive():
+    with pytest.raises(ValueError, match="kernel_size must be a whole number >= 1, got 2.5"):
+        ConvolutionalLayer(2.5, 3, 4, 1, 1)
+    with pytest.raises(ValueError, match="padding must be a whole number >= 0"):
+        ConvolutionalLayer(3, 3, 4, -1, 1)
+    with pytest.raises(ValueError, match="MaxPoolingLayer: kernel_size must be a whole"):
+        MaxPoolingLayer(0, 2)
+    with pytest.raises(ValueError, match="MaxPoolingLayer: stride must be a whole"):
+        MaxPoolingLayer(2, 1.5)
+    with pytest.raises(ValueError, match="FlattenLayer: input_shape must be a whole"):
+        FlattenLayer([2, 0, 3], [0])
+    assert ConvolutionalLayer(3.0, 3, 4, 1, 1).kernel_size == 3
+
+
+@pytest.mark.parametrize("type", [0, 1])
+def test_integer_input_is_converted_to_float64(rng, type):
+    conv = ConvolutionalLayer(3, 2, 3, 1, 1, type=type)
+    conv.init_param(std=0.1, seed=2)
+    x = rng.integers(0, 255, size=(1, 2, 5, 5)).astype(np.uint8)
+    out = conv.forward(x)
+    assert out.dtype == np.float64 and np.abs(out).max() > 0
+    ref = ConvolutionalLayer(3, 2, 3, 1, 1, type=type)
+    ref.load_param(conv.weight, conv.bias)
+    np.testing.assert_allclose(out, ref.forward(x.astype(np.float64)), rtol=1e-12)
+    assert MaxPoolingLayer(2, 2, type).forward(x).dtype == np.float64
+
+
+@pytest.mark.parametrize("type", [0, 1])
+def test_every_backward_checks_top_diff_shape(rng, type):
+    x = rng.standard_normal((2, 3, 6, 6))
+    conv = ConvolutionalLayer(3, 3, 4, 1, 1, type=type)
+    conv.init_param()
+    conv.forward(x)
+    with pytest.raises(ValueError, match=r"ConvolutionalLayer.backward: top_diff has shape "
+                                         r"\(2, 4, 5, 6\), expected \(2, 4, 6, 6\)"):
+        conv.backward(rng.standard_normal((2, 4, 5, 6)))
+    pool = MaxPoolingLayer(2, 2, type)
+    pool.forward(x)
+    with pytest.raises(ValueError, match=r"MaxPoolingLayer.backward: top_diff has shape"):
+        pool.backward(rng.standard_normal((2, 3, 3, 2)))
+    flat = FlattenLayer([3, 6, 6], [108])
+    flat.forward(x)
+    with pytest.raises(ValueError, match=r"FlattenLayer.backward: top_diff has shape"):
+        flat.backward(rng.standard_normal((2, 107)))

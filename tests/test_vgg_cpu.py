@@ -148,3 +148,49 @@ def test_cli_demo_runs_without_weights(tmp_path):
     r = run_cli("--demo", "--quiet", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "DEMO" in r.stdout and "top-1:" in r.stdout
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_fuzz_damaged_pool5_dumps(tmp_path_factory):
+    """The --check-pool5 reader: Pool5FileError naming the file, or a finite float array."""
+    import io
+
+    from hypothesis import given
+
+    from labkit.runtime.fuzzing import FUZZ, damaged_bytes
+    from labkit.runtime.npyfile import Pool5FileError, read_pool5
+    buf = io.BytesIO()
+    np.save(buf, np.random.default_rng(0).standard_normal((1, 4, 7, 7)).astype(np.float32))
+    path = tmp_path_factory.mktemp("fuzz") / "pool5.npy"
+    rejected = []
+
+    @FUZZ
+    @given(damaged_bytes(buf.getvalue()))
+    def check(data):
+        path.write_bytes(data)
+        try:
+            arr = read_pool5(str(path))
+        except Pool5FileError as exc:
+            assert str(path) in str(exc), exc
+            rejected.append(True)
+            return
+        assert arr.dtype == np.float64 and np.all(np.isfinite(arr))
+
+    check()
+    assert rejected
+
+
+def test_pool5_dump_is_written_exactly_where_asked(tmp_path):
+    from labkit.runtime.npyfile import read_pool5, write_pool5
+    target = tmp_path / "dump"                      # no .npy suffix: np.save would add one
+    write_pool5(str(target), np.ones((1, 2, 7, 7), np.float32))
+    assert sorted(os.listdir(tmp_path)) == ["dump"]
+    assert read_pool5(str(target)).shape == (1, 2, 7, 7)
+
+
+def test_progress_lines_without_a_terminal(mat_files, demo_image):
+    """Piped output (a log): plain lines, no carriage returns; the time printed once."""
+    r = run_cli("--weights", mat_files["legacy"], "--image", demo_image)
+    assert r.returncode == 0, r.stderr
+    assert "\r" not in r.stdout and "Inferencing layer 44/44: softmax\n" in r.stdout
+    assert r.stdout.count("Inference time") == 1
