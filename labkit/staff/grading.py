@@ -291,6 +291,11 @@ class Grader:
         except SandboxError as exc:
             raise pytest.UsageError(str(exc))
         self.sandbox_mode = self.session.mode
+        info = os.environ.get("LABKIT_SANDBOX_INFO")
+        if info:            # for batch_grade: whose processes to end if it must kill us
+            _write_json(info, {"uid": self.session.sandbox.uid,
+                               "token": self.session.sandbox.token,
+                               "scratch": self.session.sandbox.scratch.path})
         install_proxy_package(self.session)
         self.student_modules = StudentModules()
         if not config.option.basetemp:          # the tests' files: where drivers may write
@@ -631,8 +636,10 @@ def _sandbox_drivers(session):
 
 # ------------------------------------------------------------------------------- manifest
 def run_grading(stu_dir, json_path, extra=(), hidden=None, manifest=None, timeout=None,
-                cwd=ROOT):
-    """Grade ``stu_dir`` in a fresh ``python -m pytest``; returns (report or None, process)."""
+                cwd=ROOT, sandbox=None):
+    """Grade ``stu_dir`` in a fresh ``python -m pytest``; returns (report or None, process).
+    On ``timeout`` the grader's process group and the submission's processes are killed and
+    ``subprocess.TimeoutExpired`` is raised (a partial report may be at ``json_path``)."""
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
            "-c", os.path.join(cwd, "pytest.ini"), f"--rootdir={cwd}",
            f"--stu-dir={stu_dir}", f"--grade-json={json_path}"]
@@ -640,15 +647,66 @@ def run_grading(stu_dir, json_path, extra=(), hidden=None, manifest=None, timeou
         cmd += [f"--hidden={hidden}"]
     if manifest:
         cmd += [f"--grade-manifest={manifest}"]
+    if sandbox:
+        cmd += [f"--sandbox={sandbox}"]
     cmd += list(extra)
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env=env)
+    info = json_path + ".sandbox"
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PYTEST_", "LABKIT_STU_DIR", "LABKIT_SANDBOX"))}
+    env.update(PYTHONDONTWRITEBYTECODE="1", LABKIT_SANDBOX_INFO=info)
+    popen = getattr(subprocess.Popen, "_labkit_base", subprocess.Popen)
+    with popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+               env=env, start_new_session=True) as p:
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(p)
+            _end_submission(info)
+            raise
+        finally:
+            _kill_group(p)
+            _end_submission(info)
+    proc = subprocess.CompletedProcess(cmd, p.returncode, out, err)
     report = None
     if os.path.exists(json_path):
         with open(json_path, encoding="utf-8") as f:
             report = json.load(f)
     return report, proc
+
+
+def _kill_group(p):
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(p.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        p.wait(timeout=10)
+
+
+def _end_submission(info_path):
+    """Kill what a (killed) grader's submission left running: its uid's or token's processes."""
+    from labkit.staff.sandbox import process
+    try:
+        with open(info_path, encoding="utf-8") as f:
+            info = json.load(f)
+    except (OSError, ValueError):
+        return 0
+    found = 0
+    for _ in range(50):
+        pids = (process.processes_of_uid(info["uid"]) if info.get("uid") is not None
+                else process.processes_with_token(info["token"]))
+        if not pids:
+            break
+        found += len(pids)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.02)
+    scratch = info.get("scratch", "")
+    if os.path.basename(scratch).startswith("labkit_sbx_"):
+        import shutil
+        shutil.rmtree(scratch, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        os.unlink(info_path)
+    return found
 
 
 def build_manifest(hidden=None, out=None, root=ROOT):

@@ -15,6 +15,7 @@ struct): the worker gets a copy of it in its scratch folder.
 import io
 import json
 import math
+import re
 import struct
 
 import numpy as np
@@ -55,6 +56,11 @@ def encode(value, handle_of=None):
             return v
         if type(v) is float:
             return v if math.isfinite(v) else {"$": "float", "v": repr(v)}
+        if isinstance(v, np.dtype) or (isinstance(v, type) and issubclass(v, np.generic)
+                                       and v is not np.generic):
+            dt = np.dtype(v)
+            if dt.kind in "biufc" and not dt.fields:
+                return {"$": "dtype", "v": dt.str}
         if isinstance(v, Handle):
             return {"$": "h", "id": int(v.id), "kind": str(v.kind), "type": str(v.type)}
         if isinstance(v, np.generic) or type(v) is np.ndarray:
@@ -120,6 +126,11 @@ def decode(tree, blobs, on_handle=None):
                     raise WireError("unhashable dict key")
                 out[key] = dec(pair[1], depth + 1)
             return out
+        if tag == "dtype":
+            text = v.get("v")
+            if not isinstance(text, str) or not re.fullmatch(r"[<>|=]?[biufc]\d{1,2}", text):
+                raise WireError("malformed dtype")
+            return np.dtype(text)
         if tag == "nd":
             i = v.get("i")
             if not isinstance(i, int) or not 0 <= i < len(blobs):
