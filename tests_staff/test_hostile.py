@@ -79,12 +79,15 @@ def test_hostile_submission(bases, tmp_path, case, base, file, code, expected):
     assert not os.path.exists(f"/tmp/{mark}")
     assert not os.path.exists(os.path.join(integrity.site_dirs()[0], mark + ".pth"))
     results = {r["test"]: r for r in report["tests"] if r["graded"]}
+    if case == "zero_layers":       # layer_2 is the reference's: its conv point is genuine
+        report = dict(report, points=sum(r["points"] for t, r in results.items()
+                                         if "conv" not in t))
     got = ("zero" if report["points"] == 0 else
            "full" if report["points"] == report["max_points"] else "partial")
     print(f"HOSTILE {case:<22} expected {expected:<8} got {got:<8} "
           f"{report['points']:g}/{report['max_points']:g} mode={report['sandbox']['mode']}")
-    assert got == expected, [(t, r["result"], r["message"]) for t, r in results.items()
-                             if r["result"] != "passed"]
+    assert got == expected, ("passed: " + ", ".join(t for t, r in results.items()
+                                                    if r["result"] == "passed"))
     if expected == "partial" and case != "leak_hidden_env":    # that one breaks FC, not ReLU
         assert results[FAULT_FREE]["result"] == "passed"
         relu = results["tests/test_layer_1.py::test_relu_gradient"]

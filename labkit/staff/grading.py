@@ -722,7 +722,7 @@ def build_manifest(hidden=None, out=None, root=ROOT):
                           ("kit", os.path.join(kit, PACKAGE))):
             print(f"running the suite on the {name} ...", flush=True)
             report, proc = run_grading(stu, os.path.join(tmp, name + ".json"), hidden=hidden,
-                                       manifest="none", cwd=root)
+                                       manifest="none", cwd=root, sandbox="off")
             if report is None:
                 raise SystemExit(f"the {name} run wrote no report:\n{proc.stdout[-3000:]}"
                                  f"\n{proc.stderr[-3000:]}")
