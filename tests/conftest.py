@@ -25,6 +25,26 @@ if "labkit.staff.grading" in sys.modules:
     pytest_plugins = ["labkit.staff.grading"]
 
 
+class _StudentModules:
+    """``stu.layer_1`` is the module ``stu_upload.layer_1``."""
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        import importlib
+        return importlib.import_module(f"stu_upload.{name}")
+
+
+@pytest.fixture(scope="session")
+def stu(request):
+    """The student's modules: ``stu.layer_1.FullyConnectedLayer(7, 5)``. In the kit, the
+    real ``stu_upload`` modules; when staff grade with ``--stu-dir``, proxies to the same
+    modules running in a sandboxed worker (labkit/staff/grading.py)."""
+    grader = request.config.pluginmanager.get_plugin("labkit-grader")
+    modules = getattr(grader, "student_modules", None)
+    return modules if modules is not None else _StudentModules()
+
+
 @pytest.fixture(scope="session")
 def mat_files(tmp_path_factory):
     """{'legacy': path, 'meta': path}: VGG19 with channel widths / 16, 10 classes."""

@@ -8,15 +8,21 @@ from stu_upload.layer_2 import ConvolutionalLayer
 
 def test_fc_wide_batch_gradient(rng):
     fc = FullyConnectedLayer(3, 9)
-    fc.load_param(rng.standard_normal((3, 9)), rng.standard_normal((1, 9)))
-    check_vjp("fc bottom_diff", fc.forward, fc.backward, rng.standard_normal((6, 3)))
+    w, b = rng.standard_normal((3, 9)), rng.standard_normal((1, 9))
+    fc.load_param(w, b)
+    x = rng.standard_normal((6, 3))
+    assert_close("fc forward", fc.forward(x), x @ w + b, 1e-12)     # zeros do not pass
+    check_vjp("fc bottom_diff", fc.forward, fc.backward, x)
 
 
 def test_relu_negative_input_has_zero_gradient(rng):
     relu = ReLULayer()
     x = -np.abs(rng.standard_normal((2, 3))) - 0.1
-    relu.forward(x)
-    assert np.array_equal(relu.backward(np.ones_like(x)), np.zeros_like(x))
+    x[0, 0] = 0.5                                   # one positive entry: zeros do not pass
+    assert np.array_equal(relu.forward(x), np.where(x > 0, x, 0))
+    expected = np.zeros_like(x)
+    expected[0, 0] = 1.0
+    assert np.array_equal(relu.backward(np.ones_like(x)), expected)
 
 
 def test_softmax_backward_is_averaged_over_the_batch(rng):

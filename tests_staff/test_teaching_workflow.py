@@ -23,6 +23,10 @@ from labkit.staff.kit import KitError, parse_regions, write_kit
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HIDDEN = os.path.join(ROOT, "tests_hidden")
 SUBSET = ["tests/test_layer_1.py", "tests/test_layer_2.py"]
+# tests/test_layer_2.py does not use the ``stu`` fixture yet (issue 14, phase 2): these
+# release checks of the whole subset grade in-process; tests/test_layer_1.py and the hidden
+# samples are also graded sandboxed below and in tests_staff/test_hostile.py.
+OFF = ["--sandbox=off"]
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +39,25 @@ def kit(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference_grade(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("ref") / "ref.json")
-    report, proc = run_grading(os.path.join(ROOT, "stu_upload"), path, extra=SUBSET,
+    report, proc = run_grading(os.path.join(ROOT, "stu_upload"), path, extra=SUBSET + OFF,
                                hidden=HIDDEN, timeout=300)
     assert report is not None, proc.stdout[-3000:] + proc.stderr[-3000:]
     return report, proc
+
+
+def test_reference_full_and_kit_zero_sandboxed(kit, tmp_path):
+    """The converted tests/test_layer_1.py and the hidden samples through the sandbox."""
+    out, _ = kit
+    grades = {}
+    for name, stu in (("ref", os.path.join(ROOT, "stu_upload")),
+                      ("kit", str(out / "stu_upload"))):
+        report, proc = run_grading(stu, str(tmp_path / f"{name}.json"),
+                                   extra=["tests/test_layer_1.py"], hidden=HIDDEN, timeout=300)
+        assert report is not None, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert report["sandbox"]["mode"] in ("bwrap", "uid", "none")
+        grades[name] = report
+    assert grades["ref"]["points"] == grades["ref"]["max_points"] > 0
+    assert grades["kit"]["points"] == 0
 
 
 # ------------------------------------------------------------------------- markers
@@ -179,7 +198,7 @@ def test_reference_scores_full_points(reference_grade):
 def test_kit_scores_zero_with_clear_messages(kit, reference_grade, tmp_path):
     out, _ = kit
     report, proc = run_grading(str(out / "stu_upload"), str(tmp_path / "kit.json"),
-                               extra=SUBSET, hidden=HIDDEN, timeout=300)
+                               extra=SUBSET + OFF, hidden=HIDDEN, timeout=300)
     assert report is not None, proc.stderr[-3000:]
     assert report["points"] == 0
     assert report["max_points"] == reference_grade[0]["max_points"]
@@ -216,7 +235,7 @@ def broken_copy(tmp_path):
 def test_endless_loop_and_syntax_error_cost_only_their_tests(tmp_path):
     stu = broken_copy(tmp_path)
     report, proc = run_grading(str(tmp_path / "student"), str(tmp_path / "r.json"),
-                               extra=[*SUBSET, "--test-timeout", "1"], timeout=120)
+                               extra=[*SUBSET, *OFF, "--test-timeout", "1"], timeout=120)
     assert report is not None, proc.stderr[-3000:]
     by = {t["test"]: t for t in report["tests"]}
     relu = by["tests/test_layer_1.py::test_relu_gradient"]

@@ -18,6 +18,11 @@ SyntaxError) or a test that did not run scores 0 with a message, instead of vani
 
 Points per test come from ``POINTS`` below (first matching pattern, default 1). A per-test time
 limit (``--test-timeout``, SIGALRM) turns an endless loop into one failed test.
+
+With ``--stu-dir`` the student's code never runs in this process: it runs in a sandboxed
+worker (``labkit/staff/sandbox/``, ``--sandbox``), the tests get proxies (``import stu_upload``
+and the ``stu`` fixture), the drivers the tests start run in the sandbox too, the staff files
+are fingerprinted before and after, and the grade is written here, atomically.
 """
 import argparse
 import contextlib
@@ -31,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 
 import pytest
 
@@ -96,6 +102,11 @@ def teaching_message(report, timeout):
         return "not implemented yet: " + ", ".join(dict.fromkeys(tasks))
     if "TestTimeout" in crash or "TestTimeout" in text:
         return f"time limit of {timeout:g} s exceeded (an endless loop, or far too slow)"
+    for name, prefix in (("StudentTimeout", ""), ("StudentMemoryError", ""),
+                         ("StudentCrash", "crashed: ")):
+        m = re.search(name + r": (.*)", crash) or re.search(name + r": (.*)", text)
+        if m:
+            return prefix + _first_line(m.group(1))
     if report.skipped:
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else text
         return "skipped: " + _first_line(str(reason)).replace("Skipped: ", "")
@@ -134,6 +145,15 @@ def pytest_addoption(parser):
     g.addoption("--grade-csv", metavar="PATH", help="write the per-test grades as CSV")
     g.addoption("--test-timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                 help="per-test time limit while grading (0: none)")
+    g.addoption("--sandbox", default="auto",
+                choices=("auto", "bwrap", "uid", "none", "off"),
+                help="with --stu-dir: how student code is isolated (auto: the strongest that "
+                "works here; off: import it into the grader, unsafe, for comparisons only)")
+    g.addoption("--sandbox-memory", type=float, default=4.0, metavar="GIB",
+                help="memory limit (address space) of the student's processes, GiB")
+    g.addoption("--call-timeout", type=float, default=None, metavar="SECONDS",
+                help="wall-clock limit of one call into student code (default: "
+                "--test-timeout)")
     g.addoption("--grade-manifest", metavar="PATH",
                 help=f"manifest of the graded tests (default: {MANIFEST_NAME}; 'none': every "
                 "test is graded, used to build the manifest)")
@@ -208,11 +228,21 @@ class Grader:
             self.stu_pkg = find_stu_package(stu) if stu else os.path.join(self.root, PACKAGE)
         except ValueError as exc:
             raise pytest.UsageError(str(exc))
-        if stu:
+        self.session = None
+        self.student_modules = None
+        self.sandbox_mode = "off" if stu else None
+        self.integrity_before = None
+        hidden_opt = config.getoption("hidden")
+        if stu and config.getoption("sandbox") != "off":
+            self._start_sandbox(config, hidden_opt)
+        elif stu:
             self.init_error = install(self.stu_pkg)
             os.environ["LABKIT_STU_DIR"] = self.stu_pkg
             os.environ["PYTHONPATH"] = os.pathsep.join(
                 [SITE_DIR] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+        from labkit.staff.sandbox.integrity import Redactor
+        self.redact = Redactor(os.path.abspath(hidden_opt) if hidden_opt else None)
+        self._last_partial = 0.0
         if config.args_source != pytest.Config.ArgsSource.ARGS:     # testpaths: not the
             config.args[:] = [a for a in config.args                 # staff-only tests
                               if os.path.basename(os.path.normpath(a)) != STAFF_TESTS]
@@ -243,6 +273,35 @@ class Grader:
                 a.startswith("--tb") for a in config.invocation_params.args):
             config.option.tbstyle = "no"
 
+    def _start_sandbox(self, config, hidden):
+        from labkit.staff.sandbox import integrity
+        from labkit.staff.sandbox.client import (Session, StudentModules,
+                                                 install_proxy_package)
+        from labkit.staff.sandbox.process import GIB, Limits, SandboxError
+        memory = config.getoption("sandbox_memory")
+        if not memory > 0:
+            raise pytest.UsageError("--sandbox-memory must be > 0 (GiB)")
+        call_timeout = config.getoption("call_timeout") or self.timeout or 0
+        self.integrity_before = integrity.fingerprint(self.root, hidden and
+                                                      os.path.abspath(hidden))
+        try:
+            self.session = Session(self.stu_pkg, mode=config.getoption("sandbox"),
+                                   limits=Limits(memory=int(memory * GIB)),
+                                   timeout=call_timeout)
+        except SandboxError as exc:
+            raise pytest.UsageError(str(exc))
+        self.sandbox_mode = self.session.mode
+        info = os.environ.get("LABKIT_SANDBOX_INFO")
+        if info:            # for batch_grade: whose processes to end if it must kill us
+            _write_json(info, {"uid": self.session.sandbox.uid,
+                               "token": self.session.sandbox.token,
+                               "scratch": self.session.sandbox.scratch.path})
+        install_proxy_package(self.session)
+        self.student_modules = StudentModules()
+        if not config.option.basetemp:          # the tests' files: where drivers may write
+            config.option.basetemp = os.path.join(self.session.sandbox.scratch.tmp, "t")
+        _sandbox_drivers(self.session)
+
     # -- ids ------------------------------------------------------------------------------
     def canonical(self, nodeid):
         path, sep, rest = nodeid.partition("::")
@@ -254,9 +313,15 @@ class Grader:
         return nodeid
 
     def _sanitize(self, text):
-        return text.replace(self.stu_pkg + os.sep, PACKAGE + "/").replace(self.stu_pkg, PACKAGE)
+        text = text.replace(self.stu_pkg + os.sep, PACKAGE + "/").replace(self.stu_pkg, PACKAGE)
+        if self.session is not None:
+            text = text.replace(self.session.sandbox.scratch.path, "<scratch>")
+        return self.redact(text)
 
     # -- hooks ----------------------------------------------------------------------------
+    def pytest_unconfigure(self, config):
+        self.finish_sandbox()       # also when the run ends early: no student process lives on
+
     def pytest_ignore_collect(self, collection_path, config):
         from labkit.staff.kit import is_staff_only
         if collection_path.name == STAFF_TESTS and collection_path.is_dir():
@@ -308,7 +373,8 @@ class Grader:
         if previous and previous["result"] != "passed":
             return                                  # keep the first problem
         if report.failed:
-            result = "timeout" if "TestTimeout" in (report.longreprtext or "") else (
+            text = report.longreprtext or ""
+            result = "timeout" if ("TestTimeout" in text or "StudentTimeout" in text) else (
                 "failed" if report.when == "call" else "error")
             self.results[test_id] = {"result": result, "message": self._sanitize(
                 teaching_message(report, self.timeout))}
@@ -317,6 +383,13 @@ class Grader:
                                      "message": teaching_message(report, self.timeout)}
         elif report.when == "call":
             self.results[test_id] = {"result": "passed", "message": ""}
+        if report.when == "teardown" and self.config.getoption("grade_json") and \
+                time.monotonic() - self._last_partial > 1.0:
+            self._last_partial = time.monotonic()      # partial result, should we be killed
+            grade = self.compute()
+            grade["status"] = "incomplete"
+            grade["verdict"] = "grading did not finish: " + self.verdict(grade)
+            _write_json(self.config.getoption("grade_json"), grade)
 
     # -- the grade ------------------------------------------------------------------------
     def _selected(self, test_id, module):
@@ -398,10 +471,32 @@ class Grader:
             "hidden_run": self.hidden_dir is not None,
             "hidden_tests_not_run": 0 if self.hidden_dir else hidden_count,
             "manifest": self.manifest is not None,
-            "init_error": self.init_error,
+            "init_error": (self.session.init_error if self.session is not None
+                           else self.init_error),
+            "sandbox": self._sandbox_info(),
             "collection_errors": dict(sorted(self.collect_errors.items())),
             "tests": rows,
         }
+
+    def _sandbox_info(self):
+        if self.session is None:
+            return {"mode": self.sandbox_mode}
+        s = self.session
+        return {"mode": s.mode, "limits": s.limits.describe(),
+                "call_timeout": s.timeout, "events": s.events[-20:],
+                "notes": s.sandbox.scratch.notes[:20]}
+
+    def finish_sandbox(self):
+        """End every student process, then compare the staff files' fingerprints."""
+        if self.session is None or self.session.closed:
+            return None
+        from labkit.staff.sandbox import integrity
+        self.worker_output = self.redact(self.session.sandbox.scratch.output())
+        self.session.close()
+        hidden = self.config.getoption("hidden")
+        after = integrity.fingerprint(self.root, hidden and os.path.abspath(hidden))
+        self.integrity_changes = integrity.changes(self.integrity_before, after)
+        return self.integrity_changes
 
     @staticmethod
     def _row(test_id, graded, max_points, res, hidden):
@@ -429,8 +524,18 @@ class Grader:
     @pytest.hookimpl(hookwrapper=True, tryfirst=True)
     def pytest_terminal_summary(self, terminalreporter):
         yield                               # after pytest's own summary: the grade comes last
+        self.finish_sandbox()
         grade = self.compute()
         grade["verdict"] = self.verdict(grade)
+        grade["status"] = "graded"
+        changed = getattr(self, "integrity_changes", None)
+        if changed:
+            grade.update(status="integrity-error", points=0, percent=0.0,
+                         integrity_changes=changed[:50])
+            grade["verdict"] = (f"GRADING ERROR: staff files changed while grading "
+                                f"{self.stu_pkg}: " + "; ".join(changed[:5]))
+        if self.session is not None:
+            grade["worker_output"] = getattr(self, "worker_output", "")
         tr = terminalreporter
         tr.write_sep("=", "grade")
         graded = [r for r in grade["tests"] if r["graded"]]
@@ -450,15 +555,19 @@ class Grader:
         if grade["init_error"]:
             tr.write_line(f"{PACKAGE}/__init__.py failed: {grade['init_error']}")
         tr.write_line(f"{PACKAGE}: {grade['stu_dir']}")
+        tr.write_line(f"sandbox: {grade['sandbox']['mode']}"
+                      + (f" ({grade['sandbox']['limits']})" if "limits" in grade["sandbox"]
+                         else ""))
+        if changed:
+            tr.write_sep("!", "GRADING ERROR", red=True)
+            for line in changed[:20]:
+                tr.write_line(f"  {line}", red=True)
         tr.write_line(f"GRADE: {grade['points']:g} / {grade['max_points']:g} points "
                       f"({grade['percent']:.1f}%): {grade['verdict']}", bold=True)
         if self.config.getoption("grade_json"):
-            with open(self.config.getoption("grade_json"), "w", encoding="utf-8") as f:
-                json.dump(grade, f, indent=1)
-                f.write("\n")
+            _write_json(self.config.getoption("grade_json"), grade)
         if self.config.getoption("grade_csv"):
-            with open(self.config.getoption("grade_csv"), "w", newline="",
-                      encoding="utf-8") as f:
+            with _atomic(self.config.getoption("grade_csv"), newline="") as f:
                 w = csv.writer(f)
                 w.writerow(["test", "points", "max_points", "result", "graded", "hidden",
                             "message"])
@@ -467,10 +576,70 @@ class Grader:
                                 r["result"], int(r["graded"]), int(r["hidden"]), r["message"]])
 
 
+@contextlib.contextmanager
+def _atomic(path, newline=None):
+    """Write ``path`` through a temporary file in the same folder, then os.replace."""
+    path = os.path.abspath(path)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".",
+                               dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline=newline) as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _write_json(path, data):
+    with _atomic(path) as f:
+        json.dump(data, f, indent=1)
+        f.write("\n")
+
+
+def _sandbox_drivers(session):
+    """Run the drivers that tests start (``python main_exp_3_x.py ...``) in the sandbox:
+    the scratch copy of the driver and the submission, its limits and scrubbed environment;
+    they may write in the tests' temporary folder only."""
+    sandbox = session.sandbox
+    drivers = {os.path.realpath(os.path.join(ROOT, n)): n for n in
+               ("main_exp_3_1.py", "main_exp_3_2.py", "main_exp_3_3.py")}
+    base = subprocess.Popen
+    if getattr(base, "_labkit_sandboxed", False):
+        base = base._labkit_base
+
+    class SandboxedPopen(base):
+        _labkit_sandboxed = True
+        _labkit_base = base
+
+        def __init__(self, args, *a, **kw):
+            argv = list(args) if isinstance(args, (list, tuple)) else None
+            if argv and len(argv) >= 2 and os.path.realpath(str(argv[1])) in drivers:
+                name = drivers[os.path.realpath(str(argv[1]))]
+                tmp = sandbox.scratch.tmp
+                cwd = os.path.realpath(str(kw.get("cwd") or os.getcwd()))
+                if not (cwd == tmp or cwd.startswith(tmp + os.sep)):
+                    cwd = sandbox.scratch.work
+                sandbox.scratch.give(tmp)
+                for d in (os.path.dirname(tmp),):
+                    os.chmod(d, 0o711)
+                inner = sandbox.python() + [os.path.join(sandbox.scratch.code, name),
+                                            *map(str, argv[2:])]
+                kw.update(cwd=cwd, env=sandbox.env(), preexec_fn=sandbox._preexec,
+                          start_new_session=True)
+                args = sandbox.command(inner, cwd, rw=[tmp])
+            super().__init__(args, *a, **kw)
+
+    subprocess.Popen = SandboxedPopen
+
+
 # ------------------------------------------------------------------------------- manifest
 def run_grading(stu_dir, json_path, extra=(), hidden=None, manifest=None, timeout=None,
-                cwd=ROOT):
-    """Grade ``stu_dir`` in a fresh ``python -m pytest``; returns (report or None, process)."""
+                cwd=ROOT, sandbox=None):
+    """Grade ``stu_dir`` in a fresh ``python -m pytest``; returns (report or None, process).
+    On ``timeout`` the grader's process group and the submission's processes are killed and
+    ``subprocess.TimeoutExpired`` is raised (a partial report may be at ``json_path``)."""
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
            "-c", os.path.join(cwd, "pytest.ini"), f"--rootdir={cwd}",
            f"--stu-dir={stu_dir}", f"--grade-json={json_path}"]
@@ -478,15 +647,66 @@ def run_grading(stu_dir, json_path, extra=(), hidden=None, manifest=None, timeou
         cmd += [f"--hidden={hidden}"]
     if manifest:
         cmd += [f"--grade-manifest={manifest}"]
+    if sandbox:
+        cmd += [f"--sandbox={sandbox}"]
     cmd += list(extra)
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env=env)
+    info = json_path + ".sandbox"
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PYTEST_", "LABKIT_STU_DIR", "LABKIT_SANDBOX"))}
+    env.update(PYTHONDONTWRITEBYTECODE="1", LABKIT_SANDBOX_INFO=info)
+    popen = getattr(subprocess.Popen, "_labkit_base", subprocess.Popen)
+    with popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+               env=env, start_new_session=True) as p:
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(p)
+            _end_submission(info)
+            raise
+        finally:
+            _kill_group(p)
+            _end_submission(info)
+    proc = subprocess.CompletedProcess(cmd, p.returncode, out, err)
     report = None
     if os.path.exists(json_path):
         with open(json_path, encoding="utf-8") as f:
             report = json.load(f)
     return report, proc
+
+
+def _kill_group(p):
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(p.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        p.wait(timeout=10)
+
+
+def _end_submission(info_path):
+    """Kill what a (killed) grader's submission left running: its uid's or token's processes."""
+    from labkit.staff.sandbox import process
+    try:
+        with open(info_path, encoding="utf-8") as f:
+            info = json.load(f)
+    except (OSError, ValueError):
+        return 0
+    found = 0
+    for _ in range(50):
+        pids = (process.processes_of_uid(info["uid"]) if info.get("uid") is not None
+                else process.processes_with_token(info["token"]))
+        if not pids:
+            break
+        found += len(pids)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.02)
+    scratch = info.get("scratch", "")
+    if os.path.basename(scratch).startswith("labkit_sbx_"):
+        import shutil
+        shutil.rmtree(scratch, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        os.unlink(info_path)
+    return found
 
 
 def build_manifest(hidden=None, out=None, root=ROOT):
@@ -502,7 +722,7 @@ def build_manifest(hidden=None, out=None, root=ROOT):
                           ("kit", os.path.join(kit, PACKAGE))):
             print(f"running the suite on the {name} ...", flush=True)
             report, proc = run_grading(stu, os.path.join(tmp, name + ".json"), hidden=hidden,
-                                       manifest="none", cwd=root)
+                                       manifest="none", cwd=root, sandbox="off")
             if report is None:
                 raise SystemExit(f"the {name} run wrote no report:\n{proc.stdout[-3000:]}"
                                  f"\n{proc.stderr[-3000:]}")

@@ -1,0 +1,497 @@
+"""The grader's side: a Session talks to one submission's worker; proxies make the worker's
+objects look like local ones (``stu.layer_1.FullyConnectedLayer(7, 5).forward(x)``).
+
+Only plain data crosses (``wire``); the grader never unpickles or evaluates anything from the
+worker. A call that runs past the time limit kills the worker's whole process group, raises
+``StudentTimeout`` and the next call starts a fresh worker; a worker that dies fails only
+the call it was serving. Objects made by a worker that ended cannot be used again
+(``StudentError``); modules, classes and functions are found again by name.
+"""
+import builtins
+import os
+import select
+import subprocess
+import threading
+import time
+import types
+
+from labkit.staff.sandbox import wire
+from labkit.staff.sandbox.process import GIB, PACKAGE, Sandbox
+
+MSG_CAP = 300
+MAX_ANSWER = wire.MAX_FRAME
+
+
+class StudentError(Exception):
+    """An exception raised by student code in the worker (type name and first line)."""
+    student_type = "Exception"
+
+
+class StudentTimeout(StudentError):
+    """A call to student code ran past the time limit; the worker was killed."""
+
+
+class StudentCrash(StudentError):
+    """The worker ended while serving a call (os._exit, a signal, a limit)."""
+
+
+class StudentMemoryError(StudentError):
+    """Student code hit the memory limit."""
+
+
+_SAFE_BUILTINS = {n for n in dir(builtins) if isinstance(getattr(builtins, n), type) and
+                  issubclass(getattr(builtins, n), Exception) and
+                  not issubclass(getattr(builtins, n), (Warning, StopIteration,
+                                                       StopAsyncIteration))}
+_SYNTH = {}
+
+
+def student_exception_class(module, name, base):
+    """A local stand-in for the student package's exception class ``module.name`` (cached,
+    so ``pytest.raises(stu._base.BackwardBeforeForwardError)`` matches what calls raise)."""
+    key = (module, name)
+    if key not in _SYNTH:
+        bases = (StudentError,)
+        if base in _SAFE_BUILTINS:
+            bases = (StudentError, getattr(builtins, base))
+        try:
+            cls = type(name, bases, {"student_type": name, "__module__": "student." + module})
+        except TypeError:
+            cls = type(name, (StudentError,), {"student_type": name})
+        _SYNTH[key] = cls
+    return _SYNTH[key]
+
+
+def _cap(text, n=MSG_CAP):
+    text = str(text).replace("\x00", "")
+    return text if len(text) <= n else text[:n - 3] + "..."
+
+
+def make_exception(err, limits=None):
+    """The local exception for the worker's error report (never evaluated: names only)."""
+    if not isinstance(err, dict):
+        return StudentCrash("malformed error report from the worker")
+    tname = _cap(err.get("type", "Exception"), 100)
+    module = _cap(err.get("module", ""), 100)
+    msg = _cap(err.get("msg", ""))
+    bases = [b for b in err.get("bases", []) if isinstance(b, str)]
+    if "MemoryError" in bases:
+        mem = f" of {limits.memory / GIB:g} GiB" if limits else ""
+        return StudentMemoryError(f"memory limit{mem} reached (MemoryError in student code: "
+                                  f"{msg})")
+    if module == "builtins" and tname in _SAFE_BUILTINS:
+        return getattr(builtins, tname)(msg)
+    if module == PACKAGE or module.startswith(PACKAGE + "."):
+        base = next((b for b in bases if b in _SAFE_BUILTINS), "Exception")
+        exc = student_exception_class(module, tname, base)(msg)
+        return exc
+    exc = StudentError(f"{tname}: {msg}" if msg else tname)
+    exc.student_type = tname
+    return exc
+
+
+# ------------------------------------------------------------------------------- session
+class Session:
+    """One submission: its sandbox and the worker serving it now."""
+
+    def __init__(self, stu_pkg, mode="auto", limits=None, timeout=60.0, base=None):
+        self.sandbox = Sandbox(stu_pkg, mode=mode, limits=limits, base=base)
+        self.mode, self.limits = self.sandbox.mode, self.sandbox.limits
+        self.timeout = timeout
+        self.proc = None
+        self.generation = 0
+        self.init_error = None
+        self.init_done = False
+        self.events = []            # what happened: time limits, crashes (for the report)
+        self.lock = threading.RLock()
+        self.stragglers = 0
+        self.closed = False
+        self._release = []
+        self.modules = {}
+
+    # -- the worker -----------------------------------------------------------------------
+    def _start(self):
+        sb = self.sandbox
+        r1, w1 = os.pipe()          # grader -> worker
+        r2, w2 = os.pipe()          # worker -> grader
+        env = {"LABKIT_WORKER_IN": str(r1), "LABKIT_WORKER_OUT": str(w2)}
+        if self.init_error is not None:
+            env["LABKIT_WORKER_NOINIT"] = "1"
+        argv = sb.python() + [os.path.join(sb.scratch.code, "_sandbox", "worker.py")]
+        try:
+            self.proc = sb.popen(argv, env=env, pass_fds=(r1, w2))
+        finally:
+            os.close(r1)
+            os.close(w2)
+        self.wfd, self.rfd = w1, r2
+        os.set_blocking(self.wfd, False)
+        self.generation += 1
+        self._release = []
+        if not self.init_done:          # stu_upload/__init__.py runs once, in the first worker
+            self.init_done = True
+            try:
+                header, _ = self._request({"op": "import", "module": PACKAGE}, [],
+                                          self.timeout)
+                err = header.get("err")
+                if err is not None:
+                    exc = make_exception(err, self.limits)
+                    err = f"{_cap(err.get('type', ''), 100)}: {exc}"
+            except StudentError as exc:
+                err = f"{type(exc).__name__}: {exc}"
+            if err is not None:             # its submodules may still work: without it
+                self.init_error = err
+                self.events.append(f"{PACKAGE}/__init__.py failed: {err}")
+                if self.proc is not None:
+                    self._kill()
+                self._start()
+
+    def _kill(self):
+        for fd in (self.wfd, self.rfd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.stragglers += self.sandbox.kill(self.proc)
+        self.proc = None
+
+    def _died(self):
+        """Why the worker ended (it closed its pipe)."""
+        try:
+            code = self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            code = None
+        self._kill()
+        if code is None:
+            why = "closed its connection"
+        elif code < 0:
+            sig = -code
+            why = {9: "was killed (SIGKILL; the memory limit or the system's OOM killer)",
+                   24: "ran past its CPU-time limit (SIGXCPU)",
+                   25: "wrote past the file-size limit (SIGXFSZ)",
+                   11: "crashed (segmentation fault)"}.get(sig, f"was killed by signal {sig}")
+        else:
+            why = f"exited with code {code} (os._exit or sys.exit outside a call)"
+            if self.sandbox.mode == "bwrap" and code in (128 + 9, 137):
+                why = "was killed (SIGKILL; the memory limit or the system's OOM killer)"
+        self.events.append("worker " + why)
+        return StudentCrash(f"the student code's process {why}")
+
+    def _request(self, header, blobs, timeout):
+        if self.proc is None:
+            self._start()
+        if self._release and header.get("op") != "release":
+            ids, self._release = self._release, []
+            self._request({"op": "release", "ids": ids}, [], timeout)
+        frame = wire.pack(header, blobs)
+        deadline = time.monotonic() + timeout if timeout else None
+        try:
+            view = memoryview(frame)
+            while view:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if left == 0.0:
+                    raise TimeoutError
+                _, w, _ = select.select([], [self.wfd], [], left)
+                if w:
+                    try:
+                        n = os.write(self.wfd, view[:1 << 20])
+                    except BrokenPipeError:
+                        raise self._died()
+                    view = view[n:]
+            return self._read_answer(deadline)
+        except TimeoutError:
+            self._kill()
+            self.events.append(f"time limit of {timeout:g} s")
+            raise StudentTimeout(f"time limit of {timeout:g} s exceeded in student code (an "
+                                 f"endless loop, or far too slow); its process was killed")
+        except wire.WireError as exc:
+            self._kill()
+            raise StudentCrash(f"the student code's process sent a malformed answer ({exc})")
+        except BaseException:       # the grader's own per-test limit, Ctrl-C: end the worker
+            if self.proc is not None:
+                self._kill()
+            raise
+
+    def _read_exact(self, n, deadline):
+        chunks, left = [], n
+        while left:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if wait == 0.0:
+                raise TimeoutError
+            r, _, _ = select.select([self.rfd], [], [], wait)
+            if not r:
+                raise TimeoutError
+            chunk = os.read(self.rfd, min(left, 1 << 22))
+            if not chunk:
+                raise self._died()
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+
+    def _read_answer(self, deadline):
+        n = wire.unpack_header(self._read_exact(12, deadline))
+        header, sizes = wire.parse_header(self._read_exact(n, deadline))
+        if sum(sizes) > MAX_ANSWER:
+            raise wire.WireError("answer too large")
+        blobs = [self._read_exact(s, deadline) for s in sizes]
+        return header, blobs
+
+    # -- requests -------------------------------------------------------------------------
+    def request(self, op, timeout=None, blobs=(), **fields):
+        """Send one request; the decoded answer, or the student's exception raised here."""
+        with self.lock:
+            if self.closed:
+                raise StudentCrash("grading of this submission has ended")
+            header, ans_blobs = self._request(dict(fields, op=op), list(blobs),
+                                              self.timeout if timeout is None else timeout)
+            gen = self.generation
+            if "err" in header:
+                raise make_exception(header["err"], self.limits)
+            if "ok" not in header:
+                self._kill()
+                raise StudentCrash("the student code's process sent a malformed answer")
+            try:
+                return wire.decode(header["ok"], ans_blobs,
+                                   on_handle=lambda h: Remote._make(self, gen, h))
+            except wire.WireError as exc:
+                self._kill()
+                raise StudentCrash(f"the student code's process sent a malformed answer "
+                                   f"({exc})")
+
+    def encode(self, value):
+        def to_handle(v):
+            raise wire.WireError(f"a {type(v).__name__} cannot be passed to student code")
+        return wire.encode(_unwrap(value, self), handle_of=None)
+
+    def close(self):
+        with self.lock:
+            if self.proc is not None:
+                self._kill()
+            self.closed = True
+            self.stragglers += self.sandbox.close()
+        return self.stragglers
+
+
+def _unwrap(value, session):
+    """Replace Remote proxies by their handles (only this session's, this generation's)."""
+    if isinstance(value, Remote):
+        return value._handle_for(session)
+    if type(value) in (list, tuple):
+        return type(value)(_unwrap(v, session) for v in value)
+    if type(value) is dict:
+        return {k: _unwrap(v, session) for k, v in value.items()}
+    return value
+
+
+# ------------------------------------------------------------------------------- proxies
+class Remote:
+    """A worker object seen from the grader: attribute reads and writes, calls, items and
+    length go through the protocol. ``_path``: how to find it again (module, names) when it
+    is a module-level class or function and the worker was restarted."""
+    __slots__ = ("_s", "_gen", "_h", "_path", "__weakref__")
+
+    @staticmethod
+    def _make(session, gen, h, path=None):
+        if h.kind == "exception":
+            module, _, rest = h.type.partition(":")
+            name, _, base = rest.partition(":")
+            return student_exception_class(module, name, base)
+        cls = {"class": RemoteClass, "callable": RemoteCallable}.get(h.kind, Remote)
+        r = object.__new__(cls)
+        object.__setattr__(r, "_s", session)
+        object.__setattr__(r, "_gen", gen)
+        object.__setattr__(r, "_h", h)
+        object.__setattr__(r, "_path", path)
+        return r
+
+    def _handle_for(self, session):
+        s = object.__getattribute__(self, "_s")
+        if s is not session:
+            raise TypeError("a student object from another submission")
+        if object.__getattribute__(self, "_gen") != s.generation:
+            path = object.__getattribute__(self, "_path")
+            if path is None:
+                raise StudentCrash(f"this {object.__getattribute__(self, '_h').type} object "
+                                   f"was lost: the student process that held it ended "
+                                   f"earlier ({'; '.join(s.events[-1:]) or 'restarted'})")
+            fresh = s.request("getattr", target=_module_handle(s, path[0]), name=path[1])
+            fresh_h = object.__getattribute__(fresh, "_h")
+            object.__setattr__(self, "_h", fresh_h)
+            object.__setattr__(self, "_gen", s.generation)
+        return object.__getattribute__(self, "_h")
+
+    def _target(self):
+        s = object.__getattribute__(self, "_s")
+        tree, _ = wire.encode(self._handle_for(s))
+        return s, tree
+
+    def __getattr__(self, name):
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        s, t = self._target()
+        try:
+            return s.request("getattr", target=t, name=name)
+        except AttributeError as exc:
+            raise AttributeError(str(exc)) from None
+
+    def __setattr__(self, name, value):
+        s, t = self._target()
+        tree, blobs = s.encode(value)
+        s.request("setattr", target=t, name=name, value=tree, blobs=blobs)
+
+    def __getitem__(self, key):
+        s, t = self._target()
+        tree, blobs = s.encode(key)
+        return s.request("getitem", target=t, key=tree, blobs=blobs)
+
+    def __setitem__(self, key, value):
+        s, t = self._target()
+        (ktree, kb), (vtree, vb) = s.encode(key), s.encode(value)
+        s.request("setitem", target=t, key=ktree, value=_shift(vtree, len(kb)),
+                  blobs=kb + vb)
+
+    def __len__(self):
+        s, t = self._target()
+        n = s.request("len", target=t)
+        if not isinstance(n, int) or n < 0:
+            raise TypeError("student __len__ returned a non-integer")
+        return n
+
+    def __iter__(self):
+        s, t = self._target()
+        items = s.request("list", target=t)
+        return iter(items if isinstance(items, list) else [])
+
+    def __repr__(self):
+        h = object.__getattribute__(self, "_h")
+        return f"<student {h.kind} {h.type}>"
+
+    def __del__(self):
+        try:
+            s = object.__getattribute__(self, "_s")
+            if object.__getattribute__(self, "_gen") == s.generation and \
+                    object.__getattribute__(self, "_path") is None:
+                s._release.append(object.__getattribute__(self, "_h").id)
+        except Exception:
+            pass
+
+
+class RemoteCallable(Remote):
+    __slots__ = ()
+
+    def __call__(self, *args, **kwargs):
+        s, t = self._target()
+        (atree, ab), (ktree, kb) = s.encode(list(args)), s.encode(dict(kwargs))
+        return s.request("call", target=t, args=atree, kwargs=_shift(ktree, len(ab)),
+                         blobs=ab + kb)
+
+
+class RemoteClass(RemoteCallable):
+    __slots__ = ()
+
+
+def _shift(tree, offset):
+    """Renumber the blob indexes of an encoded tree (two trees share one frame)."""
+    if not offset:
+        return tree
+    if isinstance(tree, dict):
+        if tree.get("$") == "nd":
+            return dict(tree, i=tree["i"] + offset)
+        return {k: _shift(v, offset) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_shift(v, offset) for v in tree]
+    return tree
+
+
+def _module_handle(session, name):
+    """The encoded handle of the worker's module ``name`` (cached per worker)."""
+    with session.lock:
+        mod = session.modules.get(name)
+        if mod is None or object.__getattribute__(mod, "_gen") != session.generation:
+            mod = session.request("import", module=name)
+            object.__setattr__(mod, "_path", ("", name))       # never released
+            session.modules[name] = mod
+        return wire.encode(object.__getattribute__(mod, "_h"))[0]
+
+
+class WorkerModule(types.ModuleType):
+    """``stu_upload.<name>`` in the grader: a module whose attributes live in the worker."""
+
+    def __init__(self, session, name):
+        full = PACKAGE if name == PACKAGE else f"{PACKAGE}.{name}"
+        super().__init__(full)
+        self.__dict__["_session"] = session
+        self.__dict__["_short"] = name
+        self.__dict__["__file__"] = f"<sandboxed {full}>"
+
+    def __getattr__(self, attr):
+        if attr.startswith("__") and attr.endswith("__"):
+            raise AttributeError(attr)
+        s, short = self.__dict__["_session"], self.__dict__["_short"]
+        if short == PACKAGE:            # stu_upload.layer_1 as an attribute: the submodule
+            import importlib
+            try:
+                return importlib.import_module(f"{PACKAGE}.{attr}")
+            except ImportError:
+                pass
+        target = _module_handle(s, short)
+        try:
+            value = s.request("getattr", target=target, name=attr)
+        except AttributeError as exc:
+            raise AttributeError(str(exc)) from None
+        if isinstance(value, Remote):
+            object.__setattr__(value, "_path", (short, attr))
+        return value
+
+
+class _Finder:
+    """Meta-path finder: ``import stu_upload.x`` in the grader makes a WorkerModule (the
+    worker imports the real one: errors such as SyntaxError surface here as ImportError)."""
+
+    def __init__(self, session):
+        self.session = session
+
+    def find_spec(self, fullname, path=None, target=None):
+        if not fullname.startswith(PACKAGE + "."):
+            return None
+        import importlib.machinery
+        return importlib.machinery.ModuleSpec(fullname, self, is_package=False)
+
+    def create_module(self, spec):
+        short = spec.name[len(PACKAGE) + 1:]
+        try:
+            self.session.request("import", module=short)
+        except StudentError as exc:
+            raise ImportError(f"{spec.name}: {getattr(exc, 'student_type', '')}: {exc}"
+                              .replace(": : ", ": ")) from None
+        except Exception as exc:        # SyntaxError etc. re-raised as builtins
+            raise ImportError(f"{spec.name}: {type(exc).__name__}: {exc}") from None
+        return WorkerModule(self.session, short)
+
+    def exec_module(self, module):
+        pass
+
+
+def install_proxy_package(session):
+    """Make ``stu_upload`` in this process the submission's package in the worker: every
+    ``import stu_upload...`` / ``from stu_upload... import`` gives proxies."""
+    import sys
+    for name in list(sys.modules):
+        if name == PACKAGE or name.startswith(PACKAGE + "."):
+            del sys.modules[name]
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _Finder)]
+    sys.meta_path.insert(0, _Finder(session))
+    pkg = WorkerModule(session, PACKAGE)
+    pkg.__path__ = []
+    sys.modules[PACKAGE] = pkg
+    return pkg
+
+
+class StudentModules:
+    """What the ``stu`` fixture hands out: ``stu.layer_1`` is the module ``stu_upload.layer_1``
+    (real in the student kit, a WorkerModule when staff grade in the sandbox)."""
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        import importlib
+        return importlib.import_module(f"{PACKAGE}.{name}")

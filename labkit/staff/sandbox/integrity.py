@@ -1,0 +1,97 @@
+"""Fingerprints of the staff files a submission must not change, and hidden-text redaction."""
+import hashlib
+import os
+import site
+import sys
+
+from labkit.staff.sandbox.process import ROOT
+
+
+def _files(path):
+    if os.path.isfile(path):
+        yield path
+        return
+    for dirpath, dirnames, filenames in os.walk(path):
+        dirnames[:] = sorted(d for d in dirnames if d not in ("__pycache__", ".pytest_cache"))
+        for n in sorted(filenames):
+            if not n.endswith(".pyc"):
+                yield os.path.join(dirpath, n)
+
+
+def site_dirs():
+    dirs = set(site.getsitepackages() if hasattr(site, "getsitepackages") else [])
+    dirs.update(p for p in sys.path if p.endswith("site-packages"))
+    return sorted(d for d in dirs if os.path.isdir(d))
+
+
+def protected_paths(root=ROOT, hidden=None):
+    """tests, tests_hidden, the manifest (in tests/), the reference stu_upload, labkit, the
+    drivers, pytest.ini, and the Python environment's start-up hooks (.pth, sitecustomize)."""
+    paths = [os.path.join(root, p) for p in ("tests", "stu_upload", "labkit", "pytest.ini",
+                                             "main_exp_3_1.py", "main_exp_3_2.py",
+                                             "main_exp_3_3.py", "tests_staff")]
+    if hidden:
+        paths.append(hidden)
+    return [p for p in paths if os.path.exists(p)]
+
+
+def fingerprint(root=ROOT, hidden=None):
+    """{path: sha256} of the protected files, plus the names of every entry of the
+    site-packages folders and the contents of their .pth / sitecustomize files."""
+    out = {}
+    for top in protected_paths(root, hidden):
+        for f in _files(top):
+            try:
+                with open(f, "rb") as fh:
+                    out[f] = hashlib.sha256(fh.read()).hexdigest()
+            except OSError as exc:
+                out[f] = f"unreadable: {exc.strerror}"
+    for d in site_dirs():
+        names = sorted(os.listdir(d))
+        out[d + "/<entries>"] = hashlib.sha256("\n".join(names).encode()).hexdigest()
+        for n in names:
+            if n.endswith(".pth") or n.startswith(("sitecustomize", "usercustomize")):
+                f = os.path.join(d, n)
+                try:
+                    with open(f, "rb") as fh:
+                        out[f] = hashlib.sha256(fh.read()).hexdigest()
+                except OSError:
+                    out[f] = "unreadable"
+    return out
+
+
+def changes(before, after):
+    """['changed: path', 'added: path', 'removed: path'] between two fingerprints."""
+    out = []
+    for k in sorted(set(before) | set(after)):
+        if k not in after:
+            out.append(f"removed: {k}")
+        elif k not in before:
+            out.append(f"added: {k}")
+        elif before[k] != after[k]:
+            out.append(f"changed: {k}")
+    return out
+
+
+class Redactor:
+    """Blanks a message that quotes the hidden tests' source (24 characters in a row)."""
+    WINDOW = 24
+
+    def __init__(self, hidden=None):
+        self.corpus = ""
+        if hidden and os.path.isdir(hidden):
+            parts = []
+            for f in _files(hidden):
+                if f.endswith(".py"):
+                    with open(f, encoding="utf-8", errors="replace") as fh:
+                        parts.append(" ".join(fh.read().split()))
+            self.corpus = "\n".join(parts)
+
+    def __call__(self, text):
+        if not self.corpus or not text:
+            return text
+        flat = " ".join(str(text).split())
+        for i in range(0, max(0, len(flat) - self.WINDOW) + 1):
+            if flat[i:i + self.WINDOW] in self.corpus:
+                return "[message withheld: it quotes the hidden tests]"
+        return text

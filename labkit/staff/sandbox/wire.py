@@ -1,0 +1,198 @@
+"""The grader <-> worker wire format: plain data only, never pickle, never eval.
+
+A frame is ``b"LKW1"``, an 8-byte big-endian header length, a UTF-8 JSON header, then the
+binary blobs the header lists (each one ``.npy`` bytes written by ``np.save`` and read back with
+``np.load(allow_pickle=False)``). Values in the header are JSON primitives (None, bool, int,
+finite float, str) or one-key-tagged dicts::
+
+    {"$": "list"|"tuple", "v": [...]}     {"$": "dict", "items": [[key, value], ...]}
+    {"$": "nd", "i": blob index, "scalar": bool}      {"$": "float", "v": "nan"|"inf"|"-inf"}
+    {"$": "h", "id": int, "kind": "class"|"callable"|"module"|"object", "type": str}
+
+Anything else is refused on both sides (``WireError``). This file is standalone (numpy, json,
+struct): the worker gets a copy of it in its scratch folder.
+"""
+import io
+import json
+import math
+import re
+import struct
+
+import numpy as np
+
+MAGIC = b"LKW1"
+MAX_DEPTH = 32
+MAX_ITEMS = 1_000_000
+MAX_HEADER = 64 * 1024 * 1024
+MAX_FRAME = 4 * 1024 * 1024 * 1024
+
+
+class WireError(Exception):
+    """A value that may not cross, or a malformed frame."""
+
+
+class Handle:
+    """An opaque reference to an object that lives in the worker."""
+    __slots__ = ("id", "kind", "type")
+
+    def __init__(self, id, kind, type):
+        self.id, self.kind, self.type = id, kind, type
+
+
+# ------------------------------------------------------------------------------- encode
+def encode(value, handle_of=None):
+    """(JSON-able tree, [blob bytes]). ``handle_of(obj)`` -> Handle for values that are not
+    plain data (worker side); without it they raise WireError (grader side)."""
+    blobs = []
+    count = [0]
+
+    def enc(v, depth):
+        count[0] += 1
+        if depth > MAX_DEPTH or count[0] > MAX_ITEMS:
+            raise WireError("value nested too deep or too large to send")
+        if v is None or isinstance(v, (bool, str)):
+            return v
+        if isinstance(v, int) and type(v) in (int, bool):
+            return v
+        if type(v) is float:
+            return v if math.isfinite(v) else {"$": "float", "v": repr(v)}
+        if isinstance(v, np.dtype) or (isinstance(v, type) and issubclass(v, np.generic)
+                                       and v is not np.generic):
+            dt = np.dtype(v)
+            if dt.kind in "biufc" and not dt.fields:
+                return {"$": "dtype", "v": dt.str}
+        if isinstance(v, Handle):
+            return {"$": "h", "id": int(v.id), "kind": str(v.kind), "type": str(v.type)}
+        if isinstance(v, np.generic) or type(v) is np.ndarray:
+            arr = np.asarray(v)
+            if arr.dtype.hasobject or arr.dtype.fields is not None:
+                if handle_of is None:
+                    raise WireError(f"arrays of dtype {arr.dtype} cannot be sent")
+                return enc(handle_of(v), depth)
+            buf = io.BytesIO()
+            np.save(buf, arr, allow_pickle=False)
+            blobs.append(buf.getvalue())
+            return {"$": "nd", "i": len(blobs) - 1, "scalar": not isinstance(v, np.ndarray)}
+        if type(v) in (list, tuple):
+            return {"$": type(v).__name__, "v": [enc(x, depth + 1) for x in v]}
+        if type(v) is dict:
+            return {"$": "dict", "items": [[enc(k, depth + 1), enc(x, depth + 1)]
+                                           for k, x in v.items()]}
+        if handle_of is None:
+            raise WireError(f"a {type(v).__name__} cannot be sent to student code (plain data, "
+                            f"NumPy arrays and student objects only)")
+        return enc(handle_of(v), depth)
+
+    return enc(value, 0), blobs
+
+
+def decode(tree, blobs, on_handle=None):
+    """The value of an encoded tree. Arrays come back with ``allow_pickle=False``; handles
+    go to ``on_handle(Handle)`` (or come back as Handle)."""
+    count = [0]
+
+    def dec(v, depth):
+        count[0] += 1
+        if depth > MAX_DEPTH or count[0] > MAX_ITEMS:
+            raise WireError("value nested too deep or too large")
+        if v is None or isinstance(v, (bool, str, int)):
+            return v
+        if isinstance(v, float):
+            return v
+        if isinstance(v, list):
+            raise WireError("untagged list on the wire")
+        if not isinstance(v, dict) or not isinstance(v.get("$"), str):
+            raise WireError("malformed value on the wire")
+        tag = v["$"]
+        if tag == "float":
+            if v.get("v") not in ("nan", "inf", "-inf"):
+                raise WireError("malformed float")
+            return float(v["v"])
+        if tag in ("list", "tuple"):
+            items = v.get("v")
+            if not isinstance(items, list):
+                raise WireError("malformed list")
+            out = [dec(x, depth + 1) for x in items]
+            return out if tag == "list" else tuple(out)
+        if tag == "dict":
+            out = {}
+            for pair in v.get("items", []):
+                if not isinstance(pair, list) or len(pair) != 2:
+                    raise WireError("malformed dict")
+                key = dec(pair[0], depth + 1)
+                try:
+                    hash(key)
+                except TypeError:
+                    raise WireError("unhashable dict key")
+                out[key] = dec(pair[1], depth + 1)
+            return out
+        if tag == "dtype":
+            text = v.get("v")
+            if not isinstance(text, str) or not re.fullmatch(r"[<>|=]?[biufc]\d{1,2}", text):
+                raise WireError("malformed dtype")
+            return np.dtype(text)
+        if tag == "nd":
+            i = v.get("i")
+            if not isinstance(i, int) or not 0 <= i < len(blobs):
+                raise WireError("array index out of range")
+            arr = np.load(io.BytesIO(blobs[i]), allow_pickle=False)
+            if not isinstance(arr, np.ndarray) or arr.dtype.hasobject:
+                raise WireError("bad array")
+            return arr[()] if v.get("scalar") else arr
+        if tag == "h":
+            h = Handle(v.get("id"), v.get("kind"), v.get("type"))
+            if not isinstance(h.id, int) or not isinstance(h.kind, str) or \
+                    not isinstance(h.type, str):
+                raise WireError("malformed handle")
+            h.type = h.type[:100]
+            return on_handle(h) if on_handle else h
+        raise WireError(f"unknown tag {tag[:20]!r}")
+
+    return dec(tree, 0)
+
+
+# ------------------------------------------------------------------------------- frames
+def pack(header, blobs):
+    header = dict(header, blobs=[len(b) for b in blobs])
+    data = json.dumps(header, allow_nan=False, separators=(",", ":")).encode("utf-8")
+    return b"".join([MAGIC, struct.pack(">Q", len(data)), data, *blobs])
+
+
+def unpack_header(prefix):
+    if len(prefix) != 12 or prefix[:4] != MAGIC:
+        raise WireError("bad frame")
+    (n,) = struct.unpack(">Q", prefix[4:])
+    if n > MAX_HEADER:
+        raise WireError("frame header too large")
+    return n
+
+
+def parse_header(data):
+    try:
+        header = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise WireError(f"bad frame header ({type(exc).__name__})")
+    sizes = header.get("blobs") if isinstance(header, dict) else None
+    if not isinstance(sizes, list) or not all(isinstance(s, int) and s >= 0 for s in sizes):
+        raise WireError("bad frame header")
+    if sum(sizes) > MAX_FRAME:
+        raise WireError("frame too large")
+    return header, sizes
+
+
+def read_exact(f, n):
+    chunks, left = [], n
+    while left:
+        chunk = f.read(min(left, 1 << 24))
+        if not chunk:
+            raise EOFError("the other side closed the pipe")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_frame(f):
+    """(header dict, [blobs]) from a binary file object (blocking)."""
+    n = unpack_header(read_exact(f, 12))
+    header, sizes = parse_header(read_exact(f, n))
+    return header, [read_exact(f, s) for s in sizes]

@@ -1,0 +1,140 @@
+"""The sandboxed worker: holds one submission's objects and answers the grader's requests.
+
+Runs in a scratch folder that holds only ``code/`` (a copy of the submission's ``stu_upload``,
+the runtime the student kit ships, this file and ``wire.py``) and ``work/`` (its writable
+working folder, HOME and TMPDIR). Requests arrive on the file descriptor in ``LABKIT_WORKER_IN``,
+answers leave on ``LABKIT_WORKER_OUT``; the student's prints go to a capped log file. Nothing
+here is trusted by the grader: it decodes answers as plain data and decides everything itself.
+
+Requests (``op``): import (module), getattr (target, name), setattr (target, name, value),
+call (target, args, kwargs), getitem/setitem (target, key[, value]), len, list (target),
+release (ids), ping. Answers: ``{"ok": value}`` or ``{"err": {type, module, bases, msg}}``.
+"""
+import builtins
+import importlib
+import importlib.util
+import os
+import sys
+import traceback
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CODE = os.path.dirname(HERE)
+sys.path[:0] = [HERE, CODE]
+
+import wire  # noqa: E402
+
+PACKAGE = "stu_upload"
+MSG_CAP = 300
+
+
+class Objects:
+    def __init__(self):
+        self.by_id, self.next_id = {}, 1
+
+    def handle(self, obj):
+        oid = self.next_id
+        self.next_id += 1
+        self.by_id[oid] = obj
+        if isinstance(obj, type) and issubclass(obj, BaseException):
+            base = next((c.__name__ for c in obj.__mro__ if c.__module__ == "builtins"),
+                        "Exception")
+            return wire.Handle(oid, "exception",
+                               f"{obj.__module__}:{obj.__name__}:{base}"[:100])
+        if isinstance(obj, type):
+            kind = "class"
+        elif type(obj).__name__ == "module":
+            kind = "module"
+        elif callable(obj):
+            kind = "callable"
+        else:
+            kind = "object"
+        name = obj.__name__ if kind in ("class", "module") else type(obj).__name__
+        return wire.Handle(oid, kind, str(name))
+
+    def resolve(self, h):
+        if h.id not in self.by_id:
+            raise LookupError(f"object {h.id} was released")
+        return self.by_id[h.id]
+
+
+def exception_info(exc):
+    bases = [c.__name__ for c in type(exc).__mro__ if c.__module__ == "builtins"]
+    text = ""
+    try:
+        text = str(exc)
+    except BaseException:
+        pass
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return {"type": type(exc).__name__[:100], "module": str(type(exc).__module__)[:100],
+            "bases": bases[:20], "msg": line[:MSG_CAP]}
+
+
+def serve(fin, fout):
+    objs = Objects()
+    dec = lambda tree, blobs: wire.decode(tree, blobs, on_handle=objs.resolve)
+    while True:
+        try:
+            header, blobs = wire.read_frame(fin)
+        except EOFError:
+            return
+        op = header.get("op")
+        try:
+            if op == "ping":
+                result = "pong"
+            elif op == "import":
+                name = str(header["module"])
+                full = PACKAGE if name == PACKAGE else PACKAGE + "." + name
+                result = importlib.import_module(full)
+            else:
+                target = dec(header.get("target"), blobs)
+                if op == "getattr":
+                    result = getattr(target, str(header["name"]))
+                elif op == "setattr":
+                    setattr(target, str(header["name"]), dec(header["value"], blobs))
+                    result = None
+                elif op == "call":
+                    args = dec(header.get("args", {"$": "list", "v": []}), blobs)
+                    kwargs = dec(header.get("kwargs", {"$": "dict", "items": []}), blobs)
+                    result = target(*args, **kwargs)
+                elif op == "getitem":
+                    result = target[dec(header["key"], blobs)]
+                elif op == "setitem":
+                    target[dec(header["key"], blobs)] = dec(header["value"], blobs)
+                    result = None
+                elif op == "len":
+                    result = len(target)
+                elif op == "list":
+                    result = list(target)
+                elif op == "release":
+                    for oid in header.get("ids", []):
+                        objs.by_id.pop(oid, None)
+                    result = None
+                else:
+                    raise ValueError(f"unknown request {op!r}")
+            tree, out_blobs = wire.encode(result, handle_of=objs.handle)
+            frame = wire.pack({"ok": tree}, out_blobs)
+        except BaseException as exc:        # SystemExit, KeyboardInterrupt: reported too
+            frame = wire.pack({"err": exception_info(exc)}, [])
+            if os.environ.get("LABKIT_WORKER_DEBUG"):
+                traceback.print_exc()
+        fout.write(frame)
+        fout.flush()
+
+
+def main():
+    fin = os.fdopen(int(os.environ["LABKIT_WORKER_IN"]), "rb", buffering=0)
+    fout = os.fdopen(int(os.environ["LABKIT_WORKER_OUT"]), "wb")
+    for key in ("LABKIT_WORKER_IN", "LABKIT_WORKER_OUT"):
+        os.environ.pop(key, None)
+    os.chdir(os.environ.get("HOME", "."))
+    if os.environ.pop("LABKIT_WORKER_NOINIT", None):    # __init__.py failed: skip it
+        import importlib.machinery
+        spec = importlib.machinery.ModuleSpec(PACKAGE, None, is_package=True)
+        spec.submodule_search_locations = [os.path.join(CODE, PACKAGE)]
+        sys.modules[PACKAGE] = importlib.util.module_from_spec(spec)
+    serve(fin, fout)
+    builtins.print("worker: grader closed the pipe", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
