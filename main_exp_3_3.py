@@ -208,7 +208,8 @@ def main(argv=None):
         from labkit.engine.attach import tune
         from labkit.engine.perf import reuse_large_allocations
         reuse_large_allocations()
-        run = tune(vgg, method=args.conv, need_param_grad=False)
+        run = tune(vgg, method=args.conv, need_param_grad=False,
+                   keep=[args.content_layer, *style_weights])   # outputs the losses read
     mean = vgg.mean_pixel
     content = preprocess(content_rgb, mean, height, width, dtype)
     style = preprocess(style_rgb, mean, height, width, dtype)

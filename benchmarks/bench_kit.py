@@ -264,7 +264,8 @@ def build_style(height, width, method="auto"):
     vgg = VGG19(None, dtype=np.float32, weights=full_size_weights())
     vgg.build_model(last_layer="relu5_1")
     vgg.load_model()
-    run = tune(vgg, method, need_param_grad=False) if method != "lab" else None
+    run = (tune(vgg, method, need_param_grad=False, keep=[CONTENT_LAYER, *STYLE])
+           if method != "lab" else None)
     mean = vgg.mean_pixel
     content = preprocess(make_demo_image(height, width, seed=0), mean, height, width, vgg.dtype)
     style = preprocess(make_demo_image(height, width, seed=7), mean, height, width, vgg.dtype)
