@@ -366,6 +366,7 @@ reuse_large_allocations()
 from bench_kit import build_style
 from stu_upload.layer_3 import AdamOptimizer
 objective, image = build_style({h}, {w})
+objective.vgg.file = None      # as the driver: the file's arrays are freed after load_model
 adam = AdamOptimizer(1.0, image.shape)
 for _ in range({steps}):
     _, grad, _ = objective(image)

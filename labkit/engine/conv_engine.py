@@ -85,20 +85,22 @@ class ConvEngine:
         return value
 
     def _conv(self, x, w_key, w, bias, pad, method, relu=False, mask=None):
-        """x (N, C, H, W) convolved with w [C, K, K, C'] (stride self.stride if img2col).
+        """x (N, C, H, W) convolved with w() [C, K, K, C'] (stride self.stride if img2col);
+        ``w`` is a function, so that Winograd, whose transformed filter is cached, never
+        keeps (or recomputes) the filter itself.
         ``relu``: return max(y, 0) (fused into the output stage); ``mask`` (like x):
         convolve x * (mask > 0) instead (fused into the padding copy where there is one)."""
         dtype, pool = x.dtype, active_pool()
         if mask is not None and (pad == 0 or method not in ("winograd", "winograd4")):
             x, mask = masked(x, mask), None
         if method == "img2col":
-            return algos.conv2d_img2col(x, w, bias, pad, self.stride, pool, relu)
+            return algos.conv2d_img2col(x, w(), bias, pad, self.stride, pool, relu)
         if method in ("winograd", "winograd4"):
             m = 2 if method == "winograd" else 4
             U = self._get((w_key, method, dtype),
-                          lambda: algos.winograd_filter_transform(w, m, dtype))
+                          lambda: algos.winograd_filter_transform(w(), m, dtype))
             return self._winograd_bands(x, U, bias, pad, m, pool, relu, mask)
-        y = algos.conv2d_fft(x, w.astype(dtype, copy=False), bias, pad)
+        y = algos.conv2d_fft(x, w().astype(dtype, copy=False), bias, pad)
         return relu_inplace(y) if relu else y
 
     def _winograd_bands(self, x, U, bias, pad, m, pool, relu=False, mask=None):
@@ -124,7 +126,7 @@ class ConvEngine:
     def forward(self, x, relu=False):
         """y (N, Cout, Ho, Wo); ``relu``: max(y, 0), fused into the output stage."""
         method = self._method(x.shape, self.cin, self.cout)
-        return self._conv(x, "w", self.weight, self.bias, self.padding, method, relu)
+        return self._conv(x, "w", lambda: self.weight, self.bias, self.padding, method, relu)
 
     def input_grad(self, dy, x_shape, mask=None):
         """dL/dx (x_shape) from dy (N, Cout, Ho, Wo). ``mask`` (like dy): back through a
@@ -139,7 +141,11 @@ class ConvEngine:
                                                    self.padding, self.stride, x_shape,
                                                    active_pool())
         method = self._method(dy.shape, self.cout, self.cin)
-        wr = self._get(("rot", dy.dtype), lambda: algos.rotate_filter(self.weight))
+
+        def wr():       # the rotated filter: kept only where the method uses it directly
+            if method.startswith("winograd"):
+                return algos.rotate_filter(self.weight)
+            return self._get(("rot", dy.dtype), lambda: algos.rotate_filter(self.weight))
         return algos.full_conv_input_grad(
             lambda p: self._conv(dy, "rot", wr, None, p, method, mask=mask),
             self.k, self.padding, x_shape)
