@@ -301,9 +301,12 @@ def torch_classifier(torch, weights):
     for name, kind, _ in spec.FILE_LAYERS:
         if kind == "conv" or name.startswith("fc"):
             layer = weights.layer(name)
-            w = torch.from_numpy(np.ascontiguousarray(
-                np.transpose(layer.weight, (3, 2, 0, 1)), dtype=np.float32))
-            layers.append(("conv", w, torch.from_numpy(layer.bias.astype(np.float32).ravel())))
+            w = np.ascontiguousarray(np.transpose(layer.weight, (3, 2, 0, 1)), dtype=np.float32)
+            b = torch.from_numpy(layer.bias.astype(np.float32).ravel())
+            if name.startswith("fc"):        # as torchvision's VGG: nn.Linear, not a 7x7 conv
+                layers.append(("fc", torch.from_numpy(w.reshape(w.shape[0], -1)), b))
+            else:
+                layers.append(("conv", torch.from_numpy(w), b))
         elif kind == "pool":
             layers.append(("pool", None, None))
         elif name.startswith("relu"):
@@ -315,7 +318,9 @@ def torch_classifier(torch, weights):
             x = image
             for kind, w, b in layers:
                 if kind == "conv":
-                    x = F.conv2d(x, w, b, padding=1 if w.shape[2] == 3 else 0)
+                    x = F.conv2d(x, w, b, padding=1)
+                elif kind == "fc":
+                    x = F.linear(x.reshape(1, -1), w, b)
                 elif kind == "pool":
                     x = F.max_pool2d(x, 2)
                 else:
