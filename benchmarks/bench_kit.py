@@ -1,24 +1,28 @@
 """The kit's benchmark: convolution algorithms, the lab speed test, VGG19 and style transfer.
 
-    python benchmarks/bench_kit.py [--json output/bench_kit.json] [--quick] [--repeat 5]
+    python benchmarks/bench_kit.py [--json output/bench_kit.json] [--quick] [--repeat 7]
 
-Everything is float32, batch 1, on this machine's BLAS threads, with random full-size VGG19
-weights built in memory (no 576 MB file needed). Prints tables and writes them as JSON:
+Everything is float32, batch 1, with random full-size VGG19 weights built in memory (no
+576 MB file needed). Prints tables and writes them as JSON:
 
-1. the machine's matrix-multiply rate, measured on the img2col GEMMs of each workload;
-2. per VGG19 conv layer at 224x224: forward and input-gradient time and GFLOP/s of the
-   lab's img2col, the tuned img2col, Winograd F(2x2) and F(4x4), FFT, and the "auto" choice;
+1. the machine's limits, measured: peak multiply rate (a large square SGEMM on OpenBLAS's
+   threads) and memory bandwidth (a large copy, one thread and the engine's threads);
+2. per VGG19 conv layer at 224x224: forward and input-gradient time of the lab's img2col,
+   the tuned img2col, Winograd F(2x2) and F(4x4), FFT and the "auto" choice, and what each
+   executes (``labkit.engine.costs``): multiplies and bytes moved, and the auto method's
+   time against its lower bound (the larger of compute at peak and bytes at bandwidth);
 3. the lab's speed test (loops vs the lab's img2col) and its two ratios;
-4. VGG19 classification forward at 224x224, steady state (filter transforms cached);
+4. VGG19 classification forward at 224x224 (``--layers tuned``), steady state;
 5. one style-transfer step (forward to relu5_1, the six losses, one backward pass to the
-   image, Adam) at 192x320, 224x224 and 512x512, against its GEMM-limit time: the step's
-   FLOPs at the matrix-multiply rate measured on that step's own img2col GEMM shapes
-   (steps and GEMM passes alternate, so that speed drift affects both alike);
-6. the peak memory of a 512x512 style-transfer run (a separate process);
-7. PyTorch's time for the same step, if PyTorch happens to be installed (never required).
+   image, Adam; the exp 3.3 driver's default path) at 192x320, 224x224 and 512x512, against
+   the step's bounds: compute (the multiplies executed at peak), compulsory memory traffic,
+   and the roofline of the engine's passes, with a per-stage table;
+6. the peak memory of a 512x512 style-transfer run (a separate process, VmHWM);
+7. PyTorch's step and classification times, if PyTorch happens to be installed (never
+   required): our runs and PyTorch's alternate, same threads; medians and spread (min-max).
 
-Times are medians of ``--repeat`` runs after a warm-up; this machine is a VM whose speed
-drifts by 10-30 %, so compare ratios measured in the same run.
+Times are medians of ``--repeat`` runs after a warm-up; the machine's speed drifts (a shared
+VM), so compare ratios measured in the same run.
 """
 import argparse
 import contextlib
@@ -38,7 +42,9 @@ from bench_style_step import STYLE, full_size_weights          # noqa: E402
 from labkit.runtime import vgg19_spec as spec                          # noqa: E402
 from labkit.engine.attach import EngineConvolution, tune               # noqa: E402
 from labkit.engine.conv_engine import choose_method                   # noqa: E402
-from labkit.engine.perf import engine_threads, reuse_large_allocations  # noqa: E402
+from labkit.engine import costs                                          # noqa: E402
+from labkit.engine.perf import (engine_threads, reuse_large_allocations, run_split,  # noqa: E402
+                                usable_cpus, worker_pool)
 from stu_upload.layer_2 import ConvolutionalLayer              # noqa: E402
 
 STYLE_LAYERS = list(STYLE)
@@ -88,64 +94,79 @@ def conv_shapes(height, width, last="conv5_4"):
     return shapes
 
 
-def gemm_operands(shapes, rng):
-    """{(M, K, N): (A, B)}: the distinct img2col GEMMs of these convolutions (forward
-    (Cout, Cin*9) @ (Cin*9, H*W) and input gradient (Cin, Cout*9) @ (Cout*9, H*W)), and
-    how often each occurs."""
-    operands, counts = {}, {}
-    for _, cin, cout, h, w in shapes:
-        for m, k in ((cout, cin * 9), (cin, cout * 9)):
-            key = (m, k, h * w)
-            counts[key] = counts.get(key, 0) + 1
-            if key not in operands:
-                operands[key] = (rng.standard_normal((m, k), dtype=np.float32),
-                                 rng.standard_normal((k, h * w), dtype=np.float32))
-    return operands, counts
+def spread(times):
+    """{'median', 'min', 'max'} of a list of seconds."""
+    return {"median": float(np.median(times)), "min": float(min(times)),
+            "max": float(max(times))}
 
 
-def gemm_pass(operands):
-    """Time each distinct GEMM once: {(M, K, N): seconds}."""
-    times = {}
-    for key, (a, b) in operands.items():
+# ------------------------------------------------------------------------- 1. machine limits
+def peak_gflops(repeat, size=3072):
+    """Best GFLOP/s of a size x size float32 SGEMM on OpenBLAS's threads (one per CPU)."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size), dtype=np.float32)
+    b = rng.standard_normal((size, size), dtype=np.float32)
+    out = np.empty_like(a)
+    np.matmul(a, b, out=out)
+    times = []
+    for _ in range(repeat):
         start = time.perf_counter()
-        a @ b
-        times[key] = time.perf_counter() - start
-    return times
+        np.matmul(a, b, out=out)
+        times.append(time.perf_counter() - start)
+    return 2.0 * size ** 3 / min(times) / 1e9, 2.0 * size ** 3 / float(np.median(times)) / 1e9
 
 
-def gemm_summary(samples, counts):
-    """(aggregate, peak) GFLOP/s from repeated gemm_pass samples (median per shape):
-    aggregate = total FLOPs / total time (what a plain-GEMM implementation of the
-    workload gets), peak = the best single shape."""
-    flops = seconds = peak = 0.0
-    for key, count in counts.items():
-        m, k, n = key
-        t = float(np.median([s[key] for s in samples]))
-        flops += 2.0 * m * k * n * count
-        seconds += t * count
-        peak = max(peak, 2.0 * m * k * n / t / 1e9)
-    return flops / seconds / 1e9, peak
+def copy_bandwidth(repeat, megabytes=256):
+    """Best GB/s (bytes read + bytes written) of copying a large float32 array: one thread,
+    and split over the engine's threads; returns {'one_thread', 'threads'}."""
+    src = np.ones(megabytes * (1 << 20) // 4, dtype=np.float32)
+    dst = np.empty_like(src)
+    result = {}
+    for label, threaded in (("one_thread", False), ("threads", True)):
+        with engine_threads(threaded):
+            from labkit.engine.perf import active_pool
+
+            def copy():
+                run_split(active_pool(), lambda lo, hi: np.copyto(dst[lo:hi], src[lo:hi]),
+                          src.size)
+            copy()
+            best = float("inf")
+            for _ in range(repeat):
+                start = time.perf_counter()
+                copy()
+                best = min(best, time.perf_counter() - start)
+        result[label] = 2.0 * src.nbytes / best / 1e9
+    return result
 
 
-def gemm_rate(shapes, repeat, rng):
-    """(aggregate, peak) GFLOP/s of the img2col GEMMs of these convolutions."""
-    operands, counts = gemm_operands(shapes, rng)
-    gemm_pass(operands)                                             # warm-up
-    return gemm_summary([gemm_pass(operands) for _ in range(repeat)], counts)
-
-
-def step_flops(height, width):
-    """FLOPs of one style-transfer step: convs to relu5_1 forward and backward (input
-    gradient only) and the Gram matrices and their gradients of the style layers."""
-    convs = conv_shapes(height, width, last="conv5_1")
-    conv = sum(2.0 * cin * cout * 9 * h * w for _, cin, cout, h, w in convs) * 2
-    sizes = {name.replace("conv", "relu"): (cout, h * w) for name, _, cout, h, w in convs}
-    gram = sum(2 * 2.0 * sizes[n][0] ** 2 * sizes[n][1] for n in STYLE_LAYERS)
-    return conv + gram
+def machine_limits(repeat):
+    peak, median_rate = peak_gflops(repeat)
+    bw = copy_bandwidth(repeat)
+    return {"peak_gflops": peak, "sgemm_median_gflops": median_rate,
+            "bandwidth_gbs": max(bw.values()), "bandwidth": bw}
 
 
 # ------------------------------------------------------------------------- 2. conv layers
-def bench_layers(repeat, rng, quick):
+def layer_costs(method, cin, cout, h, w, limits):
+    """What ``method`` executes on this layer (forward, input gradient): multiplies, bytes
+    moved, and the lower bound in ms (compute at peak or compulsory bytes at bandwidth)."""
+    fwd_m = choose_method(3, 1, cin, cout, h, w) if method == "auto" else method
+    fwd = costs.conv_cost(fwd_m, cin, cout, h, w)
+    if method in ("lab", "auto", "img2col") and cin * 9 <= cout:      # GEMM + col2im
+        bwd_m, bwd = "img2col", costs.narrow_input_grad_cost(cin, cout, h, w)
+    else:
+        bwd_m = choose_method(3, 1, cout, cin, h, w) if method == "auto" else method
+        bwd = costs.conv_cost(bwd_m, cout, cin, h, w)
+    out = {}
+    for label, c in (("forward", fwd), ("backward", bwd)):
+        b = costs.bounds([(label, c)], limits["peak_gflops"], limits["bandwidth_gbs"])
+        out.update({f"{label}_gmults": c["mults"] / 1e9, f"{label}_mbytes": c["bytes"] / 1e6,
+                    f"{label}_limit_ms": b["limit_s"] * 1e3,
+                    f"{label}_roofline_ms": b["roofline_s"] * 1e3})
+    return out
+
+
+def bench_layers(repeat, rng, quick, limits):
     rows, seen = [], {}
     for name, cin, cout, h, w in conv_shapes(224, 224):
         key = (cin, cout, h, w)
@@ -174,7 +195,8 @@ def bench_layers(repeat, rng, quick):
                 fwd = median_time(lambda: layer.forward(x), repeat)
                 bwd = median_time(lambda: layer.backward(dy), repeat)
             row[method] = {"forward_ms": fwd * 1e3, "backward_ms": bwd * 1e3,
-                           "forward_gflops": gflop / fwd, "backward_gflops": gflop / bwd}
+                           "forward_gflops": gflop / fwd, "backward_gflops": gflop / bwd,
+                           **layer_costs(method, cin, cout, h, w, limits)}
         seen[key] = row
         rows.append(row)
     return rows
@@ -219,16 +241,103 @@ def bench_speed_test(quick):
     return result
 
 
+# ------------------------------------------------------------------------- alternation
+def alternate(ours, theirs, repeat, warmup=2):
+    """Time ``ours`` and ``theirs`` (None: ours alone) in turn, ``repeat`` times each after
+    ``warmup`` calls: {'ours': spread, 'theirs': spread, 'ratio': ours/theirs of the
+    medians, 'pair_ratios': spread of the per-round ratios}. OpenBLAS's spinning threads
+    are let settle before every timed call (``settle_blas``)."""
+    fns = {"ours": ours} if theirs is None else {"ours": ours, "theirs": theirs}
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {k: [] for k in fns}
+    for _ in range(repeat):
+        for key, fn in fns.items():
+            settle_blas()
+            start = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - start)
+    out = {k: spread(v) for k, v in times.items()}
+    if theirs is not None:
+        out["ratio"] = out["ours"]["median"] / out["theirs"]["median"]
+        out["pair_ratios"] = spread([a / b for a, b in zip(times["ours"], times["theirs"])])
+    return out
+
+
+def torch_or_none():
+    """PyTorch with the same number of threads as the engine, or None (never required)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(usable_cpus())
+    return torch
+
+
 # ------------------------------------------------------------------------- 4. classification
-def bench_classification(repeat, rng):
+def classification_costs(shapes):
+    """[(part, cost)] of VGG19's classification forward: convs (auto, fused ReLU), pools,
+    fc6-fc8 (matrix-vector products: each weight read once)."""
+    parts = []
+    for name, cin, cout, h, w in shapes:
+        if name in ("conv2_1", "conv3_1", "conv4_1", "conv5_1"):
+            parts.append((f"pool{int(name[4]) - 1}", costs.pool_cost(cin, 2 * h, 2 * w)))
+        parts.append((name, costs.conv_cost(choose_method(3, 1, cin, cout, h, w), cin, cout,
+                                            h, w, relu=True)))
+    parts.append(("pool5", costs.pool_cost(512, 14, 14)))
+    for name, k, n in (("fc6", 25088, 4096), ("fc7", 4096, 4096), ("fc8", 4096, 1000)):
+        parts.append((name, {"mults": float(k * n), "bytes": 4.0 * (k * n + k + n),
+                             "min_bytes": 4.0 * (k * n + k + n)}))
+    return parts
+
+
+def torch_classifier(torch, weights):
+    """VGG19's classification forward in PyTorch with the same random weights, or None."""
+    if torch is None:
+        return None
+    F = torch.nn.functional
+    layers = []
+    for name, kind, _ in spec.FILE_LAYERS:
+        if kind == "conv" or name.startswith("fc"):
+            layer = weights.layer(name)
+            w = np.ascontiguousarray(np.transpose(layer.weight, (3, 2, 0, 1)), dtype=np.float32)
+            b = torch.from_numpy(layer.bias.astype(np.float32).ravel())
+            if name.startswith("fc"):        # as torchvision's VGG: nn.Linear, not a 7x7 conv
+                layers.append(("fc", torch.from_numpy(w.reshape(w.shape[0], -1)), b))
+            else:
+                layers.append(("conv", torch.from_numpy(w), b))
+        elif kind == "pool":
+            layers.append(("pool", None, None))
+        elif name.startswith("relu"):
+            layers.append(("relu", None, None))
+    image = torch.randn(1, 3, 224, 224) * 50
+
+    def forward():
+        with torch.inference_mode():
+            x = image
+            for kind, w, b in layers:
+                if kind == "conv":
+                    x = F.conv2d(x, w, b, padding=1)
+                elif kind == "fc":
+                    x = F.linear(x.reshape(1, -1), w, b)
+                elif kind == "pool":
+                    x = F.max_pool2d(x, 2)
+                else:
+                    x = torch.relu(x)
+            return torch.softmax(x.reshape(1, -1), dim=1)
+    return forward
+
+
+def bench_classification(repeat, rng, limits, torch=None):
     from labkit.runtime.fixtures import random_vgg19_weights
     from stu_upload.vgg_cpu import VGG19 as ClassifierVGG
     weights = random_vgg19_weights(width_div=1, num_classes=1000, seed=0)
     image = rng.uniform(-120, 120, (1, 3, 224, 224)).astype(np.float32)
-    shapes = conv_shapes(224, 224)
-    conv_gflop = sum(2.0 * cin * cout * 9 * h * w for _, cin, cout, h, w in shapes) / 1e9
-    fc_gflop = 2.0 * (25088 * 4096 + 4096 * 4096 + 4096 * 1000) / 1e9
-    out = {"gflop": conv_gflop + fc_gflop}
+    parts = classification_costs(conv_shapes(224, 224))
+    out = {"gflop": 2 * sum(c["mults"] for _, c in parts) / 1e9,
+           **costs.bounds(parts, limits["peak_gflops"], limits["bandwidth_gbs"])}
+    vggs = {}
     for label, method in (("lab_img2col", None), ("auto", "auto")):
         vgg = ClassifierVGG(None, type=1, dtype=np.float32, verbose=False)
         vgg.file = weights
@@ -237,22 +346,21 @@ def bench_classification(repeat, rng):
         if method is not None:
             tune(vgg, method)
         vgg.input_image = image
-        with timed_as_run(method is not None):     # as main_exp_3_1.py runs it
-            out[f"{label}_s"] = median_time(vgg.forward, repeat)
-    # the forward GEMMs only (classification has no backward)
-    a_flops = a_secs = 0.0
-    for _, cin, cout, h, w in shapes:
-        a = rng.standard_normal((cout, cin * 9), dtype=np.float32)
-        b = rng.standard_normal((cin * 9, h * w), dtype=np.float32)
-        a_secs += median_time(lambda: a @ b, repeat)
-        a_flops += 2.0 * cout * cin * 9 * h * w
-    fc = rng.standard_normal((1, 25088), dtype=np.float32)
-    fcw = weights.layer("fc6").weight.reshape(-1, 4096)
-    a_secs += median_time(lambda: fc @ fcw, repeat) * (fc_gflop * 1e9 / (2.0 * 25088 * 4096))
-    a_flops += fc_gflop * 1e9
-    out["gemm_gflops"] = a_flops / a_secs / 1e9
-    out["gemm_limit_s"] = out["gflop"] / out["gemm_gflops"]
-    out["ratio_auto"] = out["auto_s"] / out["gemm_limit_s"]
+        vggs[label] = vgg
+    with timed_as_run(False):
+        out["lab_img2col_s"] = median_time(vggs["lab_img2col"].forward, repeat)
+
+    def ours():
+        with engine_threads():          # as main_exp_3_1.py --layers tuned runs it
+            vggs["auto"].forward()
+    alt = alternate(ours, torch_classifier(torch, weights), repeat)
+    out["auto_s"] = alt["ours"]["median"]
+    out["alternated"] = alt
+    out["ratio_limit"] = out["auto_s"] / out["limit_s"]
+    out["ratio_roofline"] = out["auto_s"] / out["roofline_s"]
+    if "theirs" in alt:
+        out["torch"] = {"version": torch.__version__, "s": alt["theirs"]["median"],
+                        "ratio": alt["ratio"], "pair_ratios": alt["pair_ratios"]}
     return out
 
 
@@ -264,7 +372,8 @@ def build_style(height, width, method="auto"):
     vgg = VGG19(None, dtype=np.float32, weights=full_size_weights())
     vgg.build_model(last_layer="relu5_1")
     vgg.load_model()
-    run = tune(vgg, method, need_param_grad=False) if method != "lab" else None
+    run = (tune(vgg, method, need_param_grad=False, keep=[CONTENT_LAYER, *STYLE])
+           if method != "lab" else None)
     mean = vgg.mean_pixel
     content = preprocess(make_demo_image(height, width, seed=0), mean, height, width, vgg.dtype)
     style = preprocess(make_demo_image(height, width, seed=7), mean, height, width, vgg.dtype)
@@ -274,45 +383,27 @@ def build_style(height, width, method="auto"):
     return objective, image
 
 
-def bench_style_step(height, width, repeat, rng):
-    from stu_upload.layer_3 import AdamOptimizer
-    objective, image = build_style(height, width)
-    adam = AdamOptimizer(1.0, image.shape)
-    state = {"image": image}
-
-    def step():       # as labkit.runtime.transfer.run_transfer runs it: in the engine's threads
-        with engine_threads():
-            _, grad, _ = objective(state["image"])
-            state["image"] = adam.update(state["image"], grad)
-
-    # steps and GEMMs alternate, so that the VM's speed drift affects both alike
-    operands, counts = gemm_operands(conv_shapes(height, width, last="conv5_1"), rng)
-    step()
-    step()
-    gemm_pass(operands)
-    step_times, samples = [], []
-    for _ in range(max(3, repeat)):
-        settle_blas()
+def style_stage_times(objective, image):
+    """{stage: seconds} of one step: each layer's forward/backward (the layers' own timers)
+    and the rest (losses, Adam, glue)."""
+    with engine_threads():
         start = time.perf_counter()
-        step()
-        step_times.append(time.perf_counter() - start)
-        samples.append(gemm_pass(operands))
-    seconds = float(np.median(step_times))
-    rate, peak = gemm_summary(samples, counts)
-    gflop = step_flops(height, width) / 1e9
-    limit = gflop / rate
-    return {"size": f"{height}x{width}", "step_s": seconds, "gflop": gflop,
-            "gemm_gflops": rate, "gemm_limit_s": limit, "ratio": seconds / limit,
-            "gemm_peak_gflops": peak, "ratio_at_peak": seconds / (gflop / peak)}
+        objective(image)
+        total = time.perf_counter() - start
+    stages = {}
+    for name, layer in objective.vgg.layers.items():
+        for label, attr in (("fwd", "forward_time"), ("bwd", "backward_time")):
+            t = getattr(layer, attr, 0.0)
+            if t:
+                stages[f"{name} {label}"] = t
+    stages["losses, Adam and glue"] = total - sum(stages.values())
+    return stages
 
 
-def bench_torch_step(height, width, repeat):
+def torch_style_step(torch, height, width):
     """The same step in PyTorch (random weights, same layers and losses), or None."""
-    try:
-        import torch
-    except ImportError:
+    if torch is None:
         return None
-    torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
     convs = conv_shapes(height, width, last="conv5_1")
     weights = [torch.randn(cout, cin, 3, 3) * (2.0 / (9 * cin)) ** 0.5
@@ -352,8 +443,34 @@ def bench_torch_step(height, width, repeat):
             loss = loss + 100.0 * ((gram(f[n]) - style[n]) ** 2).sum() / (4 * c * c * hw * hw)
         loss.backward()
         opt.step()
+    return step
 
-    return {"version": torch.__version__, "step_s": median_time(step, repeat, warmup=2)}
+
+def bench_style_step(height, width, repeat, limits, torch=None):
+    from stu_upload.layer_3 import AdamOptimizer
+    objective, image = build_style(height, width)
+    adam = AdamOptimizer(1.0, image.shape)
+    state = {"image": image}
+
+    def step():       # as labkit.runtime.transfer.run_transfer runs it: in the engine's threads
+        with engine_threads():
+            _, grad, _ = objective(state["image"])
+            state["image"] = adam.update(state["image"], grad)
+
+    alt = alternate(step, torch_style_step(torch, height, width), repeat)
+    parts = costs.style_step_costs(height, width, conv_shapes(height, width, last="conv5_1"),
+                                   STYLE_LAYERS)
+    b = costs.bounds(parts, limits["peak_gflops"], limits["bandwidth_gbs"])
+    seconds = alt["ours"]["median"]
+    out = {"size": f"{height}x{width}", "step_s": seconds, "step": alt["ours"],
+           "gflop": 2 * b["mults"] / 1e9, "gbytes": b["bytes"] / 1e9, **b,
+           "ratio_limit": seconds / b["limit_s"], "ratio_roofline": seconds / b["roofline_s"],
+           "stages_s": style_stage_times(objective, state["image"])}
+    if "theirs" in alt:
+        out["torch"] = {"version": torch.__version__, "step_s": alt["theirs"]["median"],
+                        "step": alt["theirs"], "ratio": alt["ratio"],
+                        "pair_ratios": alt["pair_ratios"]}
+    return out
 
 
 # ------------------------------------------------------------------------- 6. peak memory
@@ -365,6 +482,7 @@ reuse_large_allocations()
 from bench_kit import build_style
 from stu_upload.layer_3 import AdamOptimizer
 objective, image = build_style({h}, {w})
+objective.vgg.file = None      # as the driver: the file's arrays are freed after load_model
 adam = AdamOptimizer(1.0, image.shape)
 for _ in range({steps}):
     _, grad, _ = objective(image)
@@ -388,77 +506,130 @@ def print_layers(rows):
     print("\nPer-layer convolution at 224x224: ms forward / ms input gradient")
     methods = [m for m in METHODS if m in rows[0]]
     print(f"{'layer':8s} {'shape':>17s} " + " ".join(f"{m:>13s}" for m in methods)
-          + "  auto GFLOP/s  auto picks (fwd/bwd)")
+          + "  auto picks (fwd/bwd)")
     for row in rows:
         shape = f"{row['cin']}->{row['cout']} {row['size']}"
         cells = [f"{row[m]['forward_ms']:6.1f}/{row[m]['backward_ms']:6.1f}" for m in methods]
-        auto = row["auto"]
         print(f"{row['layer']:8s} {shape:>17s} " + " ".join(f"{c:>13s}" for c in cells)
-              + f"  {auto['forward_gflops']:4.0f}/{auto['backward_gflops']:4.0f}"
-              + f"     {row['auto_forward']}/{row['auto_backward']}")
+              + f"  {row['auto_forward']}/{row['auto_backward']}")
+    print("\nWhat each method executes, forward + input gradient: G multiply-adds / MB moved "
+          "by its passes; auto: time against its bound (the larger of compute at peak and "
+          "compulsory bytes at bandwidth) and its passes' roofline")
+    print(f"{'layer':8s} " + " ".join(f"{m:>13s}" for m in methods)
+          + "   auto ms  bound ms  roofline ms")
+    for row in rows:
+        if "same_as" in row:
+            continue
+        cells = [f"{row[m]['forward_gmults'] + row[m]['backward_gmults']:5.2f}/"
+                 f"{row[m]['forward_mbytes'] + row[m]['backward_mbytes']:6.0f}" for m in methods]
+        auto = row["auto"]
+        t = auto["forward_ms"] + auto["backward_ms"]
+        print(f"{row['layer']:8s} " + " ".join(f"{c:>13s}" for c in cells)
+              + f"  {t:8.1f}  {auto['forward_limit_ms'] + auto['backward_limit_ms']:8.1f}"
+              + f"  {auto['forward_roofline_ms'] + auto['backward_roofline_ms']:11.1f}")
+
+
+def fmt_spread(sp, scale=1.0, unit="s", digits=3):
+    return (f"{sp['median'] * scale:.{digits}f} {unit} ({sp['min'] * scale:.{digits}f}-"
+            f"{sp['max'] * scale:.{digits}f})")
+
+
+def fmt_torch(t, key):
+    if not t:
+        return ""
+    return (f"; PyTorch {t['version']}: {t[key]:.3f} s -> ours/PyTorch {t['ratio']:.2f}x "
+            f"(per round {t['pair_ratios']['min']:.2f}-{t['pair_ratios']['max']:.2f})")
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", default=os.path.join("output", "bench_kit.json"),
                    help="where to write the results")
-    p.add_argument("--repeat", type=int, default=5, help="timed runs per measurement")
+    p.add_argument("--repeat", type=int, default=7, help="timed runs per measurement")
     p.add_argument("--quick", action="store_true",
-                   help="skip the raw loops, FFT, 512x512 and the memory run (about 1 minute)")
+                   help="skip the raw loops, FFT, the per-layer table, 512x512 and the "
+                        "memory run")
+    p.add_argument("--only", choices=["steps"], help="steps: only the machine's limits, "
+                   "classification, the style steps and the memory run")
     args = p.parse_args(argv)
+    if args.repeat < 1:
+        p.error("--repeat must be at least 1")
     reuse_large_allocations()
     rng = np.random.default_rng(0)
+    torch = torch_or_none()
     results = {"machine": {"python": platform.python_version(), "numpy": np.__version__,
-                           "cpus": os.cpu_count(), "platform": platform.platform()}}
+                           "cpus": os.cpu_count(), "usable_cpus": usable_cpus(),
+                           "engine_threads": getattr(worker_pool(), "workers", 1),
+                           "platform": platform.platform(), "processor": cpu_model(),
+                           "torch": torch.__version__ if torch else None}}
     t0 = time.time()
-    rate224, peak224 = gemm_rate(conv_shapes(224, 224), args.repeat, rng)
-    results["gemm_gflops_vgg19_224"] = {"aggregate": rate224, "peak": peak224}
-    print(f"matrix multiply on VGG19's img2col GEMMs at 224x224: {rate224:.0f} GFLOP/s "
-          f"overall, {peak224:.0f} GFLOP/s on the best shape")
+    lim = results["limits"] = machine_limits(max(3, args.repeat // 2))
+    print(f"Machine: {results['machine']['processor']}, {usable_cpus()} usable CPUs; peak "
+          f"SGEMM {lim['peak_gflops']:.0f} GFLOP/s (3072^3, median {lim['sgemm_median_gflops']:.0f}),"
+          f" copy bandwidth {lim['bandwidth_gbs']:.1f} GB/s (read + write; one thread "
+          f"{lim['bandwidth']['one_thread']:.1f}, engine threads {lim['bandwidth']['threads']:.1f})")
 
-    results["layers_224"] = rows = bench_layers(args.repeat, rng, args.quick)
-    print_layers(rows)
+    if not args.quick and not args.only:
+        results["layers_224"] = rows = bench_layers(args.repeat, rng, args.quick, lim)
+        print_layers(rows)
 
-    st = results["speed_test"] = bench_speed_test(args.quick)
-    print("\nLab speed test, ConvolutionalLayer(3, 256, 256, 1, 1) on (1, 256, 24, 40), float64")
-    for name, r in st.items():
-        extra = ""
-        if "forward_ratio" in r:
-            extra = (f"  FORWARD SPEEDUP {r['forward_ratio']:.0f}x, BACKWARD SPEEDUP "
-                     f"{r['backward_ratio']:.0f}x (MSE {r['forward_mse']:.1e}/"
-                     f"{r['backward_mse']:.1e})")
-        print(f"  {name:8s} forward {r['forward_ms']:9.1f} ms  backward {r['backward_ms']:9.1f} ms"
-              + extra)
+    if not args.only:
+        st = results["speed_test"] = bench_speed_test(args.quick)
+        print("\nLab speed test, ConvolutionalLayer(3, 256, 256, 1, 1) on (1, 256, 24, 40), "
+              "float64")
+        for name, r in st.items():
+            extra = ""
+            if "forward_ratio" in r:
+                extra = (f"  FORWARD SPEEDUP {r['forward_ratio']:.0f}x, BACKWARD SPEEDUP "
+                         f"{r['backward_ratio']:.0f}x (MSE {r['forward_mse']:.1e}/"
+                         f"{r['backward_mse']:.1e})")
+            print(f"  {name:8s} forward {r['forward_ms']:9.1f} ms  backward "
+                  f"{r['backward_ms']:9.1f} ms" + extra)
 
-    cl = results["classification_224"] = bench_classification(args.repeat, rng)
-    print(f"\nVGG19 classification forward 224x224 ({cl['gflop']:.1f} GFLOP): lab img2col "
-          f"{cl['lab_img2col_s']:.3f} s, auto {cl['auto_s']:.3f} s; GEMM limit "
-          f"{cl['gemm_limit_s']:.3f} s at {cl['gemm_gflops']:.0f} GFLOP/s -> "
-          f"{cl['ratio_auto']:.2f}x")
+    cl = results["classification_224"] = bench_classification(args.repeat, rng, lim, torch)
+    print(f"\nVGG19 classification forward 224x224 ({cl['gflop']:.1f} GFLOP executed): lab "
+          f"img2col {cl['lab_img2col_s']:.3f} s, tuned {fmt_spread(cl['alternated']['ours'])};"
+          f" bound {cl['limit_s']:.3f} s -> {cl['ratio_limit']:.2f}x, roofline "
+          f"{cl['roofline_s']:.3f} s -> {cl['ratio_roofline']:.2f}x" + fmt_torch(cl.get("torch"), "s"))
 
-    sizes = [(192, 320), (224, 224)] + ([] if args.quick else [(512, 512)])
+    sizes = [(224, 224)] + ([] if args.quick else [(192, 320), (512, 512)])
     results["style_step"] = []
-    print("\nStyle-transfer step (forward to relu5_1, 6 losses, one backward, Adam), auto:")
+    print("\nStyle-transfer step (forward to relu5_1, 6 losses, one backward, Adam; the exp 3.3 "
+          "driver's default path), median (min-max):")
     for h, w in sizes:
-        r = bench_style_step(h, w, args.repeat if h * w < 512 * 512 else 3, rng)
-        torch_r = bench_torch_step(h, w, args.repeat)
-        if torch_r:
-            r["torch"] = torch_r
+        r = bench_style_step(h, w, args.repeat if h * w < 512 * 512 else max(3, args.repeat // 2),
+                             lim, torch)
         results["style_step"].append(r)
-        extra = (f"; PyTorch {torch_r['version']}: {torch_r['step_s']:.3f} s "
-                 f"({r['step_s'] / torch_r['step_s']:.2f}x)" if torch_r else "")
-        print(f"  {r['size']:>8s}: {r['step_s']:.3f} s/step, {r['gflop']:.0f} GFLOP, GEMM limit "
-              f"{r['gemm_limit_s']:.3f} s at {r['gemm_gflops']:.0f} GFLOP/s -> "
-              f"{r['ratio']:.2f}x (at the best-shape rate {r['gemm_peak_gflops']:.0f} GFLOP/s: "
-              f"{r['ratio_at_peak']:.2f}x){extra}")
+        print(f"  {r['size']:>8s}: {fmt_spread(r['step'])}; executes {r['gflop']:.0f} GFLOP, "
+              f"moves {r['gbytes']:.1f} GB; bound {r['limit_s']:.3f} s (compute "
+              f"{r['compute_s']:.3f}, compulsory memory {r['min_memory_s']:.3f}) -> "
+              f"{r['ratio_limit']:.2f}x; roofline of its passes {r['roofline_s']:.3f} s -> "
+              f"{r['ratio_roofline']:.2f}x" + fmt_torch(r.get("torch"), "step_s"))
+    big = results["style_step"][-1]
+    stages = sorted(big["stages_s"].items(), key=lambda kv: -kv[1])
+    print(f"  where a {big['size']} step goes (one step, ms): "
+          + ", ".join(f"{k} {v * 1e3:.0f}" for k, v in stages[:12]))
     if not args.quick:
         peak = results["peak_memory_512_bytes"] = bench_peak_memory(512, 512)
         print(f"\nPeak memory of a 512x512 style-transfer run (3 steps): {peak / 2**30:.2f} GiB")
     results["seconds"] = time.time() - t0
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
+    tmp = args.json + ".tmp"
+    with open(tmp, "w") as f:
         json.dump(results, f, indent=1)
+    os.replace(tmp, args.json)
     print(f"\n{results['seconds']:.0f} s; results written to {args.json}")
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from labkit.engine import perf
-from labkit.engine.attach import EngineConvolution, EngineMaxPooling, tune, untune
+from labkit.engine.attach import (EngineConvolution, EngineMaxPooling, FusedReLU, tune,
+                                  untune)
 from labkit.runtime.gradcheck import assert_close, check_vjp
 from labkit.runtime.images import make_demo_image, preprocess
 from labkit.runtime.transfer import Objective
@@ -81,10 +82,12 @@ def test_tuned_classifier_matches_the_students_layers(mat_files, demo_image):
     want = vgg.forward().copy()
     own = dict(vgg.layers)
     run = tune(vgg)
-    assert run.swapped == 16 + 5
+    assert run.swapped == 16 * 2 + 5          # conv + ReLU pairs fused, pools
     assert all(isinstance(vgg.layers[f"conv{i}_1"], EngineConvolution) for i in range(1, 6))
+    assert all(vgg.layers[f"conv{i}_1"].relu for i in range(1, 6))
+    assert isinstance(vgg.layers["relu1_1"], FusedReLU)
     assert isinstance(vgg.layers["pool1"], EngineMaxPooling)
-    assert vgg.layers["fc6"] is own["fc6"] and vgg.layers["relu1_1"] is own["relu1_1"]
+    assert vgg.layers["fc6"] is own["fc6"] and vgg.layers["relu6"] is own["relu6"]
     with run.context():
         got = vgg.forward()
     assert_close("tuned probabilities", got, want, 1e-9)
@@ -99,28 +102,67 @@ def test_tune_before_load_is_refused(mat_files):
         tune(vgg)
 
 
-def test_tuned_style_gradient_matches_the_students_layers(tiny_mat):
+@pytest.mark.parametrize("content_layer,fuse", [("relu4_2", True), ("conv4_2", True),
+                                                ("relu4_2", False)], ids=str)
+def test_tuned_style_gradient_matches_the_students_layers(tiny_mat, content_layer, fuse):
+    """Every engine path (fused conv + ReLU, a loss on a conv output kept unfused, no fusion)
+    gives the student's loss and image gradient (float64, 1e-9)."""
+    styles = {n: 1.0 for n in ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")}
+
     def objective(tuned):
         vgg = StyleVGG19(tiny_mat, dtype=np.float64)
         vgg.build_model(last_layer="relu5_1")
         vgg.init_model()
         vgg.load_model()
-        run = tune(vgg, need_param_grad=False) if tuned else None
+        run = (tune(vgg, need_param_grad=False, fuse_relu=fuse, keep=[content_layer, *styles])
+               if tuned else None)
         content = preprocess(make_demo_image(32, 48, seed=0), vgg.mean_pixel, 32, 48)
         style = preprocess(make_demo_image(32, 48, seed=7), vgg.mean_pixel, 32, 48)
-        styles = {n: 1.0 for n in ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")}
-        obj = Objective(vgg, content, style, "relu4_2", styles,
+        obj = Objective(vgg, content, style, content_layer, styles,
                         parallel_map=run.parallel_map if run else None)
         return obj, content, run
     lab, content, _ = objective(False)
     tuned, _, run = objective(True)
+    layers = tuned.vgg.layers
+    assert layers["conv4_2"].relu is (fuse and content_layer != "conv4_2")
+    assert layers["conv1_1"].relu is fuse
     image = content + 3.0
     want_total, want_grad, _ = lab(image)
     with run.context():
         total, grad, _ = tuned(image)
     assert total == pytest.approx(want_total, rel=1e-10)
     assert_close("tuned image gradient", grad, want_grad, 1e-9)
-    assert all(not hasattr(layer, "d_weight") for layer in tuned.vgg.layers.values())
+    assert all(not hasattr(layer, "d_weight") for layer in layers.values())
+
+
+@pytest.mark.parametrize("method", ["img2col", "winograd", "winograd4", "fft"])
+def test_fused_conv_relu_gradient_check(rng, method):
+    """conv + ReLU in one layer: float64 central differences with a random upstream gradient
+    (check_vjp), and it equals the student's ReLU after the engine's plain convolution."""
+    from stu_upload.layer_1 import ReLULayer
+    w, b = rng.standard_normal((4, 3, 3, 5)), rng.standard_normal(5)
+    x = rng.standard_normal((1, 4, 9, 7))
+    fused = EngineConvolution(3, 4, 5, 1, 1, w, b, method, need_param_grad=True, relu=True)
+    check_vjp("bottom_diff", fused.forward, fused.backward, x, threshold=1e-7,
+              context=f"EngineConvolution({method}, relu=True)")
+    plain, relu = EngineConvolution(3, 4, 5, 1, 1, w, b, method), ReLULayer()
+    dy = rng.standard_normal((1, 5, 9, 7))
+    assert_close("fused forward", fused.forward(x), relu.forward(plain.forward(x)), 1e-12)
+    assert_close("fused backward", fused.backward(dy), plain.backward(relu.backward(dy)), 1e-12)
+    assert_close("fused weight gradient", fused.d_weight, plain.d_weight, 1e-12)
+
+
+def test_fused_conv_relu_negative_control(rng):
+    """Without the mask in the backward (the ReLU forgotten), the comparison must fail."""
+    w, b = rng.standard_normal((4, 3, 3, 5)), rng.standard_normal(5)
+    x = rng.standard_normal((1, 4, 9, 7))
+    fused = EngineConvolution(3, 4, 5, 1, 1, w, b, "winograd4", relu=True)
+    plain = EngineConvolution(3, 4, 5, 1, 1, w, b, "winograd4")
+    dy = rng.standard_normal((1, 5, 9, 7))
+    fused.forward(x)
+    plain.forward(x)
+    with pytest.raises(AssertionError):
+        assert_close("fused backward", fused.backward(dy), plain.backward(dy), 1e-9)
 
 
 def test_runtime_never_imports_engine_or_staff():

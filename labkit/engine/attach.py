@@ -6,6 +6,9 @@ feature network: anything with a ``layers`` dict) and swaps in layers with the s
 
 * each ``ConvolutionalLayer`` becomes an ``EngineConvolution`` holding the same weight and
   bias (``ConvEngine``: tuned img2col, Winograd F(2x2)/F(4x4) or FFT, picked per shape);
+* a ``ConvolutionalLayer`` followed by a ``ReLULayer`` becomes one conv + ReLU layer
+  (``relu=True``: the maximum taken in the convolution's output stage, the mask applied in
+  its backward's padding copy) and the ReLU a pass-through ``FusedReLU``;
 * each ``MaxPoolingLayer`` becomes an ``EngineMaxPooling`` (the same maths, split over the
   engine's threads by channels).
 
@@ -27,16 +30,20 @@ class EngineConvolution:
 
     weight [Cin, K, K, Cout], bias [Cout]; input (N, Cin, H, W) -> (N, Cout, Ho, Wo).
     ``need_param_grad = False``: backward computes only the input gradient (style transfer).
+    ``relu = True``: the layer is conv + ReLU: forward returns max(y, 0) (applied while each
+    output-channel range is in cache) and keeps it; backward takes dL/d(max(y, 0)) and masks
+    it inside the padding copy that its input gradient makes anyway.
     """
 
     def __init__(self, kernel_size, channel_in, channel_out, padding, stride, weight, bias,
-                 method="auto", need_param_grad=True):
+                 method="auto", need_param_grad=True, relu=False):
         if method not in METHODS:
             raise ValueError(f"EngineConvolution: method must be one of {METHODS}, "
                              f"got {method!r}.")
         self.kernel_size, self.channel_in, self.channel_out = kernel_size, channel_in, channel_out
         self.padding, self.stride, self.method = padding, stride, method
-        self.need_param_grad = need_param_grad
+        self.need_param_grad, self.relu = need_param_grad, bool(relu)
+        self.output = None
         self.weight = np.asarray(weight)
         self.bias = np.asarray(bias).reshape(-1)
         self._engines = {}              # dtype -> ConvEngine with the weights in that dtype
@@ -44,7 +51,7 @@ class EngineConvolution:
         self.forward_time = self.backward_time = 0.0
 
     @classmethod
-    def like(cls, layer, method="auto", need_param_grad=None):
+    def like(cls, layer, method="auto", need_param_grad=None, relu=False):
         """The engine twin of a lab ``ConvolutionalLayer`` (its current weight and bias)."""
         if getattr(layer, "weight", None) is None:
             raise ValueError(f"{type(layer).__name__} has no weights yet: tune the network "
@@ -54,7 +61,7 @@ class EngineConvolution:
             need_param_grad = getattr(layer, "need_param_grad", True)
         cin, k, _, cout = weight.shape
         return cls(k, cin, cout, int(layer.padding), int(layer.stride), weight, layer.bias,
-                   method, need_param_grad)
+                   method, need_param_grad, relu)
 
     def _engine(self, dtype):
         engine = self._engines.get(dtype)
@@ -72,7 +79,8 @@ class EngineConvolution:
         # keep the input only when the parameter gradients need it (frees activations early)
         self.input = input if self.need_param_grad else None
         self.input_meta = (input.shape, input.dtype)
-        output = self._engine(input.dtype).forward(input)
+        output = self._engine(input.dtype).forward(input, relu=self.relu)
+        self.output = output if self.relu else None
         self.forward_time = time.time() - start
         return output
 
@@ -83,7 +91,12 @@ class EngineConvolution:
         shape, dtype = self.input_meta
         top_diff = np.asarray(top_diff, dtype=dtype)
         engine = self._engine(dtype)
-        bottom_diff = engine.input_grad(top_diff, shape)
+        if self.relu:
+            bottom_diff = engine.input_grad(top_diff, shape, mask=self.output)
+            if self.need_param_grad:
+                top_diff = top_diff * (self.output > 0)
+        else:
+            bottom_diff = engine.input_grad(top_diff, shape)
         if self.need_param_grad:
             self.d_weight, self.d_bias = engine.param_grad(self.input, top_diff)
         self.backward_time = time.time() - start
@@ -104,6 +117,26 @@ class EngineConvolution:
 
     def get_backward_time(self):
         return self.backward_time
+
+
+class FusedReLU:
+    """Stands in for a ReLU whose work the convolution before it does (``relu=True``): forward
+    and backward pass their argument through (the values are already max(y, 0); the mask is
+    applied by the convolution's backward)."""
+
+    forward_time = backward_time = 0.0
+
+    def forward(self, input):
+        return input
+
+    def backward(self, top_diff):
+        return top_diff
+
+    def get_forward_time(self):
+        return 0.0
+
+    def get_backward_time(self):
+        return 0.0
 
 
 # ------------------------------------------------------------------------------ pooling
@@ -208,21 +241,36 @@ class TunedRun:
         return [f.result() for f in futures]
 
 
-def tune(vgg, method="auto", need_param_grad=None, pooling=True):
+def _is_relu(layer):
+    return type(layer).__name__ == "ReLULayer"
+
+
+def tune(vgg, method="auto", need_param_grad=None, pooling=True, fuse_relu=True, keep=()):
     """Swap engine layers into ``vgg.layers`` (after ``load_model()``); returns a TunedRun.
 
     ``need_param_grad``: None keeps each layer's own setting (True when it has none);
     False for a feature network whose weights are fixed (exp 3.3).
+    ``fuse_relu``: a convolution followed by a ReLU becomes one conv + ReLU layer and the
+    ReLU a ``FusedReLU`` (pass-through), unless the convolution's name is in ``keep`` (the
+    layers whose outputs are read, e.g. a loss on conv4_2: its output must stay max-free).
     """
     layers = getattr(vgg, "layers", None)
     if not isinstance(layers, dict) or not layers:
         raise ValueError("tune: the network has no layers dict; call build_model() and "
                          "load_model() first.")
     originals = vgg.__dict__.setdefault("_untuned_layers", {})
+    keep = set(keep)
+    names = list(layers)
     swapped = 0
-    for name, layer in list(layers.items()):
+    for i, (name, layer) in enumerate(list(layers.items())):
         if _is_conv(layer):
-            layers[name] = EngineConvolution.like(layer, method, need_param_grad)
+            nxt = layers[names[i + 1]] if i + 1 < len(names) else None
+            fuse = fuse_relu and name not in keep and nxt is not None and _is_relu(nxt)
+            layers[name] = EngineConvolution.like(layer, method, need_param_grad, relu=fuse)
+            if fuse:
+                originals.setdefault(names[i + 1], nxt)
+                layers[names[i + 1]] = FusedReLU()
+                swapped += 1
         elif pooling and _is_maxpool(layer):
             layers[name] = EngineMaxPooling(layer.kernel_size, layer.stride)
         else:

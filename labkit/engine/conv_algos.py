@@ -39,10 +39,13 @@ def _out_size(h, k, pad, stride):
     return ho
 
 
-def pad_into(x, pad, extra_h=0, extra_w=0, pool=None):
+def pad_into(x, pad, extra_h=0, extra_w=0, pool=None, mask=None):
     """x (N,C,H,W) zero-padded by ``pad`` (plus extra rows/columns at the bottom/right),
-    copied channel range by channel range (in parallel with a pool)."""
-    if pad == 0 and extra_h == 0 and extra_w == 0:
+    copied channel range by channel range (in parallel with a pool).
+
+    ``mask`` (like x, optional): copy x * (mask > 0) instead of x: a ReLU's backward
+    (mask = the ReLU's output) done by the copy that padding makes anyway."""
+    if pad == 0 and extra_h == 0 and extra_w == 0 and mask is None:
         return x
     n, c, h, wd = x.shape
     xp = np.empty((n, c, h + 2 * pad + extra_h, wd + 2 * pad + extra_w), dtype=x.dtype)
@@ -53,7 +56,10 @@ def pad_into(x, pad, extra_h=0, extra_w=0, pool=None):
         part[:, :, pad + h:] = 0
         part[:, :, pad:pad + h, :pad] = 0
         part[:, :, pad:pad + h, pad + wd:] = 0
-        part[:, :, pad:pad + h, pad:pad + wd] = x[:, c0:c1]
+        if mask is None:
+            part[:, :, pad:pad + h, pad:pad + wd] = x[:, c0:c1]
+        else:
+            np.multiply(x[:, c0:c1], mask[:, c0:c1] > 0, out=part[:, :, pad:pad + h, pad:pad + wd])
     run_split(pool, fill, c)
     return xp
 
@@ -127,10 +133,10 @@ def im2col(x, k, pad, stride):
     return cols.reshape(n, c * k * k, ho * wo), ho, wo
 
 
-def conv2d_img2col(x, w, b, pad, stride=1, pool=None):
+def conv2d_img2col(x, w, b, pad, stride=1, pool=None, relu=False):
     """img2col + one GEMM.  x (N,Cin,H,W), w (Cin,K,K,Cout) -> y (N,Cout,Ho,Wo).
 
-    y[n] = w.reshape(Cin*K*K, Cout).T @ cols[n]  (Cout, Ho*Wo).
+    y[n] = w.reshape(Cin*K*K, Cout).T @ cols[n]  (Cout, Ho*Wo); ``relu``: max(y, 0) too.
     With a pool (``labkit.engine.perf``), output-channel ranges run in parallel."""
     cin, k, _, cout = w.shape
     cols, ho, wo = im2col(x, k, pad, stride)
@@ -141,6 +147,8 @@ def conv2d_img2col(x, w, b, pad, stride=1, pool=None):
         np.matmul(wm[o0:o1], cols, out=y[:, o0:o1])
         if b is not None:
             y[:, o0:o1] += b[o0:o1].astype(x.dtype, copy=False).reshape(-1, 1)
+        if relu:            # while this range is still in cache
+            np.maximum(y[:, o0:o1], 0, out=y[:, o0:o1])
     run_split(pool, rows, cout)
     return y.reshape(x.shape[0], cout, ho, wo)
 
@@ -262,9 +270,11 @@ def winograd_filter_transform(w, m=2, dtype=None):
     return np.ascontiguousarray(u.reshape(a * a, cout, cin), dtype=dtype or w.dtype)
 
 
-def _winograd(x, w, b, pad, m, U, pool=None, out=None):
+def _winograd(x, w, b, pad, m, U, pool=None, out=None, relu=False, mask=None):
     """Winograd F(m x m, 3x3); ``out`` (optional): an (N, Cout, Ho, Wo) array (or a view, such
-    as a band of rows of a larger output) to write the result into."""
+    as a band of rows of a larger output) to write the result into. ``relu``: the output is
+    max(y, 0) (applied per output-channel range while it is in cache); ``mask`` (like x):
+    convolve x * (mask > 0) (a ReLU's backward, fused into the padding copy)."""
     n, c, h, wd = x.shape
     a = m + 2
     if U is None:
@@ -276,7 +286,7 @@ def _winograd(x, w, b, pad, m, U, pool=None, out=None):
     ho, wo = _out_size(h, 3, pad, 1), _out_size(wd, 3, pad, 1)
     th, tw = -(-ho // m), -(-wo // m)                      # tiles per column / row
     tiles = th * tw
-    xp = pad_into(x, pad, th * m - ho, tw * m - wo, pool)  # (N, C, th*m+2, tw*m+2)
+    xp = pad_into(x, pad, th * m - ho, tw * m - wo, pool, mask)  # (N, C, th*m+2, tw*m+2)
     KB, KA = _winograd_kron(m, x.dtype)
     T = np.empty((a, a, n, c, th, tw), dtype=x.dtype)     # T[i,j,n,c,ti,tj]: the tiles
     V = np.empty((a * a, n, c, tiles), dtype=x.dtype)     # their transforms B^T d B
@@ -308,6 +318,8 @@ def _winograd(x, w, b, pad, m, U, pool=None, out=None):
             np.copyto(y[i, o0:o1], Y.reshape(m, m, o1 - o0, th, tw).transpose(2, 3, 0, 4, 1))
             if b is not None:
                 y[i, o0:o1] += b[o0:o1].astype(x.dtype, copy=False).reshape(-1, 1, 1, 1, 1)
+            if relu:
+                np.maximum(y[i, o0:o1], 0, out=y[i, o0:o1])
 
     run_split(pool, input_stage, c)        # with a pool: channel ranges in parallel,
     run_split(pool, output_stage, cout)    # then output-channel ranges

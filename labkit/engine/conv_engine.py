@@ -17,7 +17,7 @@ auto           the fastest for the shape, from ``choose_method`` (measured table
 import numpy as np
 
 from labkit.engine import conv_algos as algos
-from labkit.engine.perf import active_pool
+from labkit.engine.perf import active_pool, by_channels
 
 METHODS = ("img2col", "winograd", "winograd4", "fft", "auto")
 
@@ -35,6 +35,19 @@ def choose_method(kernel_size, stride, channel_in, channel_out, height, width):
     if height * width <= 16 * 16:
         return "winograd"
     return "winograd4"
+
+
+def masked(dy, mask):
+    """dy * (mask > 0): a ReLU's backward (mask = its output), by channel ranges."""
+    out = np.empty_like(dy)
+    by_channels(lambda ch: np.multiply(dy[:, ch], mask[:, ch] > 0, out=out[:, ch]), dy.shape[1])
+    return out
+
+
+def relu_inplace(y):
+    """y = max(y, 0) in place, by channel ranges."""
+    by_channels(lambda ch: np.maximum(y[:, ch], 0, out=y[:, ch]), y.shape[1])
+    return y
 
 
 BAND_BYTES = 8 << 20     # Winograd tiles of one row band: bands only on the largest maps
@@ -71,19 +84,26 @@ class ConvEngine:
             value = self._cache[key] = make()
         return value
 
-    def _conv(self, x, w_key, w, bias, pad, method):
-        """x (N, C, H, W) convolved with w [C, K, K, C'] (stride self.stride if img2col)."""
+    def _conv(self, x, w_key, w, bias, pad, method, relu=False, mask=None):
+        """x (N, C, H, W) convolved with w() [C, K, K, C'] (stride self.stride if img2col);
+        ``w`` is a function, so that Winograd, whose transformed filter is cached, never
+        keeps (or recomputes) the filter itself.
+        ``relu``: return max(y, 0) (fused into the output stage); ``mask`` (like x):
+        convolve x * (mask > 0) instead (fused into the padding copy where there is one)."""
         dtype, pool = x.dtype, active_pool()
+        if mask is not None and (pad == 0 or method not in ("winograd", "winograd4")):
+            x, mask = masked(x, mask), None
         if method == "img2col":
-            return algos.conv2d_img2col(x, w, bias, pad, self.stride, pool)
+            return algos.conv2d_img2col(x, w(), bias, pad, self.stride, pool, relu)
         if method in ("winograd", "winograd4"):
             m = 2 if method == "winograd" else 4
             U = self._get((w_key, method, dtype),
-                          lambda: algos.winograd_filter_transform(w, m, dtype))
-            return self._winograd_bands(x, U, bias, pad, m, pool)
-        return algos.conv2d_fft(x, w.astype(dtype, copy=False), bias, pad)
+                          lambda: algos.winograd_filter_transform(w(), m, dtype))
+            return self._winograd_bands(x, U, bias, pad, m, pool, relu, mask)
+        y = algos.conv2d_fft(x, w().astype(dtype, copy=False), bias, pad)
+        return relu_inplace(y) if relu else y
 
-    def _winograd_bands(self, x, U, bias, pad, m, pool):
+    def _winograd_bands(self, x, U, bias, pad, m, pool, relu=False, mask=None):
         """Winograd over bands of output rows, so that each band's tiles (transformed
         input, products) stay in cache instead of streaming through memory."""
         n, c, h, wd = x.shape
@@ -94,32 +114,42 @@ class ConvEngine:
         band_bytes = max((m + 2) ** 2 * max(c, cout) * tiles_per_row * x.itemsize * n, 1)
         rows = max(1, BAND_BYTES // band_bytes) * m          # output rows per band
         if rows >= ho:
-            return algos._winograd(x, None, bias, pad, m, U, pool)
-        xp = algos.pad_into(x, pad, pool=pool)
+            return algos._winograd(x, None, bias, pad, m, U, pool, relu=relu, mask=mask)
+        xp = algos.pad_into(x, pad, pool=pool, mask=mask)
         y = np.empty((n, cout, ho, wo), dtype=x.dtype)
         for r0 in range(0, ho, rows):
             r1 = min(ho, r0 + rows)
-            algos._winograd(xp[:, :, r0:r1 + 2], None, bias, 0, m, U, pool, out=y[:, :, r0:r1])
+            algos._winograd(xp[:, :, r0:r1 + 2], None, bias, 0, m, U, pool, out=y[:, :, r0:r1],
+                            relu=relu)
         return y
 
     # -- the three things a layer needs ------------------------------------------------
-    def forward(self, x):
+    def forward(self, x, relu=False):
+        """y (N, Cout, Ho, Wo); ``relu``: max(y, 0), fused into the output stage."""
         method = self._method(x.shape, self.cin, self.cout)
-        return self._conv(x, "w", self.weight, self.bias, self.padding, method)
+        return self._conv(x, "w", lambda: self.weight, self.bias, self.padding, method, relu)
 
-    def input_grad(self, dy, x_shape):
-        """dL/dx (x_shape) from dy (N, Cout, Ho, Wo)."""
+    def input_grad(self, dy, x_shape, mask=None):
+        """dL/dx (x_shape) from dy (N, Cout, Ho, Wo). ``mask`` (like dy): back through a
+        ReLU first, i.e. use dy * (mask > 0) (mask = the ReLU's output)."""
         narrow = self.cin * self.k * self.k <= self.cout
         if self.stride != 1 or (self.method in ("auto", "img2col") and narrow):
             # GEMM + col2im (K*K shifted-slice adds): for stride > 1, and where the input is
             # narrow (conv1_1: 27 rows of dcols to add up instead of 576 rows of cols to copy)
+            if mask is not None:
+                dy = masked(dy, mask)
             return algos.conv2d_input_grad_img2col(dy, self.weight.astype(dy.dtype, copy=False),
                                                    self.padding, self.stride, x_shape,
                                                    active_pool())
         method = self._method(dy.shape, self.cout, self.cin)
-        wr = self._get(("rot", dy.dtype), lambda: algos.rotate_filter(self.weight))
-        return algos.full_conv_input_grad(lambda p: self._conv(dy, "rot", wr, None, p, method),
-                                          self.k, self.padding, x_shape)
+
+        def wr():       # the rotated filter: kept only where the method uses it directly
+            if method.startswith("winograd"):
+                return algos.rotate_filter(self.weight)
+            return self._get(("rot", dy.dtype), lambda: algos.rotate_filter(self.weight))
+        return algos.full_conv_input_grad(
+            lambda p: self._conv(dy, "rot", wr, None, p, method, mask=mask),
+            self.k, self.padding, x_shape)
 
     def param_grad(self, x, dy):
         """(dL/dweight [Cin, K, K, Cout], dL/dbias [Cout])."""
