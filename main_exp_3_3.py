@@ -528,7 +528,7 @@ def _main(argv, guard, hook=None):
         from labkit.engine.perf import reuse_large_allocations
         reuse_large_allocations()
         run = tune(vgg, method=args.conv, need_param_grad=False,
-                   keep=[args.content_layer, *style_weights])   # outputs the losses read
+                   keep=[args.content_layer, *args.style_weights])   # outputs the losses read
     mean = vgg.mean_pixel
 
     def make_objective(h, w):
