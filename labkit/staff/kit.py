@@ -46,6 +46,9 @@ KIT_LABKIT_INIT = ('''"""labkit: the support code of the lab (you do not edit it
 simulator. The course repository also has labkit.engine (a tuned convolution engine) and
 labkit.staff (grading); they are not part of the student kit."""
 ''')
+# root files that ship as they are: the legacy start-up hook and ``import pycnml`` for the
+# original drivers (PYTHONPATH at the kit root), the Chinese quick start
+KIT_ROOT_FILES = ("requirements.txt", "sitecustomize.py", "pycnml.py", "README.zh-CN.md")
 KIT_PYTEST_INI = "[pytest]\ntestpaths = tests\npythonpath = .\naddopts = -ra\n"
 
 BEGIN_RE = re.compile(r"^(?P<indent>[ \t]*)# === STUDENT BEGIN: (?P<task>[A-Za-z_][A-Za-z0-9_]*) ===[ \t]*$")
@@ -271,7 +274,7 @@ def write_kit(out, root=ROOT, force=False, check_import=True):
     with open(os.path.join(out, "labkit", "__init__.py"), "w", encoding="utf-8") as f:
         f.write(KIT_LABKIT_INIT)
     for name in sorted(os.listdir(root)):
-        if re.fullmatch(r"main_exp_.*\.py", name) or name == "requirements.txt":
+        if re.fullmatch(r"main_exp_.*\.py", name) or name in KIT_ROOT_FILES:
             _copy(os.path.join(root, name), os.path.join(out, name))
     with open(os.path.join(out, "pytest.ini"), "w", encoding="utf-8") as f:
         f.write(KIT_PYTEST_INI)

@@ -48,13 +48,15 @@ def _chain():
     here = os.path.dirname(os.path.abspath(__file__))
     saved = sys.path[:]
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
-    sys.modules.pop("sitecustomize", None)
+    own = sys.modules.pop("sitecustomize", None)
     try:
         import sitecustomize  # noqa: F401
     except ImportError:
         pass
     finally:
         sys.path[:] = saved
+        if own is not None:             # site.py looks this module up when we return
+            sys.modules["sitecustomize"] = own
 
 
 if __name__ == "sitecustomize":
