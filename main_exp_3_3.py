@@ -12,7 +12,9 @@ import time
 
 import numpy as np
 
-from labkit.runtime.cli import DEFAULT_WEIGHTS, UserError, run_main
+from labkit.runtime import vgg19_spec as spec
+from labkit.runtime.cli import (DEFAULT_WEIGHTS, NO_LEGACY_FLAG, NO_LEGACY_HELP, UserError,
+                                run_main)
 
 STYLE_DEFAULT = "relu1_1:1,relu2_1:1,relu3_1:1,relu4_1:1,relu5_1:1"
 ENGINE_METHODS = ["auto", "img2col", "winograd", "winograd4", "fft"]
@@ -27,6 +29,9 @@ def engine_available():
     return True
 
 
+FEATURE_LAYER_NAMES = spec.FILE_LAYER_NAMES[:37]      # conv1_1 ... pool5
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description="Exp 3.3: Gatys-style transfer on the CPU, pure NumPy. Defaults are the "
@@ -34,6 +39,7 @@ def parse_args(argv=None):
         "(run id = start time + seed), so runs never overwrite each other.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
+    a(NO_LEGACY_FLAG, action="store_true", help=NO_LEGACY_HELP)
     a("--weights", default=DEFAULT_WEIGHTS, help="MatConvNet imagenet-vgg-verydeep-19.mat")
     a("--content", help="content image (any format Pillow reads)")
     a("--style", help="style image (resized to the content's size)")
@@ -94,7 +100,6 @@ def parse_args(argv=None):
 
 def parse_style_layers(text):
     """'relu1_1:1,relu2_1:0.5' -> {'relu1_1': 1.0, 'relu2_1': 0.5}."""
-    from stu_upload.style_transfer import FEATURE_LAYER_NAMES
     weights = {}
     for item in filter(None, (s.strip() for s in text.split(","))):
         name, _, w = item.partition(":")
@@ -114,7 +119,8 @@ def parse_style_layers(text):
 
 def speed_test(seed=1234):
     """The original check: loops (type=0) vs img2col (type=1) on one 3x3, 256->256 conv."""
-    from stu_upload.layer_2 import ConvolutionalLayer
+    from labkit.runtime.student import stu
+    ConvolutionalLayer = stu.layer_2.ConvolutionalLayer
     rng = np.random.default_rng(seed)
     test_data = rng.random((1, 256, 24, 40))
     test_dloss = rng.random((1, 256, 24, 40))
@@ -190,7 +196,8 @@ def main(argv=None):
                         "weights and images).")
     from labkit.runtime.images import load_rgb, preprocess
     from labkit.runtime.transfer import Objective, deepest_layer
-    from stu_upload.style_transfer import FEATURE_LAYER_NAMES, VGG19, get_random_img
+    from labkit.runtime.student import stu
+    VGG19, get_random_img = stu.style_transfer.VGG19, stu.style_transfer.get_random_img
     style_weights = parse_style_layers(args.style_layers)
     if args.content_layer not in FEATURE_LAYER_NAMES:
         raise UserError(f"--content-layer: unknown layer '{args.content_layer}'.")
@@ -246,7 +253,7 @@ def run_and_save(args, vgg, objective, image, content_rgb, hook=None, context=No
 
     def save(img, name):
         path = f"{stem}_{name}.jpg"
-        rgb = vgg.save_image(img, img.shape, path)
+        rgb = vgg.save_image(img, (img.shape[2], img.shape[3], 3), path)
         if args.preserve_colors:
             from labkit.runtime.images import save_rgb
             save_rgb(preserve_colors(content_rgb, rgb), path)
