@@ -5,8 +5,13 @@ import sys
 import numpy as np
 import pytest
 
+from labkit.runtime import legacy
 from labkit.runtime.fixtures import write_vgg19_mat
 from labkit.runtime.images import make_demo_image, save_rgb
+
+# student code written for the original lab's NumPy/SciPy (np.float, scipy.misc.imread ...)
+# runs as it did; LABKIT_LEGACY=0 turns this off (labkit/runtime/legacy.py)
+legacy.install()
 
 # grading (--grade, --stu-dir, --hidden, ...; inactive otherwise): labkit/staff/grading.py,
 # in the course repository only (the student kit has no staff tools). When pytest took a

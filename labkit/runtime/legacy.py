@@ -129,7 +129,10 @@ class _PatchingLoader(importlib.abc.Loader):
         return self.loader.create_module(spec)
 
     def exec_module(self, module):
-        self.loader.exec_module(module)
+        import warnings
+        with warnings.catch_warnings():     # SciPy's "scipy.misc is deprecated": the shim
+            warnings.simplefilter("ignore", DeprecationWarning)     # is why it is imported
+            self.loader.exec_module(module)
         self.hook(module)
 
 

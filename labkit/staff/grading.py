@@ -208,6 +208,8 @@ class Grader:
             self.stu_pkg = find_stu_package(stu) if stu else os.path.join(self.root, PACKAGE)
         except ValueError as exc:
             raise pytest.UsageError(str(exc))
+        from labkit.runtime import legacy
+        legacy.install()        # before any student code: np.float, scipy.misc.imread ...
         if stu:
             self.init_error = install(self.stu_pkg)
             os.environ["LABKIT_STU_DIR"] = self.stu_pkg
