@@ -41,10 +41,14 @@ def test_get_top5_runs_forward_itself(net, full_fixture):
     calls = []
     forward = net.net.forward
     net.net.forward = lambda: (calls.append(1), forward())[1]
+    label = int(full_fixture["prob"].argmax())
     try:
-        result = net.get_top5(int(full_fixture["prob"].argmax()))
+        result = net.get_top5(label)
     finally:
         net.net.forward = forward
     assert calls, "get_top5(label) must run forward() itself (the original kit's protocol)"
+    out = np.asarray(net.net.getOutputData(), dtype=np.float64).ravel()
+    order = list(np.argsort(-out, kind="stable"))
     top1, top5 = result[-2:]      # the original returns (time, top1, top5)
-    assert bool(top1) and bool(top5)
+    assert (bool(top1), bool(top5)) == (order[0] == label, label in order[:5]), \
+        f"get_top5({label}) returned {result}, the net's output says top-1 {order[0]}"
