@@ -131,7 +131,7 @@ def course(tmp_path_factory):
     from labkit.runtime.calibrate import calibrate_vgg19
     root = tmp_path_factory.mktemp("course")
     mat = str(root / "imagenet-vgg-verydeep-19.mat")
-    write_vgg19_mat(mat, layout="legacy", width_div=32, num_classes=10, fc_width=32, seed=5)
+    write_vgg19_mat(mat, layout="legacy", width_div=64, num_classes=10, fc_width=16, seed=5)
     for name, seed, (h, w) in (("cat1.jpg", 11, (300, 400)), ("style.jpg", 7, (240, 320)),
                                ("weinisi.jpg", 3, (250, 330))):
         save_rgb(make_demo_image(h, w, seed=seed), str(root / name))
