@@ -12,7 +12,9 @@ import numpy as np
 
 from labkit.runtime import vgg19_spec as spec
 from labkit.runtime.cli import (DEFAULT_WEIGHTS, NO_LEGACY_FLAG, NO_LEGACY_HELP, UserError,
-                                download_weights, run_main)
+                                 check_output_dir, check_output_path,
+                                default_output_dir, download_weights, find_default, run_main)
+from labkit.runtime.npyfile import write_pool5
 
 
 def parse_args(argv=None):
@@ -63,18 +65,38 @@ def prepare_demo(folder):
     return write_demo_vgg19(folder), image
 
 
+def check_inputs(args):
+    """Every path the user gave, checked before the weights load (seconds) and the
+    inference (seconds to minutes): a bad one stops the run here with one message."""
+    from labkit.runtime.images import load_rgb
+    from labkit.runtime.matfile import WeightsFileError, missing_file_message
+    from labkit.runtime.npyfile import read_pool5
+    if not args.image:
+        raise UserError("no image given: pass --image PATH (or --demo to run without weights).")
+    load_rgb(args.image)                    # missing, a folder, not an image: ImageLoadError
+    if os.path.normpath(args.weights) == os.path.normpath(DEFAULT_WEIGHTS):
+        args.weights = find_default(args.weights)
+    if os.path.isdir(args.weights):
+        raise WeightsFileError(f"--weights {args.weights} is a folder; pass the .mat file.")
+    if not os.path.exists(args.weights) and not args.download:
+        raise WeightsFileError(missing_file_message(args.weights))
+    reference = read_pool5(args.check_pool5) if args.check_pool5 else None
+    if args.dump_pool5:
+        check_output_path(args.dump_pool5, "--dump-pool5")
+    return reference
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.demo:
-        folder = os.path.join("output", "demo")
-        os.makedirs(folder, exist_ok=True)
+        folder = os.path.join(default_output_dir(), "demo")
+        check_output_dir(folder, "--demo")
         args.weights, demo_image = prepare_demo(folder)
         args.image = args.image or demo_image
         print("DEMO: random-weight VGG19 (real layout, channel widths / 8) on a synthetic "
               "image; the class names are placeholders.\n"
               f"      files in {folder}")
-    if not args.image:
-        raise UserError("no image given: pass --image PATH (or --demo to run without weights).")
+    reference = check_inputs(args)
     if not os.path.exists(args.weights) and args.download:
         download_weights(args.weights)
     from labkit.runtime.student import stu
@@ -86,6 +108,11 @@ def main(argv=None):
     vgg.load_model()
     print(f"Weights: {args.weights} ({vgg.file.layout} layout, {vgg.file.num_classes} classes)")
     vgg.load_image(args.image)
+    pool5_shape = (1, vgg.file.layer("conv5_4").weight.shape[3], spec.POOL5_SIZE,
+                   spec.POOL5_SIZE)
+    if reference is not None and reference.shape != pool5_shape:
+        raise UserError(f"--check-pool5: {args.check_pool5} has shape {reference.shape}, this "
+                        f"network's pool5 is {pool5_shape}: it was made with other weights.")
     if args.layers == "tuned":      # the engine's layers, holding the same weights
         from labkit.engine.attach import tune
         from labkit.engine.perf import reuse_large_allocations
@@ -94,19 +121,17 @@ def main(argv=None):
             vgg.forward()
     else:
         vgg.forward()
+    if not np.all(np.isfinite(vgg.prob)):
+        raise UserError(f"the network's output is NaN or infinite for {args.image} with "
+                        f"{args.weights}; the weights or the image are not what VGG19 expects "
+                        f"(try --dtype float64 to rule out float32 overflow).")
     vgg.evaluate(args.top_k)
     print(f"Inference time ({args.layers} layers, {args.dtype}): {vgg.inference_time:.3f} s")
     if args.dump_pool5:
-        np.save(args.dump_pool5, vgg.pool5)
-        print(f"pool5 saved to {args.dump_pool5}")
-    if args.check_pool5:
-        if not os.path.exists(args.check_pool5):
-            raise UserError(f"pool5 reference not found: {args.check_pool5}")
-        ref = np.load(args.check_pool5)
-        if ref.shape != vgg.pool5.shape:
-            raise UserError(f"pool5 reference has shape {ref.shape}, this network's pool5 is "
-                            f"{vgg.pool5.shape}: it was made with other weights.")
-        mse = float(np.mean((ref.astype(np.float64) - vgg.pool5) ** 2))
+        written = write_pool5(args.dump_pool5, vgg.pool5)
+        print(f"pool5 saved to {written}")
+    if reference is not None:
+        mse = float(np.mean((reference - vgg.pool5) ** 2))
         ok = mse < 0.003
         print(f"pool5 check: MSE = {mse:.6g} ({'PASS' if ok else 'FAIL'}, threshold 0.003)")
         if not ok:

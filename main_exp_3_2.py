@@ -15,11 +15,12 @@ import time
 
 import numpy as np
 
-from labkit.runtime.calibrate import DEFAULT_QUANT, calibrate_vgg19, demo_images
+from labkit.runtime.calibrate import DEFAULT_QUANT, calibrate_vgg19, demo_images, read_quant_pairs
 from labkit.runtime.cli import (DEFAULT_WEIGHTS, NO_LEGACY_FLAG, NO_LEGACY_HELP, UserError,
-                                run_main)
+                                check_output_dir, default_output_dir,
+                                find_default, run_main)
 
-DEMO_FOLDER = os.path.join("output", "demo_dlp")
+DEMO_FOLDER = os.path.join(default_output_dir(), "demo_dlp")
 
 
 def parse_args(argv=None):
@@ -69,6 +70,63 @@ def prepare_demo(folder=DEMO_FOLDER):
     return weights, image, quant
 
 
+def read_file_list(path):
+    """``FILE_LIST`` -> [(image path, label)]: lines "image_path label" (blank lines and
+    ``#`` comments skipped; paths relative to the list's folder unless found from the
+    current one). Every image must exist; raises UserError naming the line."""
+    if not os.path.isfile(path):
+        what = "is a folder" if os.path.isdir(path) else "not found"
+        raise UserError(f"--evaluate: file list {path} {what} (a text file of lines "
+                        f"'image_path label').")
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (UnicodeDecodeError, OSError) as exc:
+        raise UserError(f"--evaluate: cannot read {path} as a text file ({exc}); it must hold "
+                        f"lines 'image_path label'.") from None
+    base = os.path.dirname(os.path.abspath(path))
+    entries = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            raise UserError(f"--evaluate: {path} line {number}: {line.strip()!r} is not "
+                            f"'image_path label' (label a class index >= 0).")
+        image = parts[0]
+        if not os.path.isabs(image) and not os.path.exists(image):
+            image = os.path.join(base, image)
+        if not os.path.isfile(image):
+            raise UserError(f"--evaluate: {path} line {number}: image {parts[0]} not found "
+                            f"(looked for {os.path.abspath(parts[0])} and {image}).")
+        entries.append((image, int(parts[1])))
+    if not entries:
+        raise UserError(f"--evaluate: {path} lists no images (lines 'image_path label').")
+    return entries
+
+
+def check_inputs(args):
+    """Every path the user gave, checked before the weights load and the runs."""
+    from labkit.runtime.images import load_rgb
+    from labkit.runtime.matfile import WeightsFileError, missing_file_message
+    if not args.image and not args.evaluate:
+        raise UserError("no image given: pass --image PATH or --evaluate FILE_LIST "
+                        "(or --demo to run without weights).")
+    if args.image:
+        load_rgb(args.image)
+    if args.evaluate:
+        read_file_list(args.evaluate)
+    if os.path.normpath(args.weights) == os.path.normpath(DEFAULT_WEIGHTS):
+        args.weights = find_default(args.weights)
+    if os.path.isdir(args.weights):
+        raise WeightsFileError(f"--weights {args.weights} is a folder; pass the .mat file.")
+    if not os.path.exists(args.weights):
+        raise WeightsFileError(missing_file_message(args.weights))
+    if os.path.normpath(args.quant) == os.path.normpath(DEFAULT_QUANT):
+        args.quant = find_default(args.quant)
+    read_quant_pairs(args.quant, args.weights)
+
+
 def compare_with_cpu(vgg, image, k):
     """Run the float CPU VGG19 on ``image``; print and return the agreement numbers."""
     from labkit.runtime.student import stu
@@ -99,16 +157,13 @@ def compare_with_cpu(vgg, image, k):
 def main(argv=None):
     args = parse_args(argv)
     if args.demo:
+        check_output_dir(DEMO_FOLDER, "--demo")
         args.weights, demo_image, args.quant = prepare_demo()
         args.image = args.image or demo_image
         print("DEMO: random-weight VGG19 (real layout, channel widths / 8, 1000 placeholder "
               "classes) on a synthetic image, quantisation calibrated on synthetic images.\n"
               f"      files in {DEMO_FOLDER}")
-    if not args.image and not args.evaluate:
-        raise UserError("no image given: pass --image PATH or --evaluate FILE_LIST "
-                        "(or --demo to run without weights).")
-    if args.evaluate and not os.path.isfile(args.evaluate):
-        raise UserError(f"file list not found: {args.evaluate} (lines 'image_path label').")
+    check_inputs(args)
     from labkit.runtime.student import stu
     demo = stu.vgg19_demo.module
     VGG19 = demo.VGG19
@@ -127,6 +182,9 @@ def main(argv=None):
         times = []
         for run in range(1, args.runs + 1):
             vgg.forward()
+            if not np.all(np.isfinite(vgg.prob)):
+                raise UserError(f"the network's output is NaN or infinite for {args.image} "
+                                f"with {args.weights} and {args.quant}; check both files.")
             times.append(vgg.inference_time)
             idx, name, p = vgg.top_k(1)[0]
             print(f"run {run}/{args.runs}: top-1 class {idx} ({name}), prob {p:.6f}")

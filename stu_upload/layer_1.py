@@ -1,12 +1,15 @@
 """Exp 3.1 / 3.3, part 1: fully connected, ReLU and softmax-loss layers.
 
 Shapes: a batch is ``(N, D)``; the fully connected weight is ``[D_in, D_out]`` and its bias
-``[1, D_out]`` (the original kit's layout). Every layer keeps the dtype it is given: float32
-for speed, float64 for gradient checks.
+``[1, D_out]`` (the original kit's layout). Every layer keeps the floating dtype it is given:
+float32 for speed, float64 for gradient checks; integer input (a uint8 image) is converted to
+float64. Constructor sizes must be whole positive numbers; every backward checks that
+``top_diff`` has the shape of forward's output.
 """
 import numpy as np
 
-from stu_upload._base import check_param_shape, need
+from stu_upload._base import (as_float, check_labels, check_param_shape, check_top_diff, need,
+                             whole_positive)
 
 
 class FullyConnectedLayer:
@@ -16,8 +19,8 @@ class FullyConnectedLayer:
     """
 
     def __init__(self, num_input, num_output):
-        self.num_input = int(num_input)
-        self.num_output = int(num_output)
+        self.num_input = whole_positive("FullyConnectedLayer", "num_input", num_input)
+        self.num_output = whole_positive("FullyConnectedLayer", "num_output", num_output)
         self.input = None
         self.weight = None
         self.bias = None
@@ -29,7 +32,12 @@ class FullyConnectedLayer:
         self.bias = np.zeros([1, self.num_output])
 
     def forward(self, input):
-        """input (N, num_input) -> output (N, num_output) = input @ weight + bias."""
+        """input (N, num_input) -> output (N, num_output) = input @ weight + bias.
+        Integer input is converted to float64."""
+        input = as_float(input, "FullyConnectedLayer.forward: input")
+        if input.ndim != 2 or input.shape[1] != self.num_input:
+            raise ValueError(f"FullyConnectedLayer.forward: input has shape {input.shape}, "
+                             f"expected (N, {self.num_input}).")
         self.input = input
         weight = self.weight.astype(input.dtype, copy=False)
         bias = self.bias.astype(input.dtype, copy=False)
@@ -42,6 +50,7 @@ class FullyConnectedLayer:
     def backward(self, top_diff):
         """top_diff (N, num_output) -> bottom_diff (N, num_input); sets d_weight, d_bias."""
         x = need(self, "input")
+        top_diff = check_top_diff(self, top_diff, (x.shape[0], self.num_output))
         weight = self.weight.astype(top_diff.dtype, copy=False)
         # === STUDENT BEGIN: fc_backward ===
         # hint: the gradients of Y = X W + b: d_weight [num_input, num_output],
@@ -75,12 +84,14 @@ class FullyConnectedLayer:
 
 
 class ReLULayer:
-    """Y = max(X, 0), any shape.  Cache: ``self.input`` (only its sign is used)."""
+    """Y = max(X, 0), any shape (integer input is converted to float64).
+    Cache: ``self.input`` (only its sign is used)."""
 
     def __init__(self):
         self.input = None
 
     def forward(self, input):
+        input = as_float(input, "ReLULayer.forward: input")
         self.input = input
         # === STUDENT BEGIN: relu_forward ===
         # hint: keep positive values, zero the rest
@@ -91,6 +102,7 @@ class ReLULayer:
     def backward(self, top_diff):
         """top_diff has the input's shape; the gradient passes where input > 0."""
         x = need(self, "input")
+        top_diff = check_top_diff(self, top_diff, x.shape)
         # === STUDENT BEGIN: relu_backward ===
         # hint: dL/dX = dL/dY where X > 0, else 0
         bottom_diff = top_diff * (x > 0)
@@ -101,7 +113,8 @@ class ReLULayer:
 class SoftmaxLossLayer:
     """Softmax over the last axis and the mean cross-entropy loss.
 
-    forward: (N, K) scores -> (N, K) probabilities.  get_loss(label) with label (N,) ints.
+    forward: (N, K) scores -> (N, K) probabilities (integer scores are converted to float64).
+    get_loss(label) with label (N,) class indices in [0, K) (checked).
     backward: (prob - onehot(label)) / N.  Cache: ``self.prob``, ``self.label_onehot``.
     """
 
@@ -110,6 +123,10 @@ class SoftmaxLossLayer:
         self.label_onehot = None
 
     def forward(self, input):
+        input = as_float(input, "SoftmaxLossLayer.forward: input")
+        if input.ndim != 2:
+            raise ValueError(f"SoftmaxLossLayer.forward: input has shape {input.shape}, "
+                             f"expected (N, K) scores.")
         # === STUDENT BEGIN: softmax_forward ===
         # hint: subtract the row maximum before exp so that exp never overflows
         shifted = input - np.max(input, axis=1, keepdims=True)
@@ -120,10 +137,7 @@ class SoftmaxLossLayer:
 
     def get_loss(self, label):
         prob = need(self, "prob")
-        label = np.asarray(label).reshape(-1)
-        if label.shape[0] != prob.shape[0]:
-            raise ValueError(f"SoftmaxLossLayer.get_loss: {label.shape[0]} labels for a batch "
-                             f"of {prob.shape[0]}; pass one class index per row.")
+        label = check_labels(self, label, prob.shape[0], prob.shape[1])
         self.batch_size = prob.shape[0]
         self.label_onehot = np.zeros_like(prob)
         self.label_onehot[np.arange(self.batch_size), label] = 1.0

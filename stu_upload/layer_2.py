@@ -12,13 +12,15 @@ Two ways to compute the same thing:
 
 The maths lives in small pure functions (``conv_output_size``, ``pad_nchw``, ``window_view``,
 ``img2col``, ``col2im``, ``maxpool_forward``, ``maxpool_backward``) tested on their own.
-Every layer keeps the dtype it is given.
+Every layer keeps the floating dtype it is given; integer input (a uint8 image) is converted
+to float64. Constructor sizes must be whole numbers (positive; padding >= 0); every backward
+checks that ``top_diff`` has the shape of forward's output.
 """
 import time
 
 import numpy as np
 
-from stu_upload._base import check_param_shape, need
+from stu_upload._base import as_float, check_param_shape, check_top_diff, need, whole_positive
 
 
 # ----------------------------------------------------------------------------- pure maths
@@ -44,9 +46,14 @@ def window_view(x, kernel_size, stride):
 
     No copy: ``view[n, c, h, w] is x[n, c, h*s:h*s+K, w*s:w*s+K]``.
     """
+    # === STUDENT BEGIN: window_view ===
+    # hint: numpy.lib.stride_tricks.sliding_window_view gives every K x K window of the two
+    # hint: spatial axes at stride 1; keep every s-th window along each
     windows = np.lib.stride_tricks.sliding_window_view(x, (kernel_size, kernel_size),
                                                        axis=(2, 3))
-    return windows[:, :, ::stride, ::stride]
+    windows = windows[:, :, ::stride, ::stride]
+    # === STUDENT END ===
+    return windows
 
 
 def img2col(x_pad, kernel_size, stride):
@@ -105,15 +112,12 @@ class ConvolutionalLayer:
     """
 
     def __init__(self, kernel_size, channel_in, channel_out, padding, stride, type=0):
-        self.kernel_size = int(kernel_size)
-        self.channel_in = int(channel_in)
-        self.channel_out = int(channel_out)
-        self.padding = int(padding)
-        self.stride = int(stride)
-        if min(self.kernel_size, self.channel_in, self.channel_out, self.stride) < 1 \
-                or self.padding < 0:
-            raise ValueError("ConvolutionalLayer: kernel_size, channel_in, channel_out and "
-                             "stride must be >= 1 and padding >= 0.")
+        who = "ConvolutionalLayer"
+        self.kernel_size = whole_positive(who, "kernel_size", kernel_size)
+        self.channel_in = whole_positive(who, "channel_in", channel_in)
+        self.channel_out = whole_positive(who, "channel_out", channel_out)
+        self.padding = whole_positive(who, "padding", padding, minimum=0)
+        self.stride = whole_positive(who, "stride", stride)
         self.type = type
         self.need_param_grad = True
         self.input = None
@@ -154,16 +158,22 @@ class ConvolutionalLayer:
         return self.weight.astype(dtype, copy=False), self.bias.astype(dtype, copy=False)
 
     def _check_input(self, x):
+        """(H_out, W_out) of a valid input (N, Cin, H, W); ValueError otherwise."""
         if x.ndim != 4 or x.shape[1] != self.channel_in:
             raise ValueError(f"ConvolutionalLayer: input has shape {x.shape}, expected "
                              f"(N, {self.channel_in}, H, W) in NCHW order.")
         return (conv_output_size(x.shape[2], self.kernel_size, self.padding, self.stride),
                 conv_output_size(x.shape[3], self.kernel_size, self.padding, self.stride))
 
+    def _output_shape(self, x):
+        """(N, Cout, H_out, W_out) for the input x: the shape top_diff must have."""
+        return (x.shape[0], self.channel_out) + self._check_input(x)
+
     # -- type 0: loops --------------------------------------------------------------------
     def forward_raw(self, input):
-        """Eq. 3.3 with four loops over (n, c_out, h, w)."""
+        """Eq. 3.3 with four loops over (n, c_out, h, w). Integer input becomes float64."""
         start = time.time()
+        input = as_float(input, "ConvolutionalLayer.forward: input")
         h_out, w_out = self._check_input(input)
         weight, bias = self._params(input.dtype)
         self.input = input
@@ -188,6 +198,7 @@ class ConvolutionalLayer:
         """Eqs. 3.5-3.6 with four loops: each output pixel sends its gradient back."""
         start = time.time()
         x = need(self, "input")
+        top_diff = check_top_diff(self, top_diff, self._output_shape(x))
         weight, _ = self._params(top_diff.dtype)
         x_pad = pad_nchw(x, self.padding)
         k, s, p = self.kernel_size, self.stride, self.padding
@@ -213,8 +224,10 @@ class ConvolutionalLayer:
 
     # -- type 1: img2col + GEMM -----------------------------------------------------------
     def forward_speedup(self, input):
-        """img2col then one matrix multiply: (N*Ho*Wo, Cin*K*K) @ (Cin*K*K, Cout)."""
+        """img2col then one matrix multiply: (N*Ho*Wo, Cin*K*K) @ (Cin*K*K, Cout).
+        Integer input becomes float64."""
         start = time.time()
+        input = as_float(input, "ConvolutionalLayer.forward: input")
         h_out, w_out = self._check_input(input)
         weight, bias = self._params(input.dtype)
         self.input = input
@@ -235,6 +248,7 @@ class ConvolutionalLayer:
         start = time.time()
         x = need(self, "input")
         cols = need(self, "cols")
+        top_diff = check_top_diff(self, top_diff, self._output_shape(x))
         weight, _ = self._params(top_diff.dtype)
         p = self.padding
         x_pad_shape = (x.shape[0], x.shape[1], x.shape[2] + 2 * p, x.shape[3] + 2 * p)
@@ -279,8 +293,8 @@ class MaxPoolingLayer:
     """
 
     def __init__(self, kernel_size, stride, type=0):
-        self.kernel_size = int(kernel_size)
-        self.stride = int(stride)
+        self.kernel_size = whole_positive("MaxPoolingLayer", "kernel_size", kernel_size)
+        self.stride = whole_positive("MaxPoolingLayer", "stride", stride)
         self.type = type
         self.input = None
         self.argmax = None
@@ -301,6 +315,7 @@ class MaxPoolingLayer:
 
     def forward_raw(self, input):
         """Eq. 3.7 with loops; records the position of each maximum (eq. 3.8)."""
+        input = as_float(input, "MaxPoolingLayer.forward: input")
         h_out, w_out = self._out_size(input)
         k, s = self.kernel_size, self.stride
         self.input = input
@@ -323,6 +338,7 @@ class MaxPoolingLayer:
         """Eq. 3.9 with loops: each output's gradient goes to its window's maximum."""
         x = need(self, "input")
         argmax = need(self, "argmax")
+        top_diff = check_top_diff(self, top_diff, argmax.shape)
         k, s = self.kernel_size, self.stride
         bottom_diff = np.zeros(x.shape, dtype=top_diff.dtype)
         for n in range(top_diff.shape[0]):
@@ -341,6 +357,7 @@ class MaxPoolingLayer:
     def forward_speedup(self, input):
         """Vectorised eq. 3.7 (``maxpool_forward``); caches ``self.output`` for backward."""
         start = time.time()
+        input = as_float(input, "MaxPoolingLayer.forward: input")
         self._out_size(input)
         self.input = input
         self.output = maxpool_forward(input, self.kernel_size, self.stride)
@@ -352,6 +369,7 @@ class MaxPoolingLayer:
         start = time.time()
         x = need(self, "input")
         output = need(self, "output")
+        top_diff = check_top_diff(self, top_diff, output.shape)
         bottom_diff = maxpool_backward(x, output, top_diff, self.kernel_size, self.stride)
         self.backward_time = time.time() - start
         return bottom_diff
@@ -410,14 +428,17 @@ class FlattenLayer:
     """
 
     def __init__(self, input_shape, output_shape):
-        self.input_shape = tuple(int(v) for v in input_shape)
-        self.output_shape = tuple(int(v) for v in output_shape)
+        self.input_shape = tuple(whole_positive("FlattenLayer", "input_shape", v)
+                                 for v in input_shape)
+        self.output_shape = tuple(whole_positive("FlattenLayer", "output_shape", v)
+                                  for v in output_shape)
         if int(np.prod(self.input_shape)) != int(np.prod(self.output_shape)):
             raise ValueError(f"FlattenLayer: input shape {self.input_shape} and output shape "
                              f"{self.output_shape} hold different numbers of values.")
         self.batch = None
 
     def forward(self, input):
+        input = as_float(input, "FlattenLayer.forward: input")
         if input.shape[1:] != self.input_shape:
             raise ValueError(f"FlattenLayer: input has shape {input.shape}, expected "
                              f"(N,) + {self.input_shape}.")
@@ -427,5 +448,6 @@ class FlattenLayer:
 
     def backward(self, top_diff):
         batch = need(self, "batch")
+        top_diff = check_top_diff(self, top_diff, (batch,) + self.output_shape)
         c, h, w = self.input_shape
         return top_diff.reshape(batch, h, w, c).transpose(0, 3, 1, 2)

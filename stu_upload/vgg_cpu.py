@@ -5,6 +5,7 @@ by ``labkit.runtime.matfile``). Channel widths are taken from the file, so the s
 real network and the tests' small fixtures. Shapes: input (1, 3, 224, 224) NCHW, mean pixel
 subtracted; pool5 (1, C5, 7, 7); output probabilities (1, num_classes).
 """
+import sys
 import time
 
 import numpy as np
@@ -101,16 +102,18 @@ class VGG19:
             raise RuntimeError("VGG19.forward(): no input; call load_image(path) first.")
         start = time.time()
         current = self.input_image
+        on_terminal = sys.stdout.isatty()       # one rewritten line there, plain lines in logs
         for i, name in enumerate(self.param_layer_name):
             if self.verbose:
-                print(f"Inferencing layer {i + 1:2d}/{len(self.param_layer_name)}: {name}",
-                      end="\r", flush=True)
+                line = f"Inferencing layer {i + 1:2d}/{len(self.param_layer_name)}: {name}"
+                print(line.ljust(40) if on_terminal else line,
+                      end="\r" if on_terminal else "\n", flush=True)
             current = self.layers[name].forward(current)
             if name == "pool5":
                 self.pool5 = current
-        self.inference_time = time.time() - start
-        if self.verbose:
-            print(f"\nInference time: {self.inference_time:.3f} s")
+        self.inference_time = time.time() - start       # the driver prints it
+        if self.verbose and on_terminal:
+            print()
         self.prob = current
         return current
 

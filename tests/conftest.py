@@ -59,3 +59,4 @@ def demo_image(tmp_path_factory):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+

@@ -80,3 +80,65 @@ def test_read_quant_pairs_errors(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(QuantFileError, match="cannot read"):
         read_quant_pairs(str(tmp_path / "junk.npz"))
+
+
+# ----------------------------------------------------------------------------- bad input
+def _good_pairs():
+    return np.tile([2.0, 1.5], 19)
+
+
+def test_fuzz_damaged_quant_files(tmp_path_factory):
+    """Truncated, flipped, zero-filled quant files: QuantFileError naming the file, or 19
+    valid pairs each; never another exception."""
+    import io
+
+    from hypothesis import given
+
+    from labkit.runtime.fuzzing import FUZZ, damaged_bytes
+    buf = io.BytesIO()
+    np.savez(buf, input=_good_pairs(), filter=_good_pairs())
+    path = tmp_path_factory.mktemp("fuzz") / "q.npz"
+    rejected = []
+
+    @FUZZ
+    @given(damaged_bytes(buf.getvalue()))
+    def check(data):
+        path.write_bytes(data)
+        try:
+            pairs = read_quant_pairs(str(path))
+        except QuantFileError as exc:
+            assert str(path) in str(exc), exc
+            rejected.append(True)
+            return
+        for key in pairs:
+            assert len(key) == 19
+            assert all(isinstance(p, int) and s > 0 for p, s in key)
+
+    check()
+    assert rejected
+
+
+def test_npy_strings_and_pickles_are_clear(tmp_path):
+    npy = tmp_path / "q.npy"
+    np.save(npy, _good_pairs())
+    with pytest.raises(QuantFileError, match=r"q.npy is a .npy file"):
+        read_quant_pairs(str(npy))
+    np.savez(tmp_path / "s.npz", input=np.array(["a"] * 38), filter=_good_pairs())
+    with pytest.raises(QuantFileError, match=r"'input' holds <U1 values, expected numbers"):
+        read_quant_pairs(str(tmp_path / "s.npz"))
+    np.savez(tmp_path / "o.npz", input=np.array([object()] * 38, dtype=object),
+             filter=_good_pairs())
+    with pytest.raises(QuantFileError, match="o.npz"):
+        read_quant_pairs(str(tmp_path / "o.npz"))
+    with pytest.raises(QuantFileError, match="is a folder"):
+        read_quant_pairs(str(tmp_path))
+
+
+def test_out_is_written_exactly_where_asked(calibrated, tmp_path, capsys):
+    """--out X writes X (not X.npz), prints X, and X reads back as --quant X."""
+    weights, images, _, inputs, _ = calibrated
+    out = str(tmp_path / "quant_no_suffix")
+    assert main(["--weights", weights, "--images", *images, "--out", out]) == 0
+    assert sorted(os.listdir(tmp_path)) == ["quant_no_suffix"]
+    assert f"wrote {out} " in capsys.readouterr().out
+    assert read_quant_pairs(out)[0] == [tuple(p) for p in inputs]

@@ -69,3 +69,86 @@ def test_save_rgb_creates_folder_and_round_trips(tmp_path):
     save_rgb(rgb, path)
     assert np.array_equal(load_rgb(path), rgb)
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["x.png"]
+
+
+# ----------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_fuzz_damaged_images(tmp_path_factory, fmt):
+    """Truncated, byte-flipped, zero-filled, empty images: ImageLoadError naming the file,
+    or an (H, W, 3) uint8 picture; never another exception."""
+    import io
+
+    from hypothesis import given
+
+    from labkit.runtime.fuzzing import FUZZ, damaged_bytes
+    buf = io.BytesIO()
+    Image.fromarray(make_demo_image(12, 16)).save(buf, format=fmt)
+    path = tmp_path_factory.mktemp("fuzz") / f"damaged.{fmt.lower()}"
+    rejected = []
+
+    @FUZZ
+    @given(damaged_bytes(buf.getvalue()))
+    def check(data):
+        path.write_bytes(data)
+        try:
+            rgb = load_rgb(path)
+        except ImageLoadError as exc:
+            assert str(path) in str(exc), exc
+            rejected.append(True)
+            return
+        assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3
+
+    check()
+    assert rejected, "no damaged image was rejected: the fuzzer tested nothing"
+
+
+def test_folder_is_not_called_corrupt(tmp_path):
+    with pytest.raises(ImageLoadError, match="is a folder, not an image"):
+        load_rgb(tmp_path)
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(ImageLoadError, match="empty.png is empty"):
+        load_rgb(tmp_path / "empty.png")
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    """A phone portrait: pixels stored sideways plus EXIF Orientation 6 (rotate 90 CW)."""
+    stored = np.zeros((20, 40, 3), np.uint8)          # landscape as stored, 40 wide
+    stored[:, :10] = (255, 0, 0)                      # red band on the stored left edge
+    img = Image.fromarray(stored)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "portrait.jpg"
+    img.save(path, exif=exif, quality=100)
+    out = load_rgb(path)
+    assert out.shape == (40, 20, 3), "not turned upright"
+    assert out[:10, :, 0].mean() > 200 and out[-10:, :, 0].mean() < 60   # red now on top
+    plain = tmp_path / "plain.jpg"
+    img.save(plain, quality=100)
+    assert load_rgb(plain).shape == (20, 40, 3)
+
+
+def test_tiny_image_warns_once(capsys):
+    preprocess(make_demo_image(5, 5), MEAN, 224, 224)
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and "5x5" in err and "224x224" in err
+    preprocess(make_demo_image(100, 120), MEAN, 224, 224)
+    assert capsys.readouterr().err == ""
+
+
+def test_no_pillow_deprecation_warnings(tmp_path):
+    import warnings
+    rgb = make_demo_image(10, 12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        save_rgb(rgb, tmp_path / "a.png")
+        deep = Image.fromarray((rgb[..., 0].astype(np.uint16) * 257))
+        deep.save(tmp_path / "d.png")
+        load_rgb(tmp_path / "d.png")
+        resize_bilinear(rgb, 20, 24)
+
+
+def test_save_rgb_leaves_no_temporary_file(tmp_path):
+    save_rgb(make_demo_image(8, 8), tmp_path / "x.png")
+    with pytest.raises(ValueError):
+        save_rgb(make_demo_image(8, 8), tmp_path / "x.unknown-extension")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]

@@ -7,50 +7,23 @@ import numpy as np
 import pytest
 
 from labkit.runtime.gradcheck import GradientCheckError, assert_close, check_vjp, numeric_gradient
+from labkit.runtime.recorded import Recorded
 from stu_upload._base import BackwardBeforeForwardError
 from stu_upload.layer_2 import (ConvolutionalLayer, FlattenLayer, MaxPoolingLayer, col2im,
                                 conv_output_size, img2col, pad_nchw, window_view)
 
 THRESHOLD = 1e-7
-
-# (N, Cin, H, W, Cout, K, pad, stride): square and non-square, odd sizes, stride > 1,
-# stride > kernel, padding larger than 1, 1x1 kernels, a floor-rule case that drops pixels.
-CONV_CASES = [
-    (1, 2, 5, 5, 3, 3, 1, 1),
-    (2, 3, 6, 7, 2, 3, 0, 1),
-    (2, 2, 7, 9, 3, 3, 1, 2),
-    (1, 3, 8, 6, 2, 5, 2, 3),
-    (3, 4, 4, 5, 2, 1, 0, 1),
-    (1, 1, 9, 7, 2, 2, 0, 3),
-    (2, 2, 6, 6, 1, 4, 1, 2),
-]
+# expected values recorded from the reference solution (tests/data/layer_2.npz)
+REC = Recorded("layer_2")
 
 
-def naive_conv(x, w, b, pad, stride):
-    """Eq. 3.3 written with explicit sums (independent of the layer code)."""
-    n, cin, h, wd = x.shape
-    k, cout = w.shape[1], w.shape[3]
-    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    ho, wo = (h + 2 * pad - k) // stride + 1, (wd + 2 * pad - k) // stride + 1
-    y = np.zeros((n, cout, ho, wo))
-    for i in range(ho):
-        for j in range(wo):
-            patch = xp[:, :, i * stride:i * stride + k, j * stride:j * stride + k]
-            y[:, :, i, j] = np.einsum("ncpq,cpqo->no", patch, w) + b
-    return y
-
-
-def make_conv(rng, case, type):
-    n, cin, h, w, cout, k, pad, stride = case
-    layer = ConvolutionalLayer(k, cin, cout, pad, stride, type=type)
-    layer.load_param(rng.standard_normal((cin, k, k, cout)), rng.standard_normal(cout))
-    x = rng.standard_normal((n, cin, h, w))
-    return layer, x
-
-
-def case_id(case):
-    n, cin, h, w, cout, k, pad, stride = case
-    return f"N{n}_C{cin}-{cout}_{h}x{w}_K{k}_p{pad}_s{stride}"
+def make_conv(case, type):
+    """The layer, input and upstream gradient of a recorded case (parameters loaded)."""
+    d = REC[case]
+    cin, k, _, cout = d["w"].shape
+    layer = ConvolutionalLayer(k, cin, cout, int(d["pad"]), int(d["stride"]), type=type)
+    layer.load_param(d["w"], d["b"])
+    return layer, d
 
 
 # ---------------------------------------------------------------- pure functions
@@ -70,18 +43,21 @@ def test_window_view_is_a_view(rng):
     assert np.array_equal(v[1, 2, 1, 2], x[1, 2, 2:5, 4:7])
 
 
-@pytest.mark.parametrize("k,s", [(3, 1), (3, 2), (2, 3), (1, 1)])
-def test_img2col_rows_and_col2im_adjoint(rng, k, s):
-    x = rng.standard_normal((2, 3, 7, 6))
+@pytest.mark.parametrize("case", REC.cases("img2col/"))
+def test_img2col_rows_and_col2im_adjoint(case):
+    d = REC[case]
+    x, k, s = d["x"], int(d["k"]), int(d["s"])
     cols = img2col(x, k, s)
     ho, wo = (7 - k) // s + 1, (6 - k) // s + 1
     assert cols.shape == (2 * ho * wo, 3 * k * k)
     # row (n, h, w) is the window in (cin, kh, kw) order
     assert np.array_equal(cols[1 * ho * wo + 1 * wo + 0],
                           x[1, :, s:s + k, 0:k].reshape(-1))
+    assert_close("img2col", cols, d["cols"], 1e-12, context=f"{case}: ")
+    dx = col2im(d["c"], x.shape, k, s)
+    assert_close("col2im", dx, d["dx"], 1e-12, context=f"{case}: ")
     # col2im is the adjoint (transpose) of img2col: <img2col(x), c> == <x, col2im(c)>
-    c = rng.standard_normal(cols.shape)
-    assert np.isclose(np.sum(cols * c), np.sum(x * col2im(c, x.shape, k, s)), rtol=1e-12)
+    assert np.isclose(np.sum(cols * d["c"]), np.sum(x * dx), rtol=1e-12)
 
 
 def test_pad_nchw(rng):
@@ -93,22 +69,27 @@ def test_pad_nchw(rng):
 
 # ---------------------------------------------------------------- convolution
 @pytest.mark.parametrize("type", [0, 1], ids=["raw", "img2col"])
-@pytest.mark.parametrize("case", CONV_CASES, ids=case_id)
-def test_conv_forward_matches_definition(rng, case, type):
-    layer, x = make_conv(rng, case, type)
-    y = layer.forward(x)
-    ref = naive_conv(x, layer.weight, layer.bias, layer.padding, layer.stride)
-    assert_close("conv output", y, ref, 1e-12, context=f"{case_id(case)}: ")
+@pytest.mark.parametrize("case", REC.cases("conv/"))
+def test_conv_forward_matches_definition(case, type):
+    layer, d = make_conv(case, type)
+    assert_close("conv output", layer.forward(d["x"]), d["y"], 1e-12, context=f"{case}: ")
 
 
 @pytest.mark.parametrize("type", [0, 1], ids=["raw", "img2col"])
-@pytest.mark.parametrize("case", CONV_CASES, ids=case_id)
-def test_conv_gradients(rng, case, type):
-    layer, x = make_conv(rng, case, type)
-    ctx = f"{case_id(case)} type={type}: "
-    check_vjp("conv bottom_diff", layer.forward, layer.backward, x, seed=7,
+@pytest.mark.parametrize("case", REC.cases("conv/"))
+def test_conv_gradients(case, type):
+    """The output first (a layer returning zeros must not pass), then every gradient against
+    the recorded values and against central differences of the layer's own forward."""
+    layer, d = make_conv(case, type)
+    x, dy = d["x"], d["dy"]
+    ctx = f"{case} type={type}: "
+    assert_close("conv output", layer.forward(x), d["y"], 1e-12, ctx)
+    assert_close("conv bottom_diff", layer.backward(dy), d["dx"], 1e-10, ctx)
+    assert_close("conv d_weight", layer.d_weight, d["dw"], 1e-10, ctx)
+    assert_close("conv d_bias", layer.d_bias, d["db"], 1e-10, ctx)
+    check_vjp("conv bottom_diff", layer.forward, layer.backward, x, dy=dy,
               threshold=THRESHOLD, context=ctx)
-    dy = np.random.default_rng(8).standard_normal(layer.forward(x).shape)
+    layer.forward(x)
     layer.backward(dy)
     loss = lambda: float(np.sum(layer.forward(x) * dy))
     assert_close("conv d_weight", layer.d_weight, numeric_gradient(loss, layer.weight),
@@ -117,31 +98,30 @@ def test_conv_gradients(rng, case, type):
                  THRESHOLD, ctx)
 
 
-@pytest.mark.parametrize("case", CONV_CASES, ids=case_id)
-def test_conv_raw_and_img2col_agree(rng, case):
-    raw, x = make_conv(rng, case, 0)
-    fast = ConvolutionalLayer(raw.kernel_size, raw.channel_in, raw.channel_out, raw.padding,
-                              raw.stride, type=1)
-    fast.load_param(raw.weight, raw.bias)
+@pytest.mark.parametrize("case", REC.cases("conv/"))
+def test_conv_raw_and_img2col_agree(case):
+    raw, d = make_conv(case, 0)
+    fast, _ = make_conv(case, 1)
+    x, dy = d["x"], d["dy"]
     y0, y1 = raw.forward(x), fast.forward(x)
     assert_close("forward", y1, y0, 1e-12)
-    dy = rng.standard_normal(y0.shape)
     assert_close("bottom_diff", fast.backward(dy), raw.backward(dy), 1e-12)
     assert_close("d_weight", fast.d_weight, raw.d_weight, 1e-12)
     assert_close("d_bias", fast.d_bias, raw.d_bias, 1e-12)
 
 
-def test_conv_skips_param_gradients_when_not_needed(rng):
-    layer, x = make_conv(rng, CONV_CASES[0], 1)
+def test_conv_skips_param_gradients_when_not_needed():
+    layer, d = make_conv("conv/N1_C2-3_5x5_K3_p1_s1", 1)
     layer.need_param_grad = False
-    layer.forward(x)
+    layer.forward(d["x"])
     layer.backward(np.ones((1, 3, 5, 5)))
     assert not hasattr(layer, "d_weight")
 
 
-def test_negative_control_wrong_conv_gradient_fails(rng):
-    """A backward that forgets to flip nothing but uses the wrong padding is caught."""
-    layer, x = make_conv(rng, CONV_CASES[0], 1)
+def test_negative_control_wrong_conv_gradient_fails():
+    """A backward whose result is off by one pixel is caught."""
+    layer, d = make_conv("conv/N1_C2-3_5x5_K3_p1_s1", 1)
+    x = d["x"]
 
     def wrong_backward(dy):
         dx = layer.backward(dy)
@@ -153,9 +133,9 @@ def test_negative_control_wrong_conv_gradient_fails(rng):
 
 @pytest.mark.parametrize("type", [0, 1])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_conv_keeps_dtype(rng, type, dtype):
-    layer, x = make_conv(rng, CONV_CASES[1], type)
-    x = x.astype(dtype)
+def test_conv_keeps_dtype(type, dtype):
+    layer, d = make_conv("conv/N2_C3-2_6x7_K3_p0_s1", type)
+    x = d["x"].astype(dtype)
     y = layer.forward(x)
     assert y.dtype == dtype
     assert layer.backward(np.ones_like(y)).dtype == dtype
@@ -177,33 +157,29 @@ def test_conv_clear_errors(rng):
 
 
 # ---------------------------------------------------------------- pooling
-POOL_CASES = [(2, 2, (2, 3, 6, 8)), (2, 2, (1, 2, 7, 5)), (3, 2, (2, 2, 7, 9)),
-              (3, 1, (1, 2, 5, 6)), (2, 3, (1, 1, 8, 7)), (1, 1, (1, 2, 3, 3))]
-
-
 @pytest.mark.parametrize("type", [0, 1], ids=["raw", "vectorised"])
-@pytest.mark.parametrize("k,s,shape", POOL_CASES)
-def test_pool_forward_and_gradient(rng, k, s, shape, type):
-    layer = MaxPoolingLayer(k, s, type=type)
-    x = rng.standard_normal(shape)
-    y = layer.forward(x)
-    ho, wo = (shape[2] - k) // s + 1, (shape[3] - k) // s + 1
-    ref = np.array([[[[x[n, c, i * s:i * s + k, j * s:j * s + k].max() for j in range(wo)]
-                      for i in range(ho)] for c in range(shape[1])] for n in range(shape[0])])
-    assert y.shape == ref.shape and np.array_equal(y, ref)
+@pytest.mark.parametrize("case", REC.cases("pool/"))
+def test_pool_forward_and_gradient(case, type):
+    d = REC[case]
+    layer = MaxPoolingLayer(int(d["k"]), int(d["s"]), type=type)
+    ctx = f"{case} type={type}: "
+    y = layer.forward(d["x"])
+    assert y.shape == d["y"].shape and np.array_equal(y, d["y"]), f"{ctx}pool output differs"
+    assert_close("pool bottom_diff", layer.backward(d["dy"]), d["dx"], 1e-12, ctx)
+    x = d["x"].copy()
+    x[..., 0, 1] += 1e-3               # the recorded tie moved apart: differentiable there
     check_vjp("pool bottom_diff", layer.forward, layer.backward, x, threshold=THRESHOLD,
-              context=f"K{k} s{s} {shape} type={type}: ")
+              context=ctx)
 
 
-@pytest.mark.parametrize("k,s,shape", POOL_CASES)
-def test_pool_raw_and_vectorised_agree(rng, k, s, shape):
-    x = rng.standard_normal(shape)
-    x[..., 0, 1] = x[..., 0, 0]                   # a tie: both take the first maximum
+@pytest.mark.parametrize("case", REC.cases("pool/"))
+def test_pool_raw_and_vectorised_agree(case):
+    d = REC[case]
+    x, k, s = d["x"], int(d["k"]), int(d["s"])        # x has a tie: the first maximum wins
     raw, fast = MaxPoolingLayer(k, s, 0), MaxPoolingLayer(k, s, 1)
     assert np.array_equal(raw.forward(x), fast.forward(x))
-    dy = rng.standard_normal(raw.forward(x).shape)
     # overlapping windows add gradients in another order: equal up to rounding
-    assert_close("pool bottom_diff", fast.backward(dy), raw.backward(dy), 1e-14)
+    assert_close("pool bottom_diff", fast.backward(d["dy"]), raw.backward(d["dy"]), 1e-14)
 
 
 def test_pool_keeps_dtype_and_errors(rng):
@@ -228,3 +204,50 @@ def test_flatten_uses_hwc_order_and_backward_inverts(rng):
     check_vjp("flatten bottom_diff", layer.forward, layer.backward, x, threshold=THRESHOLD)
     with pytest.raises(ValueError, match="expected"):
         layer.forward(np.zeros((2, 5, 4, 3)))
+
+
+# ----------------------------------------------------------------------------- given code
+def test_constructor_sizes_must_be_whole_and_positive():
+    with pytest.raises(ValueError, match="kernel_size must be a whole number >= 1, got 2.5"):
+        ConvolutionalLayer(2.5, 3, 4, 1, 1)
+    with pytest.raises(ValueError, match="padding must be a whole number >= 0"):
+        ConvolutionalLayer(3, 3, 4, -1, 1)
+    with pytest.raises(ValueError, match="MaxPoolingLayer: kernel_size must be a whole"):
+        MaxPoolingLayer(0, 2)
+    with pytest.raises(ValueError, match="MaxPoolingLayer: stride must be a whole"):
+        MaxPoolingLayer(2, 1.5)
+    with pytest.raises(ValueError, match="FlattenLayer: input_shape must be a whole"):
+        FlattenLayer([2, 0, 3], [0])
+    assert ConvolutionalLayer(3.0, 3, 4, 1, 1).kernel_size == 3
+
+
+@pytest.mark.parametrize("type", [0, 1])
+def test_integer_input_is_converted_to_float64(rng, type):
+    conv = ConvolutionalLayer(3, 2, 3, 1, 1, type=type)
+    conv.init_param(std=0.1, seed=2)
+    x = rng.integers(0, 255, size=(1, 2, 5, 5)).astype(np.uint8)
+    out = conv.forward(x)
+    assert out.dtype == np.float64 and np.abs(out).max() > 0
+    ref = ConvolutionalLayer(3, 2, 3, 1, 1, type=type)
+    ref.load_param(conv.weight, conv.bias)
+    np.testing.assert_allclose(out, ref.forward(x.astype(np.float64)), rtol=1e-12)
+    assert MaxPoolingLayer(2, 2, type).forward(x).dtype == np.float64
+
+
+@pytest.mark.parametrize("type", [0, 1])
+def test_every_backward_checks_top_diff_shape(rng, type):
+    x = rng.standard_normal((2, 3, 6, 6))
+    conv = ConvolutionalLayer(3, 3, 4, 1, 1, type=type)
+    conv.init_param()
+    conv.forward(x)
+    with pytest.raises(ValueError, match=r"ConvolutionalLayer.backward: top_diff has shape "
+                                         r"\(2, 4, 5, 6\), expected \(2, 4, 6, 6\)"):
+        conv.backward(rng.standard_normal((2, 4, 5, 6)))
+    pool = MaxPoolingLayer(2, 2, type)
+    pool.forward(x)
+    with pytest.raises(ValueError, match=r"MaxPoolingLayer.backward: top_diff has shape"):
+        pool.backward(rng.standard_normal((2, 3, 3, 2)))
+    flat = FlattenLayer([3, 6, 6], [108])
+    flat.forward(x)
+    with pytest.raises(ValueError, match=r"FlattenLayer.backward: top_diff has shape"):
+        flat.backward(rng.standard_normal((2, 107)))

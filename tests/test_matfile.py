@@ -126,3 +126,87 @@ def test_full_size_parameter_count():
     assert sum(shapes.values()) == 143_667_240
     small = random_vgg19_params(width_div=64, num_classes=1000)
     assert small["fc8"][0].shape[-1] == 1000
+
+
+# ----------------------------------------------------------------------------- bad input
+def _small_mat(folder, layout):
+    path = os.path.join(folder, f"small_{layout}.mat")
+    write_vgg19_mat(path, layout=layout, width_div=64, num_classes=3, fc_width=4, seed=7)
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _our_error_or_vgg19(path):
+    """The reader's contract: a WeightsFileError naming the file, or a valid VGG19."""
+    try:
+        weights = load_vgg19_mat(path)
+    except WeightsFileError as exc:
+        assert str(path) in str(exc), f"the message does not name the file: {exc}"
+        return None
+    assert [layer.name for layer in weights.layers] == spec.FILE_LAYER_NAMES
+    for layer in weights.layers:
+        if layer.type == "conv":
+            assert np.all(np.isfinite(layer.weight)) and np.all(np.isfinite(layer.bias))
+    return weights
+
+
+@pytest.mark.parametrize("layout", ["legacy", "meta"])
+def test_fuzz_damaged_mat_files(tmp_path_factory, layout):
+    """Truncated, byte-flipped, zero-filled, empty files: our error or a correct result."""
+    from hypothesis import given
+
+    from labkit.runtime.fuzzing import FUZZ, damaged_bytes
+    folder = str(tmp_path_factory.mktemp("fuzz"))
+    good = _small_mat(folder, layout)
+    path = os.path.join(folder, "damaged.mat")
+    outcomes = []
+
+    @FUZZ
+    @given(damaged_bytes(good))
+    def check(data):
+        with open(path, "wb") as f:
+            f.write(data)
+        outcomes.append(_our_error_or_vgg19(path) is None)
+
+    check()
+    assert any(outcomes), "no damaged file was rejected: the fuzzer tested nothing"
+
+
+@pytest.mark.parametrize("content", [b"", b"\0" * 200, b"MATLAB 5.0", b"\0" * 128 + b"\1\2"])
+def test_empty_short_and_zero_filled_files(tmp_path, content):
+    path = tmp_path / "w.mat"
+    path.write_bytes(content)
+    with pytest.raises(WeightsFileError, match="w.mat") as err:
+        load_vgg19_mat(path)
+    assert "Download it again" in str(err.value)
+
+
+def test_nan_weights_are_rejected(tmp_path):
+    from labkit.runtime.fixtures import random_vgg19_params
+    params = random_vgg19_params(width_div=64, num_classes=3, fc_width=4, seed=2)
+    params["conv3_2"][0][0, 0, 0, :2] = np.nan
+    path = str(tmp_path / "nan.mat")
+    write_vgg19_mat(path, params=params)
+    with pytest.raises(WeightsFileError, match=r"conv3_2: 2 of .* filters are NaN or infinite"):
+        load_vgg19_mat(path)
+
+
+def test_folder_is_named(tmp_path):
+    with pytest.raises(WeightsFileError, match="is a folder"):
+        load_vgg19_mat(tmp_path)
+
+
+def test_default_path_is_found_from_another_folder(tmp_path, monkeypatch):
+    """The default models/... path is looked for in the current folder, then the repository;
+    the "not found" message says where it looked."""
+    from labkit.runtime import cli
+    monkeypatch.chdir(tmp_path)
+    repo = tmp_path / "repo"
+    monkeypatch.setattr(cli, "REPO_ROOT", str(repo))
+    with pytest.raises(WeightsFileError) as err:
+        load_vgg19_mat(cli.DEFAULT_WEIGHTS)
+    first = str(err.value).splitlines()[0]
+    assert str(tmp_path / cli.DEFAULT_WEIGHTS) in first and str(repo) in first
+    os.makedirs(repo / "models")
+    write_vgg19_mat(str(repo / cli.DEFAULT_WEIGHTS), width_div=64, num_classes=3, fc_width=4)
+    assert load_vgg19_mat(cli.DEFAULT_WEIGHTS).path == str(repo / cli.DEFAULT_WEIGHTS)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from labkit.runtime import vgg19_spec as spec
+from stu_upload.layer_2 import ConvolutionalLayer
 from stu_upload.vgg_cpu import VGG19
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,7 +43,9 @@ def test_fc6_flatten_matches_matconvnet_convolution(mat_files, demo_image):
     vgg.load_image(demo_image)
     vgg.forward()
     w = vgg.file.layer("fc6").weight.astype(np.float64)                 # [7, 7, C, 4096]
-    conv = np.einsum("nchw,hwco->no", vgg.pool5, w) + vgg.file.layer("fc6").bias
+    conv_layer = ConvolutionalLayer(7, w.shape[2], w.shape[3], 0, 1, type=1)  # your conv
+    conv_layer.load_param(np.transpose(w, [2, 0, 1, 3]), vgg.file.layer("fc6").bias)
+    conv = conv_layer.forward(vgg.pool5).reshape(vgg.pool5.shape[0], -1)
     fc6 = vgg.layers["fc6"].forward(vgg.layers["flatten"].forward(vgg.pool5))
     assert np.allclose(fc6, conv, rtol=1e-10, atol=1e-8)
 
@@ -145,3 +148,49 @@ def test_cli_demo_runs_without_weights(tmp_path):
     r = run_cli("--demo", "--quiet", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "DEMO" in r.stdout and "top-1:" in r.stdout
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_fuzz_damaged_pool5_dumps(tmp_path_factory):
+    """The --check-pool5 reader: Pool5FileError naming the file, or a finite float array."""
+    import io
+
+    from hypothesis import given
+
+    from labkit.runtime.fuzzing import FUZZ, damaged_bytes
+    from labkit.runtime.npyfile import Pool5FileError, read_pool5
+    buf = io.BytesIO()
+    np.save(buf, np.random.default_rng(0).standard_normal((1, 4, 7, 7)).astype(np.float32))
+    path = tmp_path_factory.mktemp("fuzz") / "pool5.npy"
+    rejected = []
+
+    @FUZZ
+    @given(damaged_bytes(buf.getvalue()))
+    def check(data):
+        path.write_bytes(data)
+        try:
+            arr = read_pool5(str(path))
+        except Pool5FileError as exc:
+            assert str(path) in str(exc), exc
+            rejected.append(True)
+            return
+        assert arr.dtype == np.float64 and np.all(np.isfinite(arr))
+
+    check()
+    assert rejected
+
+
+def test_pool5_dump_is_written_exactly_where_asked(tmp_path):
+    from labkit.runtime.npyfile import read_pool5, write_pool5
+    target = tmp_path / "dump"                      # no .npy suffix: np.save would add one
+    write_pool5(str(target), np.ones((1, 2, 7, 7), np.float32))
+    assert sorted(os.listdir(tmp_path)) == ["dump"]
+    assert read_pool5(str(target)).shape == (1, 2, 7, 7)
+
+
+def test_progress_lines_without_a_terminal(mat_files, demo_image):
+    """Piped output (a log): plain lines, no carriage returns; the time printed once."""
+    r = run_cli("--weights", mat_files["legacy"], "--image", demo_image)
+    assert r.returncode == 0, r.stderr
+    assert "\r" not in r.stdout and "Inferencing layer 44/44: softmax\n" in r.stdout
+    assert r.stdout.count("Inference time") == 1

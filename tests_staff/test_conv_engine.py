@@ -140,3 +140,12 @@ def test_choose_method_table():
     assert choose_method(3, 2, 512, 512, 28, 28) == "img2col"
     assert choose_method(5, 1, 512, 512, 28, 28) == "img2col"
     assert isinstance(ConvEngine(np.zeros((2, 3, 3, 2)), None, 1, 1), ConvEngine)
+
+
+@pytest.mark.parametrize("method", ["img2col", "winograd", "winograd4", "fft"])
+def test_empty_batch(method):
+    """N = 0 gives empty outputs (Winograd's band size divided by zero before)."""
+    from labkit.engine.conv_engine import ConvEngine
+    engine = ConvEngine(np.ones((3, 3, 3, 4)), np.zeros(4), 1, 1, method=method)
+    assert engine.forward(np.zeros((0, 3, 8, 8))).shape == (0, 4, 8, 8)
+    assert engine.input_grad(np.zeros((0, 4, 8, 8)), (0, 3, 8, 8)).shape == (0, 3, 8, 8)

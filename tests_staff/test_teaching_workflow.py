@@ -276,3 +276,55 @@ def test_batch_grading_csv(kit, tmp_path):
     expected = sum(points_for(t) for t, info in tests.items()
                    if info["module"] == "tests/test_layer_1.py" and info["graded"])
     assert float(alice["max_points"]) == expected
+
+
+# ------------------------------------------------------------------------- no answers in the kit
+def test_kit_has_no_working_answer(kit):
+    """The kit built from main: the folder, solution-line and behaviour probes find nothing
+    (write_kit already refuses otherwise; this states it)."""
+    from labkit.staff.leaks import find_leaks
+    out, _ = kit
+    assert find_leaks(str(out)) == []
+    for staff in ("labkit/engine", "labkit/staff", "tests_staff", "tests_hidden"):
+        assert not (out / staff).exists()
+
+
+def test_leak_probe_catches_planted_answers(kit, tmp_path):
+    """Negative control: answers planted in the runtime, in a public test, in the given part
+    of a student file, and a copied solution line, are each reported."""
+    from labkit.staff.leaks import find_leaks
+    out, _ = kit
+    bad = tmp_path / "bad_kit"
+    shutil.copytree(out, bad)
+    (bad / "labkit" / "runtime" / "helpers.py").write_text(
+        "import numpy as np\n\n\n"
+        "def conv_helper(x, w, b, pad, stride):\n"
+        "    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))\n"
+        "    k = w.shape[1]\n"
+        "    win = np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(2, 3))\n"
+        "    win = win[:, :, ::stride, ::stride]\n"
+        "    return np.einsum('nchwpq,cpqo->nohw', win, w) + b[None, :, None, None]\n")
+    with open(bad / "tests" / "test_images.py", "a") as f:
+        f.write("\n\ndef loop_style_grad(x, y):\n"
+                "    n, c, h, w = x.shape\n"
+                "    fx, fy = x.reshape(n, c, -1), y.reshape(n, c, -1)\n"
+                "    g = fx @ fx.transpose(0, 2, 1) - fy @ fy.transpose(0, 2, 1)\n"
+                "    return (g @ fx).reshape(x.shape) / (n * c ** 2 * h ** 2 * w ** 2)\n")
+    with open(bad / "stu_upload" / "_base.py", "a") as f:
+        f.write("\n\ndef pool_helper(x, k, s):\n"
+                "    v = np.lib.stride_tricks.sliding_window_view(x, (k, k), axis=(2, 3))\n"
+                "    return v[:, :, ::s, ::s].max(axis=(4, 5))\n")
+        f.write("\nimport numpy as np\n")
+    problems = find_leaks(str(bad))
+    text = "\n".join(problems)
+    assert "labkit/runtime/helpers.py: conv_helper" in text and "conv_forward" in text
+    assert "tests/test_images.py: loop_style_grad" in text and "style_grad" in text
+    assert "stu_upload/_base.py: pool_helper" in text and "maxpool_forward" in text
+    # a solution line copied anywhere (here into a docstring of the runtime) is reported
+    lines_bad = tmp_path / "lines_kit"
+    shutil.copytree(out, lines_bad)
+    solution = "cols = windows.transpose(0, 2, 3, 1, 4, 5).reshape(n * h_out * w_out,"
+    with open(lines_bad / "labkit" / "runtime" / "images.py", "a") as f:
+        f.write(f'\n"""\n{solution}\n"""\n')
+    assert any("solution line of task 'img2col'" in p for p in find_leaks(str(lines_bad)))
+    assert find_leaks(str(out)) == []

@@ -90,7 +90,8 @@ class ConvEngine:
         cout = U.shape[1]
         ho, wo = h + 2 * pad - 2, wd + 2 * pad - 2
         tiles_per_row = -(-wo // m)
-        band_bytes = (m + 2) ** 2 * max(c, cout) * tiles_per_row * x.itemsize * n
+        # max(..., 1): an empty batch (n = 0) or width must not divide by zero
+        band_bytes = max((m + 2) ** 2 * max(c, cout) * tiles_per_row * x.itemsize * n, 1)
         rows = max(1, BAND_BYTES // band_bytes) * m          # output rows per band
         if rows >= ho:
             return algos._winograd(x, None, bias, pad, m, U, pool)

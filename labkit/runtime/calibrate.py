@@ -21,7 +21,8 @@ import sys
 import numpy as np
 
 from labkit.runtime import vgg19_spec as spec
-from labkit.runtime.cli import DEFAULT_WEIGHTS, UserError, run_main
+from labkit.runtime.cli import (DEFAULT_WEIGHTS, UserError, atomic_output, check_output_path,
+                                find_default, run_main)
 
 DEFAULT_QUANT = os.path.join("models", "vgg19_quant_param_new.npz")
 QUANT_LAYERS = list(spec.CONV_NAMES)          # 19: conv1_1 ... conv5_4, fc6, fc7, fc8
@@ -41,42 +42,76 @@ def calibration_command(weights=DEFAULT_WEIGHTS, out=DEFAULT_QUANT):
 def read_quant_pairs(path, weights=DEFAULT_WEIGHTS):
     """Read the lab's quant .npz -> ``(input_pairs, filter_pairs)``, 19 ``(int, float)`` each.
 
-    Raises :class:`QuantFileError` naming the problem and the calibration command.
+    The default path is looked for in the current folder, then in the repository. Every
+    problem (missing, not an .npz, truncated, wrong keys, strings, wrong counts, bad values)
+    raises :class:`QuantFileError` naming the file, the problem and the calibration command.
     """
+    from labkit.runtime.cli import find_default, looked_in
     path = os.fspath(path)
+    if os.path.normpath(path) == os.path.normpath(DEFAULT_QUANT):
+        path = find_default(path)
     how = f"make one with:\n    {calibration_command(weights, path)}"
     if not os.path.isfile(path):
-        raise QuantFileError(f"quantisation parameter file not found: {path}\n  The DLP net "
+        where = looked_in(path) if os.path.normpath(path) == os.path.normpath(DEFAULT_QUANT) \
+            else f"looked for {os.path.abspath(path)}"
+        what = "is a folder, not a file" if os.path.isdir(path) else f"not found ({where})"
+        raise QuantFileError(f"quantisation parameter file {path} {what}.\n  The DLP net "
                              f"needs the INT8 positions/scales of its 19 conv/fc layers; {how}")
     try:
-        data = np.load(path)
-    except (OSError, ValueError, EOFError) as exc:
-        raise QuantFileError(f"cannot read {path} as an .npz file ({exc}); {how}") from None
-    out = []
+        data = np.load(path, allow_pickle=False)
+    except Exception as exc:    # not a NumPy file at all, or a damaged one
+        raise QuantFileError(f"cannot read {path} as an .npz file ({type(exc).__name__}: "
+                             f"{_short(exc)}); it is truncated, damaged or not a quantisation "
+                             f"file; {how}") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise QuantFileError(f"{path} is a .npy file (one array of shape {np.shape(data)}), not "
+                             f"the .npz quantisation file with arrays 'input' and 'filter'; "
+                             f"{how}")
     with data:
-        for key in ("input", "filter"):
-            if key not in data.files:
-                raise QuantFileError(f"{path} has no key {key!r} (it has {sorted(data.files)}); "
-                                     f"the lab's quant file has 'input' and 'filter'; {how}")
-            arr = np.asarray(data[key], dtype=np.float64).ravel()
-            if arr.size != 2 * len(QUANT_LAYERS):
-                raise QuantFileError(f"{path}: {key!r} holds {arr.size} numbers, expected "
-                                     f"{2 * len(QUANT_LAYERS)} (19 [position, scale] pairs: 16 "
-                                     f"convs, fc6, fc7, fc8); {how}")
-            pairs = [(arr[i], arr[i + 1]) for i in range(0, arr.size, 2)]
-            for i, (pos, scale) in enumerate(pairs):
-                if not (np.isfinite(pos) and pos == int(pos) and np.isfinite(scale) and scale > 0):
-                    raise QuantFileError(f"{path}: {key} pair {i} ({QUANT_LAYERS[i]}) is "
-                                         f"({pos}, {scale}); position must be an integer and "
-                                         f"scale positive; {how}")
-            out.append([(int(p), float(s)) for p, s in pairs])
-    return out[0], out[1]
+        try:
+            return tuple(_pairs_of(data, key, path, how) for key in ("input", "filter"))
+        except QuantFileError:
+            raise
+        except Exception as exc:    # a damaged member of the zip archive
+            raise QuantFileError(f"cannot read {path}: {type(exc).__name__}: {_short(exc)}; "
+                                 f"the file is truncated or damaged; {how}") from None
+
+
+def _short(exc, limit=160):
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _pairs_of(data, key, path, how):
+    """The 19 (position, scale) pairs stored under ``key`` of an open .npz, checked."""
+    if key not in data.files:
+        raise QuantFileError(f"{path} has no key {key!r} (it has {sorted(data.files)}); "
+                             f"the lab's quant file has 'input' and 'filter'; {how}")
+    raw = data[key]
+    if raw.dtype.kind not in "iuf":
+        raise QuantFileError(f"{path}: {key!r} holds {raw.dtype} values, expected numbers "
+                             f"(19 [position, scale] pairs); {how}")
+    arr = np.asarray(raw, dtype=np.float64).ravel()
+    if arr.size != 2 * len(QUANT_LAYERS):
+        raise QuantFileError(f"{path}: {key!r} holds {arr.size} numbers, expected "
+                             f"{2 * len(QUANT_LAYERS)} (19 [position, scale] pairs: 16 "
+                             f"convs, fc6, fc7, fc8); {how}")
+    pairs = [(arr[i], arr[i + 1]) for i in range(0, arr.size, 2)]
+    for i, (pos, scale) in enumerate(pairs):
+        if not (np.isfinite(pos) and pos == int(pos) and abs(pos) <= 150
+                and np.isfinite(scale) and scale > 0):
+            raise QuantFileError(f"{path}: {key} pair {i} ({QUANT_LAYERS[i]}) is "
+                                 f"({pos}, {scale}); position must be an integer in "
+                                 f"[-150, 150] and scale positive; {how}")
+    return [(int(p), float(s)) for p, s in pairs]
 
 
 def find_images(items):
     """Expand files and folders (their image files, sorted) into a list of image paths."""
     paths = []
     for item in items:
+        if not os.path.exists(item):
+            raise UserError(f"--images: {item} not found (looked for {os.path.abspath(item)}).")
         if os.path.isdir(item):
             found = sorted(os.path.join(item, f) for f in os.listdir(item)
                            if f.lower().endswith(IMAGE_EXTS))
@@ -107,8 +142,8 @@ def collect_max_abs(weights_path, images, verbose=True):
     ``input_max[name]`` is max |x| over all images of the tensor entering layer ``name``
     (for fc6: the flattened pool5, whose max does not depend on the flatten order).
     """
-    from stu_upload.vgg_cpu import VGG19
-    cpu = VGG19(weights_path, type=1, dtype=np.float32, verbose=False)
+    from labkit.runtime.student import stu
+    cpu = stu.vgg_cpu.VGG19(weights_path, type=1, dtype=np.float32, verbose=False)
     cpu.build_model()
     cpu.load_model()
     filter_max = {layer.name: float(np.max(np.abs(layer.weight)))
@@ -132,11 +167,18 @@ def calibrate_vgg19(weights_path, images, out_path, verbose=True):
     input_max, filter_max = collect_max_abs(weights_path, images, verbose)
     inputs = [pycnml_sim.calibrate(input_max[name]) for name in QUANT_LAYERS]
     filters = [pycnml_sim.calibrate(filter_max[name]) for name in QUANT_LAYERS]
-    folder = os.path.dirname(os.fspath(out_path))
-    if folder:
-        os.makedirs(folder, exist_ok=True)
-    pycnml_sim.save_quant_npz(out_path, inputs, filters)
+    write_quant_npz(out_path, inputs, filters)
     return inputs, filters
+
+
+def write_quant_npz(out_path, inputs, filters, flag="--out"):
+    """Write the quant file to exactly ``out_path`` (no ``.npz`` appended), atomically: a
+    temporary file in the same folder, renamed when complete."""
+    from labkit.runtime import pycnml_sim
+    with atomic_output(out_path, flag) as tmp:
+        with open(tmp, "wb") as f:      # a file object: np.savez adds no suffix
+            pycnml_sim.save_quant_npz(f, inputs, filters)
+    return out_path
 
 
 def parse_args(argv=None):
@@ -157,14 +199,30 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def check_inputs(args):
+    """Everything a user gave, checked before the network is loaded or run."""
+    from labkit.runtime.images import load_rgb
+    from labkit.runtime.matfile import WeightsFileError, missing_file_message
+    if os.path.normpath(args.weights) == os.path.normpath(DEFAULT_WEIGHTS):
+        args.weights = find_default(args.weights)
+    if not os.path.isfile(args.weights):
+        raise WeightsFileError(missing_file_message(args.weights) if not
+                               os.path.isdir(args.weights) else
+                               f"--weights {args.weights} is a folder; pass the .mat file.")
+    check_output_path(args.out, "--out")
+    images = [] if args.demo and not args.images else find_images(args.images)
+    for path in images:
+        load_rgb(path)          # decodes each image once: a bad one fails now, not midway
+    return images
+
+
 def main(argv=None):
     args = parse_args(argv)
+    images = check_inputs(args)
     if args.demo:
         folder = os.path.join(os.path.dirname(os.path.abspath(args.out)), "calib_images")
-        images = demo_images(folder) + list(args.images)
+        images = demo_images(folder) + images
         print(f"DEMO calibration on synthetic images in {folder}")
-    else:
-        images = find_images(args.images)
     inputs, filters = calibrate_vgg19(args.weights, images, args.out)
     print(f"{'layer':8s} {'input (pos, scale)':>22s} {'filter (pos, scale)':>22s}")
     for name, (ip, isc), (fp, fsc) in zip(QUANT_LAYERS, inputs, filters):

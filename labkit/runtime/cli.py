@@ -1,13 +1,24 @@
-"""Command-line plumbing shared by the main_exp_*.py drivers (not a student file)."""
+"""Command-line plumbing shared by the main_exp_*.py drivers (not a student file).
+
+The kit's rule for errors (README, "Errors"): every input a user gives is checked before
+any slow work starts; a bad one gets exit code 2 and ONE message naming the file or flag,
+what is wrong and what to do (:class:`UserError` and the readers' errors, printed by
+:func:`run_main`); outputs are written atomically (:func:`atomic_output`), so a failure
+leaves the old file or the new one, never half of one; the path printed is the path written.
+"""
+import contextlib
 import hashlib
 import os
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 
 from labkit.runtime import vgg19_spec as spec
 
 DEFAULT_WEIGHTS = os.path.join("models", spec.REAL_FILE_NAME)
+# the folder holding labkit/ (the repository, or the unpacked student kit)
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class UserError(Exception):
@@ -29,16 +40,120 @@ def install_legacy(argv=None):
     return legacy.install()
 
 
+def default_locations(path):
+    """Where a default (relative) path is looked for: the current folder, then the
+    repository. Absolute paths and paths given by the user are used as they are."""
+    path = os.fspath(path)
+    places = [path]
+    if not os.path.isabs(path):
+        in_repo = os.path.join(REPO_ROOT, path)
+        if os.path.abspath(in_repo) != os.path.abspath(path):
+            places.append(in_repo)
+    return places
+
+
+def find_default(path):
+    """``path`` if it exists, else its copy under the repository if that exists, else
+    ``path`` unchanged (the caller's "not found" message lists ``default_locations``)."""
+    for place in default_locations(path):
+        if os.path.exists(place):
+            return place
+    return os.fspath(path)
+
+
+def looked_in(path):
+    """'looked in: A (relative to the current folder X) and B' for "not found" messages."""
+    places = default_locations(path)
+    text = f"{os.path.abspath(places[0])}"
+    if len(places) > 1:
+        text += f" and {os.path.abspath(places[1])} (the repository)"
+    return f"looked for {text}"
+
+
+def default_output_dir(name="output"):
+    """The default output folder: ``./output`` when the current folder has one (the
+    repository's root), else the repository's ``output/``."""
+    return name if os.path.isdir(name) else os.path.join(REPO_ROOT, name)
+
+
+def check_output_path(path, flag):
+    """Fail fast (before any slow work) when ``path`` cannot be written: its folder is
+    created if missing and probed with a temporary file. Raises UserError naming ``flag``."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise UserError(f"{flag} {path} is a folder; give a file name (e.g. {path}/out.npz).")
+    folder = os.path.dirname(os.path.abspath(path))
+    check_output_dir(folder, flag, shown=os.path.dirname(path) or ".")
+    return path
+
+
+def check_output_dir(folder, flag, shown=None):
+    """Create ``folder`` if needed and check that a file can be written there."""
+    shown = shown or folder
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except FileExistsError:
+        raise UserError(f"{flag}: cannot use {shown} as a folder: a file of that name exists. "
+                        f"Choose another path.") from None
+    except OSError as exc:
+        raise UserError(f"{flag}: cannot create the folder {shown}: {exc.strerror or exc}. "
+                        f"Choose a folder you can write to.") from None
+    if not os.path.isdir(folder):
+        raise UserError(f"{flag}: {shown} is not a folder. Choose another path.")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write_test_", dir=folder)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        raise UserError(f"{flag}: cannot write in {shown}: {exc.strerror or exc}. "
+                        f"Choose a folder you can write to.") from None
+    return folder
+
+
+@contextlib.contextmanager
+def atomic_output(path, flag="output"):
+    """``with atomic_output(path) as tmp:`` write to the file ``tmp``; on success it is renamed
+    to exactly ``path`` (same folder, so the rename is atomic), on any failure it is removed
+    and ``path`` is left as it was. An OSError (full disk, no permission) becomes a
+    UserError naming ``flag`` and ``path``."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".part",
+                                   dir=folder)
+        os.close(fd)
+    except OSError as exc:
+        raise UserError(f"{flag}: cannot write {path}: {exc.strerror or exc}. Choose a "
+                        f"folder you can write to.") from None
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise UserError(f"{flag}: writing {path} failed: {exc.strerror or exc} (nothing was "
+                        f"left behind; a full disk?). Free space or choose another "
+                        f"folder.") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def reader_errors():
+    """The exception types of the kit's readers, all printed as one message by run_main."""
+    from labkit.runtime.images import ImageLoadError
+    from labkit.runtime.matfile import WeightsFileError
+    return (UserError, WeightsFileError, ImageLoadError)
+
+
 def run_main(main):
     """Call ``main()``; print known user errors as one clear message and exit 2, and turn
     Ctrl-C into exit 130 (the drivers save their state before re-raising it). The legacy
     shim is installed first (see ``install_legacy``)."""
-    from labkit.runtime.images import ImageLoadError
     install_legacy()
-    from labkit.runtime.matfile import WeightsFileError
+    errors = reader_errors()
     try:
         return main()
-    except (UserError, WeightsFileError, ImageLoadError) as exc:
+    except errors as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
@@ -61,16 +176,19 @@ def download_weights(dest, url=spec.LEGACY_URL, md5=spec.LEGACY_MD5, timeout=30)
     interrupted or failed download never leaves a file that looks complete.
     """
     from tqdm import tqdm
-    os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
+    check_output_path(dest, "--weights")
     part = dest + ".part"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, open(part, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=os.path.basename(dest)) as bar:
+            with tqdm(total=total, unit="B", unit_scale=True, desc=os.path.basename(dest),
+                      disable=None) as bar:           # no bar when not on a terminal
                 for block in iter(lambda: response.read(1 << 20), b""):
                     out.write(block)
                     bar.update(len(block))
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        if os.path.exists(part):
+            os.remove(part)
         raise UserError(f"download of {url} failed: {exc}.\n  Without internet access, "
                         f"download the file on another machine and copy it to {dest}.") from None
     got = md5sum(part)

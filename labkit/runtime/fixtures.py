@@ -7,6 +7,9 @@ import-caffe.py (uncompressed), meta like MATLAB's save (compressed, integers as
 The weights are He-initialised so activations neither vanish nor explode; the network is
 random, so its "classes" mean nothing.
 """
+import os
+import tempfile
+
 import numpy as np
 import scipy.io
 
@@ -87,11 +90,21 @@ def random_vgg19_weights(width_div=1, num_classes=1000, seed=0, last_layer="fc8"
 
 
 def write_demo_vgg19(folder, num_classes=1000):
-    """The drivers' --demo network: widths / 8, legacy layout, seed 0; returns its path."""
-    import os
+    """The drivers' --demo network: widths / 8, legacy layout, seed 0; returns its path.
+
+    The name says the class count (exp 3.1/3.2 use 1000, exp 3.3 10), so drivers never
+    share a file with different contents; the file is written under a temporary name and
+    renamed, so a concurrent run reads either the old complete file or the new one."""
     os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, "demo_vgg19_random_width8.mat")
-    write_vgg19_mat(path, layout="legacy", width_div=8, num_classes=num_classes, seed=0)
+    path = os.path.join(folder, f"demo_vgg19_random_width8_{num_classes}classes.mat")
+    fd, tmp = tempfile.mkstemp(prefix=".demo_vgg19.", suffix=".part.mat", dir=folder)
+    os.close(fd)
+    try:
+        write_vgg19_mat(tmp, layout="legacy", width_div=8, num_classes=num_classes, seed=0)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return path
 
 

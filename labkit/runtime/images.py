@@ -1,15 +1,20 @@
 """Image loading and saving that accepts what users actually have.
 
 Any Pillow-readable file -> 8-bit RGB: grey (L, I;16, I, F), with alpha (LA, RGBA, PA:
-composited on white), palette (P), CMYK, YCbCr, 16-bit. Errors name the file and the fix.
+composited on white), palette (P), CMYK, YCbCr, 16-bit; turned upright by its EXIF
+orientation (phone photos). Every problem with a file, whatever Pillow raises on a damaged
+one, becomes an :class:`ImageLoadError` naming the file and the fix.
 """
 import os
+import sys
+import uuid
 import warnings
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 MAX_PIXELS = 20_000 * 20_000     # accept big photos, refuse absurd ones cleanly
+MAX_UPSCALE = 4                  # preprocess() warns when it enlarges an image more than this
 
 
 class ImageLoadError(Exception):
@@ -25,7 +30,7 @@ def _to_rgb(img):
         else:
             top = 1.0
         arr = np.clip(np.round(arr / top * 255.0), 0, 255).astype(np.uint8)
-        img = Image.fromarray(arr, mode="L")
+        img = Image.fromarray(arr)          # 2-D uint8 -> mode "L"
         mode = "L"
     if mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
@@ -37,12 +42,28 @@ def _to_rgb(img):
     return img.convert("RGB")
 
 
+def upright(img):
+    """Apply the EXIF orientation tag (phones store portraits sideways plus a tag); an
+    image without one, or with a damaged one, is returned as it is."""
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:       # a malformed EXIF block must not make a readable image fail
+        return img
+
+
 def load_rgb(path):
-    """Read ``path`` as an (H, W, 3) uint8 RGB array; raise ImageLoadError with a fix."""
+    """Read ``path`` as an (H, W, 3) uint8 RGB array, upright by its EXIF orientation;
+    raise ImageLoadError with a fix."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise ImageLoadError(f"image not found: {path}. Check the path (relative paths start "
-                             f"from the folder you run the command in).")
+                             f"from the folder you run the command in, "
+                             f"{os.path.abspath(os.curdir)}).")
+    if os.path.isdir(path):
+        raise ImageLoadError(f"{path} is a folder, not an image; pass an image file "
+                             f"(JPEG, PNG, ...).")
+    if os.path.getsize(path) == 0:
+        raise ImageLoadError(f"{path} is empty (0 bytes); pass a JPEG or PNG image.")
     old_limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     try:
@@ -50,29 +71,62 @@ def load_rgb(path):
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 img.load()
-                return np.asarray(_to_rgb(img), dtype=np.uint8)
+                rgb = np.asarray(_to_rgb(upright(img)), dtype=np.uint8)
     except UnidentifiedImageError:
         raise ImageLoadError(f"{path} is not an image Pillow can read (JPEG, PNG, BMP, TIFF, "
                              f"GIF, WebP...). Convert it to PNG or JPEG.") from None
     except Image.DecompressionBombError:
         raise ImageLoadError(f"{path} has more than {MAX_PIXELS:,} pixels; shrink it first "
                              f"(e.g. to a few thousand pixels per side).") from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise ImageLoadError(f"cannot decode {path}: {exc}. The file may be truncated or "
-                             f"corrupt; re-save it as PNG or JPEG.") from None
+    except MemoryError:
+        raise ImageLoadError(f"{path} is too large to decode in the available memory; "
+                             f"shrink it first.") from None
+    except Exception as exc:    # Pillow raises many types on damaged files
+        text = " ".join(str(exc).split())[:200]
+        raise ImageLoadError(f"cannot decode {path}: {type(exc).__name__}: {text}. The file "
+                             f"may be truncated or corrupt; re-save it as PNG or JPEG.") from None
     finally:
         Image.MAX_IMAGE_PIXELS = old_limit
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or min(rgb.shape[:2]) < 1:
+        raise ImageLoadError(f"{path} decoded to an array of shape {rgb.shape}, not an RGB "
+                             f"picture; re-save it as PNG or JPEG.")
+    return rgb
+
+
+def upscale_warning(shape, height, width):
+    """The warning text when an (h, w) image is enlarged more than MAX_UPSCALE times to
+    (height, width), else None."""
+    h, w = shape[:2]
+    if height > MAX_UPSCALE * h or width > MAX_UPSCALE * w:
+        return (f"warning: the image is only {w}x{h} pixels and is enlarged to "
+                f"{width}x{height}; the result will be blurry and the network sees little "
+                f"detail. Use a larger picture.")
+    return None
+
+
+def _rgb_array(rgb):
+    """(H, W, 3) uint8, C-contiguous: what Image.fromarray reads as mode "RGB" (without the
+    ``mode=`` argument, deprecated since Pillow 11.3)."""
+    arr = np.ascontiguousarray(rgb, dtype=np.uint8)
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) RGB array, got shape {arr.shape}")
+    return arr
 
 
 def resize_bilinear(rgb, height, width):
     """(H, W, 3) uint8 -> (height, width, 3) uint8 with Pillow's bilinear filter
     (what the original ``scipy.misc.imresize`` did)."""
-    img = Image.fromarray(np.asarray(rgb, dtype=np.uint8), mode="RGB")
+    img = Image.fromarray(_rgb_array(rgb))
     return np.asarray(img.resize((int(width), int(height)), Image.BILINEAR), dtype=np.uint8)
 
 
 def preprocess(rgb, mean_pixel, height=224, width=224, dtype=np.float32):
-    """RGB uint8 (H, W, 3) -> (1, 3, height, width) with the mean pixel subtracted."""
+    """RGB uint8 (H, W, 3) -> (1, 3, height, width) with the mean pixel subtracted.
+
+    Prints a warning to stderr when the image is enlarged more than MAX_UPSCALE times."""
+    message = upscale_warning(np.shape(rgb), height, width)
+    if message:
+        print(message, file=sys.stderr)
     resized = resize_bilinear(rgb, height, width).astype(np.float64)
     centred = resized - np.asarray(mean_pixel, dtype=np.float64).reshape(1, 1, 3)
     return np.ascontiguousarray(centred.transpose(2, 0, 1)[None].astype(dtype))
@@ -86,13 +140,23 @@ def deprocess(image, mean_pixel):
 
 
 def save_rgb(rgb, path, quality=95):
-    """Write an (H, W, 3) uint8 array; the folder is created; format from the extension."""
-    folder = os.path.dirname(os.fspath(path))
+    """Write an (H, W, 3) uint8 array; the folder is created; format from the extension.
+
+    Written under a temporary name in the same folder, then renamed: a failure (full disk,
+    Ctrl-C) leaves the previous file or none, never half an image, and concurrent writers
+    never share a temporary file."""
+    path = os.fspath(path)
+    folder = os.path.dirname(path)
     if folder:
         os.makedirs(folder, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}{os.path.splitext(os.fspath(path))[1]}"
-    Image.fromarray(np.asarray(rgb, dtype=np.uint8), mode="RGB").save(tmp, quality=quality)
-    os.replace(tmp, path)   # never leave a half-written image behind
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}."
+                               f"{uuid.uuid4().hex[:8]}.part{os.path.splitext(path)[1]}")
+    try:
+        Image.fromarray(_rgb_array(rgb)).save(tmp, quality=quality)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def make_demo_image(height=224, width=224, seed=0):

@@ -9,13 +9,13 @@ Every failure raises :class:`WeightsFileError` with a message that says what is 
 what to do.
 """
 import os
-import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.io
 
 from labkit.runtime import vgg19_spec as spec
+from labkit.runtime.matcheck import MatStructureError, check_mat5
 
 
 class WeightsFileError(Exception):
@@ -54,8 +54,9 @@ class VGGWeights:
 
 def missing_file_message(path):
     """The one message a user needs when the real weights file is not there."""
+    from labkit.runtime.cli import looked_in
     return (
-        f"VGG19 weights not found: {path}\n"
+        f"VGG19 weights not found: {path} ({looked_in(path)})\n"
         f"  The lab needs MatConvNet's '{spec.REAL_FILE_NAME}' (pre-trained VGG19).\n"
         f"  Get it from {spec.LEGACY_URL}\n"
         f"     ({spec.LEGACY_SIZE_TEXT}, MD5 {spec.LEGACY_MD5})\n"
@@ -80,7 +81,11 @@ def _ints(value, default):
     arr = np.asarray(value)
     if arr.size == 0:
         return default
-    return tuple(int(v) for v in arr.astype(np.int64).reshape(-1))
+    values = arr.astype(np.float64).reshape(-1)
+    if not np.all(np.isfinite(values)) or np.any(np.abs(values) > 1e6):
+        raise WeightsFileError(f"a size field holds {values}, not small whole numbers: "
+                               f"the file is corrupt.")
+    return tuple(int(v) for v in values)
 
 
 def _field(record, name, where):
@@ -135,22 +140,60 @@ def _mean_pixel(average_image):
 
 
 def load_vgg19_mat(path):
-    """Read ``path`` and return a :class:`VGGWeights`; checks that it is VGG19."""
+    """Read ``path`` and return a :class:`VGGWeights`; checks that it is VGG19.
+
+    The default path (``models/imagenet-vgg-verydeep-19.mat``) is looked for in the current
+    folder, then in the repository. Every problem with the file, whatever SciPy raises on a
+    damaged one, becomes a :class:`WeightsFileError` naming the file.
+    """
+    from labkit.runtime.cli import DEFAULT_WEIGHTS, find_default
     path = os.fspath(path)
+    if os.path.normpath(path) == os.path.normpath(DEFAULT_WEIGHTS):
+        path = find_default(path)
     if not os.path.exists(path):
         raise WeightsFileError(missing_file_message(path))
     if os.path.isdir(path):
-        raise WeightsFileError(f"{path} is a folder; pass the .mat file itself.")
+        raise WeightsFileError(f"{path} is a folder; pass the .mat file itself "
+                               f"(e.g. {os.path.join(path, spec.REAL_FILE_NAME)}).")
+    size = os.path.getsize(path)
+    if size == 0:
+        raise WeightsFileError(f"{path} is empty (0 bytes): an interrupted download? Download "
+                               f"it again; the legacy file's MD5 is {spec.LEGACY_MD5}.")
+    try:
+        check_mat5(path)        # a damaged file could crash SciPy's reader (segfault)
+    except MatStructureError as exc:
+        raise WeightsFileError(
+            f"cannot read {path} ({size:,} bytes) as a MATLAB .mat file: {exc}. The file "
+            f"is probably truncated or corrupt (an interrupted download?). Download it again; "
+            f"the legacy file's MD5 is {spec.LEGACY_MD5}.") from None
     try:
         data = scipy.io.loadmat(path)
-    except (ValueError, TypeError, OSError, EOFError, IndexError, KeyError, zlib.error,
-            MemoryError, NotImplementedError) as exc:
-        size = os.path.getsize(path)
+    except Exception as exc:    # SciPy raises many types on damaged files (MatReadError, ...)
         raise WeightsFileError(
             f"cannot read {path} ({size:,} bytes) as a MATLAB .mat file: "
-            f"{type(exc).__name__}: {exc}.\n  The file is probably truncated or corrupt "
+            f"{type(exc).__name__}: {_short(exc)}. The file is probably truncated or corrupt "
             f"(an interrupted download?). Download it again; the legacy file's MD5 is "
             f"{spec.LEGACY_MD5}.") from None
+    try:
+        weights = _parse(path, data)
+    except WeightsFileError as exc:
+        if path in str(exc):
+            raise
+        raise WeightsFileError(f"{path}: {exc}") from None
+    except Exception as exc:    # a damaged struct: fields of the wrong kind or size
+        raise WeightsFileError(f"{path}: the network struct could not be read "
+                               f"({type(exc).__name__}: {_short(exc)}); this is not a "
+                               f"(complete) MatConvNet VGG19 file. Download it again.") from None
+    validate_vgg19(weights)
+    return weights
+
+
+def _short(exc, limit=200):
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _parse(path, data):
     if "layers" not in data:
         keys = [k for k in data if not k.startswith("__")]
         raise WeightsFileError(f"{path} has no 'layers' variable (it has {keys}): it is not a "
@@ -168,16 +211,10 @@ def load_vgg19_mat(path):
         raise WeightsFileError(f"{path} has 'layers' but neither 'normalization'/'classes' "
                                f"(legacy layout) nor 'meta' (new layout).")
     cells = np.asarray(data["layers"]).reshape(-1)
-    try:
-        layers = [_read_layer(c, i) for i, c in enumerate(cells)]
-    except (IndexError, ValueError, TypeError) as exc:
-        raise WeightsFileError(f"{path}: a layer struct could not be read ({exc}); "
-                               f"this is not a MatConvNet VGG19 file.") from None
-    weights = VGGWeights(path=path, layout=layout, layers=layers,
-                         mean_pixel=_mean_pixel(_field(norm, "averageImage", "normalization")),
-                         class_names=_class_names(classes))
-    validate_vgg19(weights)
-    return weights
+    layers = [_read_layer(c, i) for i, c in enumerate(cells)]
+    return VGGWeights(path=path, layout=layout, layers=layers,
+                      mean_pixel=_mean_pixel(_field(norm, "averageImage", "normalization")),
+                      class_names=_class_names(classes))
 
 
 def validate_vgg19(weights):
@@ -194,19 +231,30 @@ def validate_vgg19(weights):
     cin = 3
     for layer, (_, kind, _) in zip(weights.layers, spec.FILE_LAYERS):
         if layer.type != kind:
-            raise WeightsFileError(f"layer {layer.name} has type '{layer.type}', expected '{kind}'.")
+            raise WeightsFileError(f"{weights.path}: layer {layer.name} has type '{layer.type}', expected '{kind}'.")
         if kind != "conv":
             continue
         w = layer.weight
         expected_k = spec.POOL5_SIZE if layer.name == "fc6" else (1 if layer.name[:2] == "fc" else 3)
         if w.ndim != 4 or w.shape[0] != expected_k or w.shape[1] != expected_k or w.shape[2] != cin:
             raise WeightsFileError(
-                f"layer {layer.name}: filters have shape {w.shape}, expected "
+                f"{weights.path}: layer {layer.name}: filters have shape {w.shape}, expected "
                 f"[{expected_k}, {expected_k}, {cin}, Cout] ([K, K, Cin, Cout]).")
         if layer.bias.shape != (w.shape[3],):
-            raise WeightsFileError(f"layer {layer.name}: {layer.bias.size} biases for "
+            raise WeightsFileError(f"{weights.path}: layer {layer.name}: {layer.bias.size} biases for "
                                    f"{w.shape[3]} filters.")
+        for what, values in (("filters", w), ("biases", layer.bias)):
+            # a float64 sum is finite exactly when every value is (no big temporary)
+            if not np.isfinite(values.sum(dtype=np.float64)):
+                bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+                raise WeightsFileError(
+                    f"{weights.path}: layer {layer.name}: {bad:,} of {values.size:,} {what} are "
+                    f"NaN or infinite; the file is corrupt. Download it again (the legacy "
+                    f"file's MD5 is {spec.LEGACY_MD5}).")
         cin = w.shape[3]
+    if not np.all(np.isfinite(weights.mean_pixel)):
+        raise WeightsFileError(f"{weights.path}: the mean pixel (averageImage) is "
+                               f"{weights.mean_pixel}, not finite; the file is corrupt.")
     if weights.class_names and len(weights.class_names) != weights.num_classes:
-        raise WeightsFileError(f"{len(weights.class_names)} class names for "
+        raise WeightsFileError(f"{weights.path}: {len(weights.class_names)} class names for "
                                f"{weights.num_classes} outputs of fc8.")

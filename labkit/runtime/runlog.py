@@ -1,5 +1,5 @@
 """Run bookkeeping for the style-transfer driver (not a student file): run ids, the per-step
-CSV log, the loss-curve picture (Pillow only) and colour preservation."""
+CSV log, the loss-curve picture and the contact sheet (Pillow only), atomic writes."""
 import csv
 import math
 import os
@@ -20,25 +20,64 @@ def make_run_id(folder, seed, now=None):
     return run_id
 
 
+def temp_path(path):
+    """A temporary name next to ``path`` with the same extension (Pillow picks the format
+    from it); written first, then ``os.replace``d onto ``path``."""
+    root, ext = os.path.splitext(os.fspath(path))
+    return f"{root}.tmp{os.getpid()}{ext}"
+
+
+def save_image_atomic(img, path, **kw):
+    """``PIL.Image.save`` to a temporary name, then rename: never a half-written file."""
+    tmp = temp_path(path)
+    try:
+        img.save(tmp, **kw)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def read_log(path, upto=None):
+    """The rows of a CSV log as dicts of floats (step as int), up to step ``upto``."""
+    rows = []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            rec = {k: (int(v) if k == "step" else float(v)) for k, v in row.items() if v != ""}
+            if upto is None or rec["step"] <= upto:
+                rows.append(rec)
+    return rows
+
+
 class CsvLog:
     """One row per step: step, total, content, style_<layer>..., tv, seconds (flushed each
-    row, so the log survives Ctrl-C and crashes)."""
+    row, so the log survives Ctrl-C and crashes). ``keep``: rows to start with (a resumed
+    run keeps its log up to the checkpoint's step; the file is rewritten atomically)."""
 
-    def __init__(self, path, part_names):
+    def __init__(self, path, part_names, keep=()):
         self.path = path
         self.columns = ["step", "total"] + list(part_names) + ["seconds"]
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        self.file = open(path, "w", newline="")
+        tmp = temp_path(path)
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(self.columns)
+            for record in keep:
+                writer.writerow(self._row(record))
+        os.replace(tmp, path)
+        self.file = open(path, "a", newline="")
         self.writer = csv.writer(self.file)
-        self.writer.writerow(self.columns)
-        self.file.flush()
 
-    def write(self, record):
+    def _row(self, record):
         row = []
         for col in self.columns:
             value = record.get(col, "")
             row.append(value if col == "step" or value == "" else f"{float(value):.6g}")
-        self.writer.writerow(row)
+        return row
+
+    def write(self, record):
+        self.writer.writerow(self._row(record))
         self.file.flush()
 
     def close(self):
@@ -65,8 +104,7 @@ def plot_losses(history, path, keys=("total", "content", "style", "tv"), size=(6
     draw.text((left, 4), "log10(loss)", fill=(0, 0, 0))
     if not series:
         draw.text((left + 10, top + 10), "no finite losses to plot", fill=(0, 0, 0))
-        img.save(path)
-        return path
+        return save_image_atomic(img, path)
     xs = [s for pts in series.values() for s, _ in pts]
     ys = [v for pts in series.values() for _, v in pts]
     x0, x1 = min(xs), max(max(xs), min(xs) + 1)
@@ -95,17 +133,45 @@ def plot_losses(history, path, keys=("total", "content", "style", "tv"), size=(6
         ly = top + 10 + 18 * i
         draw.line([width - right + 10, ly, width - right + 30, ly], fill=colour, width=2)
         draw.text((width - right + 35, ly - 6), key, fill=(0, 0, 0))
-    img.save(path)
-    return path
+    return save_image_atomic(img, path)
 
 
 def preserve_colors(content_rgb, output_rgb):
-    """Luminance transfer: the output's Y with the content's Cb and Cr (YCbCr, as
-    neural-style's ``-original_colors``). Both (H, W, 3) uint8; content is resized."""
-    out = Image.fromarray(np.asarray(output_rgb, dtype=np.uint8), "RGB")
-    content = Image.fromarray(np.asarray(content_rgb, dtype=np.uint8), "RGB")
-    if content.size != out.size:
-        content = content.resize(out.size, Image.BILINEAR)
-    y, _, _ = out.convert("YCbCr").split()
-    _, cb, cr = content.convert("YCbCr").split()
-    return np.asarray(Image.merge("YCbCr", (y, cb, cr)).convert("RGB"), dtype=np.uint8)
+    """Luminance transfer (``labkit.runtime.colour.luminance_transfer``)."""
+    from labkit.runtime.colour import luminance_transfer
+    return luminance_transfer(content_rgb, output_rgb)
+
+
+def _thumbnail(rgb, height):
+    img = Image.fromarray(np.asarray(rgb, dtype=np.uint8), "RGB")
+    width = max(1, round(img.width * height / img.height))
+    return img.resize((width, height), Image.BILINEAR)
+
+
+def contact_sheet(path, tiles, thumb_height=128, columns=6, title=""):
+    """One PNG with every tile: ``tiles`` = [(rgb (H, W, 3) uint8, [label lines])], drawn in
+    rows of ``columns`` thumbnails ``thumb_height`` pixels high, each with its label lines
+    below (Pillow's default font). Written atomically; returns ``path``."""
+    if not tiles:
+        raise ValueError("contact_sheet: no tiles")
+    thumbs = [(_thumbnail(rgb, thumb_height), lines) for rgb, lines in tiles]
+    line_h, pad = 12, 8
+    label_h = line_h * max(len(lines) for _, lines in thumbs)
+    cell_w = max(max(t.width for t, _ in thumbs),
+                 max(6 * len(line) for _, lines in thumbs for line in lines))
+    cell_h = thumb_height + label_h + pad
+    ncols = min(columns, len(thumbs))
+    nrows = -(-len(thumbs) // ncols)
+    top = 20 if title else 0
+    sheet = Image.new("RGB", (pad + ncols * (cell_w + pad), top + pad + nrows * cell_h),
+                      "white")
+    draw = ImageDraw.Draw(sheet)
+    if title:
+        draw.text((pad, 5), title, fill=(0, 0, 0))
+    for i, (thumb, lines) in enumerate(thumbs):
+        x = pad + (i % ncols) * (cell_w + pad)
+        y = top + pad + (i // ncols) * cell_h
+        sheet.paste(thumb, (x, y))
+        for j, line in enumerate(lines):
+            draw.text((x, y + thumb_height + 2 + j * line_h), line, fill=(0, 0, 0))
+    return save_image_atomic(sheet, path)

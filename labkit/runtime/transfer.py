@@ -2,8 +2,10 @@
 
 ``Objective`` combines the student's loss layers (layer_3.py) with the student's VGG19
 (style_transfer.py): total = alpha * content + beta * sum_l w_l style_l + tv_weight * tv,
-with the image gradient from ONE backward pass. ``run_transfer`` drives Adam or L-BFGS,
-calls ``on_step`` after every step and handles Ctrl-C and non-finite losses.
+with the image gradient from ONE backward pass. The style target of each layer is the
+blend of the style images' Gram matrices (``style_targets``). ``run_transfer`` drives Adam
+or L-BFGS, calls ``on_step`` after every step, handles Ctrl-C and non-finite losses, and can
+continue from a saved optimiser state (exact resume).
 """
 import contextlib
 import time
@@ -11,8 +13,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from stu_upload.layer_3 import AdamOptimizer, ContentLossLayer, StyleLossLayer
-from stu_upload.style_transfer import FEATURE_LAYER_NAMES
+from labkit.runtime import vgg19_spec as _spec
+from labkit.runtime.student import stu
+
+FEATURE_LAYER_NAMES = _spec.FILE_LAYER_NAMES[:37]      # conv1_1 ... pool5
+
+
+def ContentLossLayer():
+    return stu.layer_3.ContentLossLayer()
+
+
+def StyleLossLayer():
+    return stu.layer_3.StyleLossLayer()
+
+
+def AdamOptimizer(lr, diff_shape):
+    return stu.layer_3.AdamOptimizer(lr, diff_shape)
 
 
 def tv_loss(image):
@@ -43,15 +59,52 @@ def normalise_weights(style_weights):
     return {name: float(w) / total for name, w in style_weights.items()}
 
 
+def normalise_blend(blend, count):
+    """Blend weights of ``count`` style images -> a list summing to 1 (None: equal)."""
+    if blend is None:
+        return [1.0 / count] * count
+    blend = [float(b) for b in blend]
+    if len(blend) != count or min(blend) < 0 or not sum(blend) > 0:
+        raise ValueError(f"style blend {blend}: give {count} weights >= 0 with a positive sum.")
+    total = sum(blend)
+    return [b / total for b in blend]
+
+
+def style_targets(vgg, style_images, layers, reference_shapes, blend=None):
+    """{layer: A} where A = sum_k blend_k * Gram_k is the blended style target of each layer.
+
+    Gram_k is computed by the student's ``StyleLossLayer.set_target`` on the features of
+    style image k. A style image of another size than the working image (``--style-scale``)
+    has Gram sums over another number of pixels: its Gram is multiplied by
+    (H_l W_l of ``reference_shapes[layer]``) / (H'_l W'_l of the style's features), so the
+    target holds the style's statistics per pixel whatever size they were measured at.
+    ``blend``: weights (normalised; None = equal).
+    """
+    weights = normalise_blend(blend, len(style_images))
+    targets = {}
+    for image, weight in zip(style_images, weights):
+        feats = vgg.forward(image, list(layers))
+        for name in layers:
+            gram = StyleLossLayer().set_target(feats[name])
+            ref_pixels = reference_shapes[name][2] * reference_shapes[name][3]
+            pixels = feats[name].shape[2] * feats[name].shape[3]
+            if pixels != ref_pixels:
+                gram = gram * (ref_pixels / pixels)
+            part = gram if weight == 1.0 else weight * gram
+            targets[name] = part if name not in targets else targets[name] + part
+    return targets
+
+
 class Objective:
     """f(image) -> (total loss, dtotal/dimage, {part: loss}) for a built, loaded VGG19.
 
     Targets are computed once here: the content features of ``content_image`` at
-    ``content_layer`` and the style Gram matrices of ``style_image`` (set_target).
+    ``content_layer`` and the style Gram matrices of ``style_image`` (set_target), or, for a
+    list of style images, their blend (``style_targets``; ``style_blend`` weights).
     """
 
     def __init__(self, vgg, content_image, style_image, content_layer, style_weights,
-                 alpha=1.0, beta=500.0, tv_weight=0.0, parallel_map=None):
+                 alpha=1.0, beta=500.0, tv_weight=0.0, parallel_map=None, style_blend=None):
         self.vgg = vgg
         self.parallel_map = parallel_map
         self.content_layer = content_layer
@@ -60,13 +113,21 @@ class Objective:
         self.layer_list = sorted({content_layer, *self.style_weights},
                                  key=FEATURE_LAYER_NAMES.index)
         self.content_loss = ContentLossLayer()
-        self.content_target = vgg.forward(content_image, [content_layer])[content_layer]
-        style_features = vgg.forward(style_image, list(self.style_weights))
+        content_feats = vgg.forward(content_image, self.layer_list)
+        self.content_target = content_feats[content_layer]
+        styles = style_image if isinstance(style_image, (list, tuple)) else [style_image]
+        targets = style_targets(vgg, styles, list(self.style_weights),
+                                {n: content_feats[n].shape for n in self.style_weights},
+                                style_blend)
         self.style_loss = {}
         for name in self.style_weights:
             self.style_loss[name] = StyleLossLayer()
-            self.style_loss[name].set_target(style_features[name])
+            self.style_loss[name].gram_style = targets[name]    # the blended target A
         self.evaluations = 0
+
+    def style_target(self, name):
+        """The style target A (N, C, C) of layer ``name``."""
+        return self.style_loss[name].gram_style
 
     def part_names(self):
         return ["content"] + [f"style_{n}" for n in self.style_weights] + ["tv"]
@@ -118,14 +179,15 @@ class NonFiniteLoss(Exception):
 class TransferResult:
     image: np.ndarray                # the last image with a finite loss
     status: str                      # "done", "interrupted" or "nonfinite"
-    steps: int                       # completed steps
-    image_step: int = 0              # how many steps ``image`` has had
-    history: list = field(default_factory=list)    # one dict per step
+    steps: int                       # completed steps (counting from 0, not from start_step)
+    image_step: int = 0              # how many steps ``image`` has had (counting from 0)
+    history: list = field(default_factory=list)    # one dict per step of this call
     message: str = ""
+    optimizer_state: dict = None     # Adam's {mt, vt, step} that goes with ``image``
 
 
 def run_transfer(objective, image, steps, optimizer="adam", lr=1.0, bounds=None,
-                 on_step=None, context=None):
+                 on_step=None, context=None, start_step=0, optimizer_state=None, live=None):
     """Optimise ``image`` for ``steps`` steps (Adam) or iterations (L-BFGS-B).
 
     ``on_step(step, image, record)`` is called after each step with the new image and a
@@ -135,22 +197,41 @@ def run_transfer(objective, image, steps, optimizer="adam", lr=1.0, bounds=None,
     Adam step holds the loss of the image *before* that step's update.
     ``bounds`` (low, high) per channel (3,) arrays limit L-BFGS-B's pixels.
     ``context``: a context manager to run the steps in (the tuned engine's threads).
+
+    Resume: ``start_step`` numbers the steps from there (step start_step + 1 first);
+    ``optimizer_state`` {mt, vt, step} restores Adam exactly (None: a fresh Adam). The
+    result's ``optimizer_state`` is Adam's state that belongs to the result's image, and
+    ``live['optimizer']`` (when a dict is given) holds the state after the latest step while
+    ``on_step`` runs, so a checkpoint written there is consistent. L-BFGS keeps no state:
+    a resumed L-BFGS restarts its history from the saved image.
     """
-    state = {"good": image, "good_step": 0, "current": image, "step": 0, "history": []}
+    state = {"good": image, "good_step": start_step, "current": image, "step": start_step,
+             "history": [], "snaps": {start_step: optimizer_state}}
 
     def evaluate(x):
         with np.errstate(over="ignore", invalid="ignore"):
             total, grad, parts = objective(x)
         if not (np.isfinite(total) and np.all(np.isfinite(grad))):
-            raise NonFiniteLoss(f"the loss became {total} at step {state['step'] + 1}")
+            step = state["step"] + 1
+            what = "loss" if not np.isfinite(total) else "gradient (loss finite)"
+            if state["history"]:
+                raise NonFiniteLoss(f"the {what} went from {state['history'][-1]['total']:.6g} "
+                                    f"to {total:.6g} at step {step}")
+            raise NonFiniteLoss(f"the {what} was not finite ({total:.6g}) at step {step}")
         state["good"], state["good_step"] = x, state["step"]
         return total, grad, parts
 
-    def record(x, total, parts, seconds):
+    def record(x, total, parts, seconds, opt_state=None):
         state["step"] += 1
         state["current"] = x
+        snaps = state["snaps"]
+        snaps[state["step"]] = opt_state
+        for old in [k for k in snaps if k < state["step"] - 1]:
+            del snaps[old]
         rec = {"step": state["step"], "total": total, **parts, "seconds": seconds}
         state["history"].append(rec)
+        if live is not None:
+            live["optimizer"] = opt_state
         if on_step is not None:
             on_step(state["step"], x, rec)
 
@@ -159,29 +240,37 @@ def run_transfer(objective, image, steps, optimizer="adam", lr=1.0, bounds=None,
     try:
         with context if context is not None else contextlib.nullcontext():
             if optimizer == "adam":
-                final = _run_adam(evaluate, record, image, steps, lr)
+                final = _run_adam(evaluate, record, image, steps, lr, optimizer_state)
             else:
                 final = _run_lbfgs(evaluate, record, image, steps, bounds, state)
     except KeyboardInterrupt:
         return TransferResult(state["current"], "interrupted", state["step"], state["step"],
-                              state["history"], f"interrupted after {state['step']} steps")
+                              state["history"], f"interrupted after {state['step']} steps",
+                              state["snaps"].get(state["step"]))
     except NonFiniteLoss as exc:
         return TransferResult(state["good"], "nonfinite", state["step"], state["good_step"],
                               state["history"],
                               f"{exc}; stopped and kept the last image with a finite loss "
                               f"(after step {state['good_step']}). Lower --lr or the loss "
-                              f"weights.")
-    return TransferResult(final, "done", state["step"], state["step"], state["history"])
+                              f"weights.", state["snaps"].get(state["good_step"]))
+    return TransferResult(final, "done", state["step"], state["step"], state["history"],
+                          optimizer_state=state["snaps"].get(state["step"]))
 
 
-def _run_adam(evaluate, record, image, steps, lr):
+def _run_adam(evaluate, record, image, steps, lr, optimizer_state=None):
     adam = AdamOptimizer(lr, image.shape)
+    if optimizer_state is not None:                 # exact resume: the saved moments
+        adam.mt = np.array(optimizer_state["mt"])
+        adam.vt = np.array(optimizer_state["vt"])
+        adam.step = int(optimizer_state["step"])
     x = image
     for _ in range(steps):
         start = time.perf_counter()
         total, grad, parts = evaluate(x)       # loss of x, the image before this update
         x = adam.update(x, grad)
-        record(x, total, parts, time.perf_counter() - start)
+        # copies: a student's update may change mt / vt in place
+        record(x, total, parts, time.perf_counter() - start,
+               {"mt": np.array(adam.mt), "vt": np.array(adam.vt), "step": adam.step})
     return x        # finite: a finite gradient gives a finite Adam step
 
 

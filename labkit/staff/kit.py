@@ -288,6 +288,13 @@ def write_kit(out, root=ROOT, force=False, check_import=True):
             _public_manifest(src, os.path.join(tests_dst, name))
         else:
             _copy(src, os.path.join(tests_dst, name))
+    # the public tests' expected values, recorded afresh from the reference (a subprocess:
+    # recording imports the reference stu_upload, which must not replace the caller's)
+    r = subprocess.run([sys.executable, "-m", "labkit.staff.record", "--out",
+                        os.path.join(tests_dst, "data")], cwd=root, capture_output=True,
+                       text=True, env={**os.environ, "PYTHONPATH": root})
+    if r.returncode != 0:
+        raise KitError(f"recording the tests' expected values failed: {r.stderr[-800:]}")
     os.makedirs(os.path.join(out, "models"))
     readme = os.path.join(root, "models", "README.md")
     if os.path.exists(readme):
@@ -368,6 +375,9 @@ def verify_kit(out, regions=None, root=ROOT, check_import=True):
     for task in sorted(expected):
         if f"raise NotImplementedError('{task}: " not in text:
             problems.append(f"task '{task}' has no NotImplementedError stub in the kit")
+    if check_import and not problems:
+        from labkit.staff.leaks import find_leaks
+        problems += find_leaks(out, root)
     if check_import and not problems:
         code = "import importlib, sys\nfor m in sys.argv[1:]:\n    importlib.import_module(m)\n"
         r = subprocess.run([sys.executable, "-c", code, *stub_modules], cwd=out,
@@ -460,7 +470,8 @@ def main(argv=None):
         print(f"{n} student regions in {files} files: markers OK")
     else:
         print(f"student kit written to {args.out}: {n} tasks stubbed in {files} files; "
-              f"verified (no markers or solution lines left, stubs compile and import)")
+              f"verified (no markers or solution lines left, stubs compile and import, no "
+              f"working answer found outside the stubs)")
     return 0
 
 

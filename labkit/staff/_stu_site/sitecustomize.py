@@ -44,19 +44,26 @@ def install(pkg_dir):
 
 
 def _chain():
-    """Run the next ``sitecustomize`` on the path, if there is one."""
+    """Run the next ``sitecustomize`` on the path, if there is one.
+
+    This module is being imported as ``sitecustomize`` while it runs; the import system
+    (CPython 3.11 and later) looks it up in ``sys.modules`` again when its code finishes,
+    so the entry must be put back, or site.py prints "Error in sitecustomize; KeyError:
+    'sitecustomize'" in every process (seen with a pyenv-built 3.11 virtualenv, which has
+    no other sitecustomize)."""
     here = os.path.dirname(os.path.abspath(__file__))
     saved = sys.path[:]
+    this = sys.modules.get("sitecustomize")
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
-    own = sys.modules.pop("sitecustomize", None)
+    sys.modules.pop("sitecustomize", None)
     try:
         import sitecustomize  # noqa: F401
     except ImportError:
         pass
     finally:
         sys.path[:] = saved
-        if own is not None:             # site.py looks this module up when we return
-            sys.modules["sitecustomize"] = own
+        if this is not None:
+            sys.modules["sitecustomize"] = this
 
 
 if __name__ == "sitecustomize":
