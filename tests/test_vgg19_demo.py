@@ -22,9 +22,15 @@ from labkit.runtime.cli import UserError
 from labkit.runtime.fixtures import write_vgg19_mat
 from labkit.runtime.images import ImageLoadError, make_demo_image, save_rgb
 from labkit.runtime.matfile import WeightsFileError
-from stu_upload import vgg19_demo
-from stu_upload.vgg19_demo import VGG19
-from stu_upload.vgg_cpu import VGG19 as CpuVGG19
+from labkit.runtime.student import stu
+
+
+def VGG19():
+    return stu.vgg19_demo.VGG19()
+
+
+def CpuVGG19(*args, **kwargs):
+    return stu.vgg_cpu.VGG19(*args, **kwargs)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -63,6 +69,7 @@ def make_net(setup, spy=None):
 
 
 def test_backend_is_the_simulator_here():
+    vgg19_demo = stu.vgg19_demo.module
     assert vgg19_demo.SIMULATED and "simulator" in vgg19_demo.BACKEND
 
 
