@@ -4,8 +4,10 @@ import pytest
 
 from labkit.runtime.gradcheck import GradientCheckError, check_vjp, numeric_gradient, assert_close
 from labkit.runtime.recorded import Recorded
-from stu_upload._base import BackwardBeforeForwardError
-from stu_upload.layer_1 import FullyConnectedLayer, ReLULayer, SoftmaxLossLayer
+from labkit.runtime.student import lazy, stu
+
+FullyConnectedLayer, ReLULayer, SoftmaxLossLayer = lazy(
+    "layer_1", "FullyConnectedLayer", "ReLULayer", "SoftmaxLossLayer")
 
 THRESHOLD = 1e-7
 # expected values recorded from the reference solution (tests/data/layer_1.npz)
@@ -109,9 +111,9 @@ def test_layers_keep_dtype(rng, dtype):
 
 def test_backward_before_forward_is_a_clear_error():
     for layer in (FullyConnectedLayer(3, 2), ReLULayer()):
-        with pytest.raises(BackwardBeforeForwardError, match="before forward"):
+        with pytest.raises(stu._base.BackwardBeforeForwardError, match="before forward"):
             layer.backward(np.zeros((1, 2)))
-    with pytest.raises(BackwardBeforeForwardError, match="before forward"):
+    with pytest.raises(stu._base.BackwardBeforeForwardError, match="before forward"):
         SoftmaxLossLayer().backward()
 
 
