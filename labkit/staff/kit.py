@@ -416,7 +416,9 @@ python -m pytest -q tests/test_layer_1.py       # 只测一个文件
 
 **如何评分**：提交整个 `{STU_PACKAGE}/` 文件夹（或其 zip）。助教用同一套测试加上**隐藏测试**
 评分：每个测试有固定分数，通过得分，失败、超时（每个测试有时间限制）或无法导入得 0 分。
-文件有语法错误时，只有依赖该文件的测试得 0 分。公开测试全部通过不等于满分。
+文件有语法错误时，只有依赖该文件的测试得 0 分。公开测试全部通过不等于满分。成绩分为 `lab`
+（实验本身，按原版接口检查）和 `beyond`（本实验包的扩展）；原版文件名（`layers_1.py` 等）同样
+有效。完整的中文快速入门见 `README.zh-CN.md`。
 
 ## English
 
@@ -437,6 +439,8 @@ Drivers: {drivers} (`--help` for options; `python main_exp_3_1.py --demo` needs 
 the same tests plus **hidden tests**: each test has fixed points, earned when it passes; a
 failure, a time-out (every test has a time limit) or an import error scores 0. A file with a
 syntax error costs only the tests that need it. Passing every public test is not a full score.
+Points are `lab` (the lab itself, checked through the original kit's interface) or `beyond`
+(this kit's extensions); the original kit's file names (`layers_1.py` ...) work too.
 
 ## Tasks / 任务
 
