@@ -16,7 +16,7 @@ import pytest
 
 from labkit.engine.conv_algos import conv2d_reference
 from labkit.runtime.student import stu
-from lab_support import mse, rel_err
+from lab_support import mse, rel_err, unwrap
 
 TOL = 1e-10      # float64 against float64 reference: rounding only
 
@@ -70,7 +70,14 @@ def test_pool_forward(k, s, shape):
 def composed(full_fixture):
     """The student's exp 3.1 VGG19 on the full-size fixture (original protocol), with the
     engine's convolution and pooling swapped in; runs to pool5, then the student's tail on
-    the reference pool5."""
+    the reference pool5. An exception is handed to the tests (unwrap), not raised here."""
+    try:
+        return _compose(full_fixture)
+    except Exception as exc:        # e.g. NotImplementedError of an unfinished task
+        return exc
+
+
+def _compose(full_fixture):
     from labkit.engine.attach import tune
     vgg = stu.vgg_cpu.VGG19(param_path=full_fixture["mat"])
     vgg.build_model()
@@ -90,7 +97,7 @@ def composed(full_fixture):
 
 
 def test_pool5_matches_the_reference(composed, full_fixture):
-    pool5 = composed["pool5"]
+    pool5 = unwrap(composed)["pool5"]
     assert np.shape(pool5) == full_fixture["pool5"].shape
     err = mse(pool5, full_fixture["pool5"])
     assert err < 0.003, f"pool5 MSE {err:.3g} >= 0.003 (the original criterion): check " \
@@ -98,7 +105,7 @@ def test_pool5_matches_the_reference(composed, full_fixture):
 
 
 def test_classifies_the_cat(composed, full_fixture):
-    prob = np.asarray(composed["prob"], dtype=np.float64).reshape(1, -1)
+    prob = np.asarray(unwrap(composed)["prob"], dtype=np.float64).reshape(1, -1)
     ref = full_fixture["prob"].reshape(1, -1)
     assert prob.shape == ref.shape, f"probabilities shape {prob.shape}, expected {ref.shape}"
     assert int(prob.argmax()) == int(ref.argmax()), \

@@ -28,13 +28,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KIT = os.path.join(ROOT, "tests_staff", "original_kit")
 HIDDEN = os.path.join(ROOT, "tests_hidden")
 sys.path.insert(0, HIDDEN)
-from lab_support import make_full_fixture  # noqa: E402
+from lab_support import fixture_folder, make_full_fixture  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def full(tmp_path_factory):
-    folder = os.environ.get("LABKIT_LAB_FIXTURES") or str(tmp_path_factory.mktemp("full"))
-    return make_full_fixture(folder)
+    return make_full_fixture(fixture_folder())
 
 
 def grade(stu_dir, exps, full, tmp_path, name):
@@ -121,6 +120,21 @@ def test_one_bug_loses_exactly_its_task(full, tmp_path, name, exps, edits, broke
     assert report["lab_points"] == pytest.approx(expected), report["lab_points"]
     with open(tmp_path / "variant.json", "w") as f:     # kept for the record (pytest tmp)
         json.dump({k: report[k] for k in ("lab_points", "lab_max_points")}, f)
+
+
+def test_only_exp_3_2_submitted(full, tmp_path):
+    """A folder with only vgg19_demo.py: exp 3.2 earns its points, 3.1 and 3.3 are "not
+    submitted" and not counted (a missing vgg_cpu.py costs exp 3.2 nothing)."""
+    dst = tmp_path / "only32" / "stu_upload"
+    dst.mkdir(parents=True)
+    for name in ("__init__.py", "vgg19_demo.py"):
+        shutil.copy(os.path.join(KIT, "stu_upload", name), dst / name)
+    report = grade(str(dst), ("3.1", "3.2", "3.3"), full, tmp_path, "only32")
+    assert report["lab_points"] == report["lab_max_points"] == 100
+    assert report["experiments"]["3.2"]["submitted"]
+    assert not report["experiments"]["3.1"]["submitted"]
+    assert not report["experiments"]["3.3"]["submitted"]
+    assert report["not_submitted"] > 0 and report["points"] == report["max_points"]
 
 
 # ----------------------------------------------------------------------------- drivers
