@@ -162,6 +162,11 @@ def teaching_message(report, timeout):
         return "skipped: " + _first_line(str(reason)).replace("Skipped: ", "")
     if not crash:
         return _first_line(text)
+    syntax = re.search(r"^\s*((?:Syntax|Indentation|Tab)Error\b.*)$", crash, re.M)
+    where = re.search(r'File "([^"]+)", line (\d+)', crash)
+    if syntax and where:        # a student file that does not compile (resolved lazily)
+        return f"{syntax.group(1).strip()} ({os.path.basename(where.group(1))}, line " \
+               f"{where.group(2)})"
     crash = re.sub(r"^(?:[A-Za-z_][\w]*\.)+(?=\w+(?:Error|Exception|Warning)\b)", "", crash)
     line = _first_line(crash)
     if line.startswith("assert ") or line in ("AssertionError", "assert False"):
