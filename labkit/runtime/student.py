@@ -58,9 +58,18 @@ class StudentModuleMissing(ImportError):
 
 
 def package_dir():
-    """The folder of the ``stu_upload`` package in use (the grader installs the student's)."""
+    """The folder of the student's ``stu_upload``: ``$LABKIT_STU_DIR`` (the grader sets it;
+    a sandboxed grader's proxy package has no folder of its own), else the folder of the
+    ``stu_upload`` package in use. Only file names are read there; no code runs."""
+    folder = os.environ.get("LABKIT_STU_DIR")
+    if folder and os.path.isdir(folder):
+        return os.path.abspath(folder)
     pkg = sys.modules.get(PACKAGE) or importlib.import_module(PACKAGE)
-    return os.path.abspath(list(pkg.__path__)[0])
+    paths = list(getattr(pkg, "__path__", None) or [])
+    if not paths:
+        raise StudentModuleMissing(f"cannot tell where {PACKAGE} lives: set LABKIT_STU_DIR to "
+                                   f"its folder")
+    return os.path.abspath(paths[0])
 
 
 def _is_alias(path):
