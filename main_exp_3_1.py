@@ -11,7 +11,8 @@ import sys
 import numpy as np
 
 from labkit.runtime import vgg19_spec as spec
-from labkit.runtime.cli import (DEFAULT_WEIGHTS, UserError, check_output_dir, check_output_path,
+from labkit.runtime.cli import (DEFAULT_WEIGHTS, NO_LEGACY_FLAG, NO_LEGACY_HELP, UserError,
+                                 check_output_dir, check_output_path,
                                 default_output_dir, download_weights, find_default, run_main)
 from labkit.runtime.npyfile import write_pool5
 
@@ -20,6 +21,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description="Exp 3.1: VGG19 image classification on the CPU, pure NumPy.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument(NO_LEGACY_FLAG, action="store_true", help=NO_LEGACY_HELP)
     p.add_argument("--weights", default=DEFAULT_WEIGHTS,
                    help=f"MatConvNet {spec.REAL_FILE_NAME} (legacy or meta layout)")
     p.add_argument("--image", help="image to classify (any format Pillow reads: JPEG, PNG, "
@@ -97,7 +99,8 @@ def main(argv=None):
     reference = check_inputs(args)
     if not os.path.exists(args.weights) and args.download:
         download_weights(args.weights)
-    from stu_upload.vgg_cpu import VGG19
+    from labkit.runtime.student import stu
+    VGG19 = stu.vgg_cpu.VGG19
     vgg = VGG19(args.weights, type=0 if args.layers == "raw" else 1, dtype=args.dtype,
                 verbose=not args.quiet)
     vgg.build_model()

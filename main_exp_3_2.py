@@ -16,7 +16,8 @@ import time
 import numpy as np
 
 from labkit.runtime.calibrate import DEFAULT_QUANT, calibrate_vgg19, demo_images, read_quant_pairs
-from labkit.runtime.cli import (DEFAULT_WEIGHTS, UserError, check_output_dir, default_output_dir,
+from labkit.runtime.cli import (DEFAULT_WEIGHTS, NO_LEGACY_FLAG, NO_LEGACY_HELP, UserError,
+                                check_output_dir, default_output_dir,
                                 find_default, run_main)
 
 DEMO_FOLDER = os.path.join(default_output_dir(), "demo_dlp")
@@ -28,6 +29,7 @@ def parse_args(argv=None):
         "through pycnml, or on the NumPy pycnml simulator where there is no DLP; then a "
         "comparison with the float CPU network of exp 3.1.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument(NO_LEGACY_FLAG, action="store_true", help=NO_LEGACY_HELP)
     p.add_argument("--weights", default=DEFAULT_WEIGHTS,
                    help="MatConvNet imagenet-vgg-verydeep-19.mat (legacy or meta layout)")
     p.add_argument("--quant", default=DEFAULT_QUANT,
@@ -127,7 +129,8 @@ def check_inputs(args):
 
 def compare_with_cpu(vgg, image, k):
     """Run the float CPU VGG19 on ``image``; print and return the agreement numbers."""
-    from stu_upload.vgg_cpu import VGG19 as CpuVGG19
+    from labkit.runtime.student import stu
+    CpuVGG19 = stu.vgg_cpu.VGG19
     cpu = CpuVGG19(vgg.param_path, type=1, dtype=np.float32, verbose=False)
     cpu.build_model()
     cpu.load_model()
@@ -161,7 +164,12 @@ def main(argv=None):
               "classes) on a synthetic image, quantisation calibrated on synthetic images.\n"
               f"      files in {DEMO_FOLDER}")
     check_inputs(args)
-    from stu_upload.vgg19_demo import BACKEND, SIMULATED, VGG19
+    from labkit.runtime.student import stu
+    demo = stu.vgg19_demo.module
+    VGG19 = demo.VGG19
+    SIMULATED = bool(getattr(demo.pycnml, "SIMULATOR", False))
+    BACKEND = (demo.pycnml.backend_name() if SIMULATED
+               else "pycnml (Cambricon MLU270, real DLP)")
     print(f"Backend: {BACKEND}" + (" -- no DLP here; INT8/fp16 arithmetic simulated on the "
                                    "CPU, times are NOT DLP times" if SIMULATED else ""))
     vgg = VGG19()

@@ -16,7 +16,9 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from labkit.runtime.cli import DEFAULT_WEIGHTS, UserError, run_main
+from labkit.runtime import vgg19_spec as spec
+from labkit.runtime.cli import (DEFAULT_WEIGHTS, NO_LEGACY_FLAG, NO_LEGACY_HELP, UserError,
+                                run_main)
 from labkit.runtime.colour import COLOUR_MODES
 
 STYLE_DEFAULT = "relu1_1:1,relu2_1:1,relu3_1:1,relu4_1:1,relu5_1:1"
@@ -30,6 +32,9 @@ def engine_available():
     except ImportError:
         return False
     return True
+
+
+FEATURE_LAYER_NAMES = spec.FILE_LAYER_NAMES[:37]      # conv1_1 ... pool5
 
 
 class _Parser(argparse.ArgumentParser):
@@ -50,6 +55,7 @@ def build_parser():
         "_log.csv, _loss.png, _sheet.png (contact sheet) and _checkpoint.npz (for --resume).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
+    a(NO_LEGACY_FLAG, action="store_true", help=NO_LEGACY_HELP)
     a("--weights", default=DEFAULT_WEIGHTS, help="MatConvNet imagenet-vgg-verydeep-19.mat")
     a("--content", help="content image (any format Pillow reads)")
     a("--style", nargs="+", help="style image(s), resized to the content's working size "
@@ -193,7 +199,6 @@ def validate(args):
         raise UserError(f"--conv {args.conv} needs the tuned engine (labkit/engine/), which "
                         f"is not part of the student kit; use --conv lab (your own layers).")
     args.style_weights = parse_style_layers(args.style_layers)
-    from stu_upload.style_transfer import FEATURE_LAYER_NAMES
     if args.content_layer not in FEATURE_LAYER_NAMES:
         raise UserError(f"--content-layer: unknown layer '{args.content_layer}'; use names "
                         f"such as relu4_2.")
@@ -202,7 +207,6 @@ def validate(args):
 
 def parse_style_layers(text):
     """'relu1_1:1,relu2_1:0.5' -> {'relu1_1': 1.0, 'relu2_1': 0.5}."""
-    from stu_upload.style_transfer import FEATURE_LAYER_NAMES
     weights = {}
     for item in filter(None, (s.strip() for s in text.split(","))):
         name, _, w = item.partition(":")
@@ -222,7 +226,8 @@ def parse_style_layers(text):
 
 def speed_test(seed=1234):
     """The original check: loops (type=0) vs img2col (type=1) on one 3x3, 256->256 conv."""
-    from stu_upload.layer_2 import ConvolutionalLayer
+    from labkit.runtime.student import stu
+    ConvolutionalLayer = stu.layer_2.ConvolutionalLayer
     rng = np.random.default_rng(seed)
     test_data = rng.random((1, 256, 24, 40))
     test_dloss = rng.random((1, 256, 24, 40))
@@ -513,7 +518,8 @@ def _main(argv, guard, hook=None):
     from labkit.runtime.images import preprocess
     from labkit.runtime.pooling import use_avg_pooling
     from labkit.runtime.transfer import Objective
-    from stu_upload.style_transfer import VGG19, get_random_img
+    from labkit.runtime.student import stu
+    VGG19, get_random_img = stu.style_transfer.VGG19, stu.style_transfer.get_random_img
     dtype = np.dtype(args.dtype)
     print(f"Loading {args.weights} ...", flush=True)
     vgg = VGG19(args.weights, dtype=dtype)

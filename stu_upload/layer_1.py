@@ -53,7 +53,8 @@ class FullyConnectedLayer:
         top_diff = check_top_diff(self, top_diff, (x.shape[0], self.num_output))
         weight = self.weight.astype(top_diff.dtype, copy=False)
         # === STUDENT BEGIN: fc_backward ===
-        # hint: dL/dW = X^T dY, dL/db = sum of dY over the batch, dL/dX = dY W^T
+        # hint: the gradients of Y = X W + b: d_weight [num_input, num_output],
+        # hint: d_bias [1, num_output] (summed over the batch), bottom_diff (N, num_input)
         self.d_weight = x.T @ top_diff
         self.d_bias = top_diff.sum(axis=0, keepdims=True)
         bottom_diff = top_diff @ weight.T
@@ -148,7 +149,8 @@ class SoftmaxLossLayer:
         prob = need(self, "prob")
         onehot = need(self, "label_onehot")
         # === STUDENT BEGIN: softmax_backward ===
-        # hint: dL/dscores = (prob - onehot) / N
+        # hint: the gradient of the mean cross-entropy (get_loss) w.r.t. the scores,
+        # hint: (N, K); the loss is averaged over the batch of N
         bottom_diff = (prob - onehot) / self.batch_size
         # === STUDENT END ===
         return bottom_diff

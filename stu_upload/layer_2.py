@@ -88,9 +88,9 @@ def col2im(dcols, x_pad_shape, kernel_size, stride):
                              .transpose(0, 3, 4, 5, 1, 2))
     dx_pad = np.zeros(x_pad_shape, dtype=dcols.dtype)
     # === STUDENT BEGIN: col2im ===
-    # hint: kernel offset (kh, kw) of all windows together covers a strided grid of the
-    # hint: padded input (stride s, H_out x W_out points, starting at (kh, kw)); add that
-    # hint: offset's gradients d[:, :, kh, kw] there
+    # hint: the adjoint of img2col: each window element's gradient d[n, cin, kh, kw, h, w]
+    # hint: is added to the padded-input pixel it was read from (eq. 3.6); overlapping
+    # hint: windows add up; loop over the K*K kernel offsets only
     for kh in range(kernel_size):
         for kw in range(kernel_size):
             dx_pad[:, :, kh:kh + stride * h_out:stride, kw:kw + stride * w_out:stride] += \
@@ -408,8 +408,8 @@ def maxpool_backward(x, output, top_diff, kernel_size, stride):
     h_out, w_out = output.shape[2:]
     bottom_diff = np.zeros(x.shape, dtype=top_diff.dtype)
     # === STUDENT BEGIN: pool_backward_speedup ===
-    # hint: walk the offsets in row-major order; an offset whose view equals the output
-    # hint: (and no earlier offset took that window) receives top_diff there
+    # hint: eq. 3.9 for all windows at once: each window's top_diff goes to the first
+    # hint: position (row-major) that holds its maximum; overlapping windows add up
     taken = np.zeros(output.shape, dtype=bool)
     for view, target in zip(offset_views(x, k, s, h_out, w_out),
                             offset_views(bottom_diff, k, s, h_out, w_out)):

@@ -106,7 +106,8 @@ class StyleLossLayer:
         g = self._gram_input(input_layer, reuse=True)
         n, c, h, w = input_layer.shape
         # === STUDENT BEGIN: style_loss_backward ===
-        # hint: eq. 3.15 as a batched matrix product: (G - A)^T (N, C, C) times X as (N, C, H*W)
+        # hint: eq. 3.15 with g = G and a = A (N, C, C); the result has input_layer's
+        # hint: shape (N, C, H, W)
         flat = input_layer.reshape(n, c, h * w)
         bottom_diff = ((g - a).transpose(0, 2, 1) @ flat) / (n * c ** 2 * h ** 2 * w ** 2)
         bottom_diff = bottom_diff.reshape(n, c, h, w)

@@ -8,7 +8,7 @@ Shapes: image (1, 3, H, W) NCHW with the mean pixel subtracted; features (1, C, 
 import numpy as np
 
 from labkit.runtime import vgg19_spec as spec
-from labkit.runtime.images import deprocess, load_rgb, preprocess, save_rgb
+from labkit.runtime.images import deprocess, load_rgb, preprocess, resize_bilinear, save_rgb
 from labkit.runtime.matfile import load_vgg19_mat
 from stu_upload.layer_1 import ReLULayer
 from stu_upload.layer_2 import ConvolutionalLayer, MaxPoolingLayer
@@ -139,21 +139,37 @@ class VGG19:
         return current
 
     def load_image(self, image_dir, image_height, image_width):
-        """Any image file -> (1, 3, image_height, image_width), bilinear, minus the mean."""
-        return preprocess(load_rgb(image_dir), self.mean_pixel, image_height, image_width,
-                          self.dtype)
+        """Any image file -> ``(image, original_shape)`` as in the original kit: image
+        (1, 3, image_height, image_width), bilinear, minus the mean pixel; original_shape the
+        picture's (H, W, 3), for save_image to resize back."""
+        rgb = load_rgb(image_dir)
+        image = preprocess(rgb, self.mean_pixel, image_height, image_width, self.dtype)
+        return image, rgb.shape
 
     def save_image(self, input_image, image_shape, image_dir):
-        """(1, 3, H, W) mean-subtracted (reshaped to image_shape) -> image file."""
-        image = np.reshape(input_image, image_shape)
-        rgb = deprocess(image, self.mean_pixel)
+        """(1, 3, H, W) mean-subtracted -> image file, resized to ``image_shape`` (H0, W0[, 3])
+        as in the original kit (an NCHW shape (1, 3, H, W) keeps the size). Returns the RGB
+        array written (uint8, H0 x W0 x 3)."""
+        image = np.asarray(input_image)
+        if len(image_shape) == 4:
+            image = np.reshape(image, image_shape)
+        rgb = deprocess(image.reshape((1, 3) + image.shape[-2:]), self.mean_pixel)
+        if len(image_shape) in (2, 3) and tuple(image_shape[:2]) != rgb.shape[:2]:
+            rgb = resize_bilinear(rgb, int(image_shape[0]), int(image_shape[1]))
+            rgb = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
         save_rgb(rgb, image_dir)
         return rgb
 
 
 def get_random_img(content_image, noise, rng=None):
-    """Start image: noise * U(-20, 20) + (1 - noise) * content, in content's dtype."""
-    rng = np.random.default_rng() if rng is None else rng
-    noise_image = rng.uniform(-20, 20, content_image.shape)
+    """Start image: noise * U(-20, 20) + (1 - noise) * content, in content's dtype.
+
+    Drawn from NumPy's global generator (``np.random.uniform``) as in the original kit, so
+    ``np.random.seed(1234)`` reproduces it; pass ``rng`` (a ``np.random.Generator``) to use
+    your own generator instead."""
+    if rng is None:
+        noise_image = np.random.uniform(-20, 20, content_image.shape)
+    else:
+        noise_image = rng.uniform(-20, 20, content_image.shape)
     random_img = noise_image * noise + content_image * (1 - noise)
     return random_img.astype(content_image.dtype)

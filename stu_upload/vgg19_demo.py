@@ -6,9 +6,11 @@ activations). ``BACKEND`` says which one was imported.
 
 Shapes: input (1, 3, 224, 224) NCHW float, mean pixel subtracted; output: num_classes
 probabilities. Layouts pycnml wants (handout note 2): conv filter ``[Cout, Cin, K, K]``
-flattened (file: ``[K, K, Cin, Cout]``); MLP weight ``[Cout, Cin]`` flattened, where fc6's
-Cin runs over pool5 in pycnml's flatten order, C, H, W (file: ``[7, 7, C, Cout]``, H, W, C).
-Layer widths come from the .mat file, so the small test fixtures build the same way.
+flattened (file: ``[K, K, Cin, Cout]``); MLP weight ``[Cout, Cin]`` flattened. pycnml's
+flatten layer (``CnmlFlattenLayer``) flattens pool5 in H, W, C order, the order of the file's
+fc6 weight ``[7, 7, C, Cout]``, so fc6 is ``[7*7*C, Cout]`` transposed (the original kit's
+given code). Layer widths come from the .mat file, so the small test fixtures build the
+same way.
 """
 import os
 import time
@@ -58,11 +60,10 @@ class VGG19(object):
         self.net.setInputShape(1, 3, size, size)
         q = dict(zip(QUANT_LAYERS, self.input_quant_params))
         # === STUDENT BEGIN: dlp_build ===
-        # hint: walk spec.LAB_LAYER_NAMES (conv1_1, relu1_1, ..., pool5, flatten, fc6, ...,
-        # hint: fc8, softmax); conv: createConvLayer(name, cout[name], 3, 1, 1, 1, q[name]);
-        # hint: relu: createReLuLayer; pool: createPoolingLayer(name, 2, 2);
-        # hint: flatten: createFlattenLayer(name, [1, C5 * 7 * 7, 1, 1]) with C5 = cout['conv5_4'];
-        # hint: fc: createMlpLayer(name, cout[name], q[name]); softmax: createSoftmaxLayer(name, 1)
+        # hint: one layer per name of spec.LAB_LAYER_NAMES, in order (pycnml_api.md):
+        # hint: conv 3x3, stride 1, pad 1, cout[name] outputs, input QuantParam q[name];
+        # hint: max-pool 2x2, stride 2; flatten to [1, C5*7*7, 1, 1] (C5 = conv5_4's outputs);
+        # hint: fc: an MLP layer with cout[name] outputs and q[name]; softmax over axis 1
         for name in spec.LAB_LAYER_NAMES:
             if name.startswith("conv"):
                 self.net.createConvLayer(name, int(cout[name]), 3, 1, 1, 1, q[name])
@@ -93,11 +94,13 @@ class VGG19(object):
             name = self.net.getLayerName(i)
             w = weights[name].weight                     # [K, K, Cin, Cout] float32
             # === STUDENT BEGIN: dlp_load ===
-            # hint: conv: [K, K, Cin, Cout] -> [Cout, Cin, K, K] (np.transpose(w, [3, 2, 0, 1]));
-            # hint: fc6: pycnml flattens pool5 as (C, H, W), the file stores [H, W, C, Cout],
-            # hint: so the same transpose gives [Cout, C, H, W] -> reshape to [Cout, C*H*W];
-            # hint: fc7/fc8 ([1, 1, Cin, Cout]) -> [Cout, Cin]
-            filt = np.transpose(w, [3, 2, 0, 1]).reshape(w.shape[3], -1)
+            # hint: handout note 2: conv filter [K, K, Cin, Cout] -> [Cout, Cin, K, K];
+            # hint: fc weight [H, W, Cin, Cout] -> [Cout, H*W*Cin] (pycnml's flatten runs over
+            # hint: H, W, C, as the file does; fc7/fc8 have H = W = 1)
+            if name.startswith("conv"):
+                filt = np.transpose(w, [3, 2, 0, 1])
+            else:
+                filt = w.reshape(-1, w.shape[3]).T
             # === STUDENT END ===
             self.net.loadParams(i, filt.ravel().astype(np.float64),
                                 weights[name].bias.ravel().astype(np.float64), fq[name])
@@ -141,7 +144,9 @@ class VGG19(object):
                 for i in order]
 
     def get_top5(self, label):
-        """For the last forward(): ``(top1_correct, top5_correct)`` against class ``label``."""
+        """Run forward() on the loaded image (as the original kit does) and return
+        ``(top1_correct, top5_correct)`` against class ``label``."""
+        self.forward()
         top = [idx for idx, _, _ in self.top_k(5)]
         return top[0] == int(label), int(label) in top
 
@@ -161,7 +166,6 @@ class VGG19(object):
             if not os.path.isabs(path) and not os.path.exists(path):
                 path = os.path.join(base, path)
             self.load_image(path)
-            self.forward()
             hit1, hit5 = self.get_top5(int(label))
             top1, top5 = top1 + hit1, top5 + hit5
             print(f"[{n}/{len(entries)}] {path}: label {label}, predicted {self.top_k(1)[0][0]}"

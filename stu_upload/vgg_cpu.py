@@ -45,9 +45,9 @@ class VGG19:
         self.layers = {}
         for name in self.param_layer_name[:37]:
             # === STUDENT BEGIN: vgg_build ===
-            # hint: conv layers are ConvolutionalLayer(3, Cin, Cout, 1, 1, self.type) with
-            # hint: Cin, Cout = widths[name][2:]; relu layers ReLULayer();
-            # hint: pool layers MaxPoolingLayer(2, 2, self.type)
+            # hint: VGG19: 3x3 convolutions, padding 1, stride 1, widths from the file
+            # hint: (widths[name] is [K, K, Cin, Cout]); a ReLU after each; 2x2 max-pooling,
+            # hint: stride 2; conv and pool layers take self.type (0 loops, 1 img2col)
             if name.startswith("conv"):
                 cin, cout = widths[name][2:]
                 self.layers[name] = ConvolutionalLayer(3, cin, cout, 1, 1, self.type)

@@ -5,8 +5,13 @@ import sys
 import numpy as np
 import pytest
 
+from labkit.runtime import legacy
 from labkit.runtime.fixtures import write_vgg19_mat
 from labkit.runtime.images import make_demo_image, save_rgb
+
+# student code written for the original lab's NumPy/SciPy (np.float, scipy.misc.imread ...)
+# runs as it did; LABKIT_LEGACY=0 turns this off (labkit/runtime/legacy.py)
+legacy.install()
 
 # grading (--grade, --stu-dir, --hidden, ...; inactive otherwise): labkit/staff/grading.py,
 # in the course repository only (the student kit has no staff tools). When pytest took a
@@ -26,11 +31,16 @@ if "labkit.staff.grading" in sys.modules:
 
 
 class _StudentModules:
-    """``stu.layer_1`` is the module ``stu_upload.layer_1``."""
+    """``stu.layer_1`` is the student's layer_1 module under either naming (``layer_1.py``
+    or the original kit's ``layers_1.py``; labkit/runtime/student.py); other names
+    (``stu._base``) are the modules ``stu_upload.<name>``."""
 
     def __getattr__(self, name):
         if name.startswith("__"):
             raise AttributeError(name)
+        from labkit.runtime.student import NAMES, stu
+        if name in NAMES:
+            return getattr(stu, name)
         import importlib
         return importlib.import_module(f"stu_upload.{name}")
 

@@ -16,8 +16,15 @@ from labkit.runtime.multiscale import (estimate_bytes, min_side, resize_bilinear
 from labkit.runtime.pooling import AvgPoolingLayer, avgpool_forward, use_avg_pooling
 from labkit.runtime.runlog import contact_sheet
 from labkit.runtime.transfer import Objective, style_targets
-from stu_upload.layer_3 import gram_matrix
-from stu_upload.style_transfer import VGG19
+from labkit.runtime.student import stu
+
+
+def gram_matrix(features):
+    return stu.layer_3.gram_matrix(features)
+
+
+def VGG19(*args, **kwargs):
+    return stu.style_transfer.VGG19(*args, **kwargs)
 
 STYLE = {"relu1_1": 1, "relu2_1": 1, "relu3_1": 1}
 ENGINE = os.path.isdir(os.path.join(os.path.dirname(os.path.dirname(

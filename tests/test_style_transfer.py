@@ -14,10 +14,21 @@ from labkit.runtime.gradcheck import assert_close, check_vjp
 from labkit.runtime.images import load_rgb, make_demo_image, preprocess, save_rgb
 from labkit.runtime.runlog import preserve_colors
 from labkit.runtime.transfer import Objective, run_transfer, tv_loss
-from stu_upload.style_transfer import FEATURE_LAYER_NAMES, VGG19, get_random_img
+from labkit.runtime import vgg19_spec as spec
+from labkit.runtime.student import stu
+
+FEATURE_LAYER_NAMES = spec.FILE_LAYER_NAMES[:37]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STYLE = {"relu1_1": 1, "relu2_1": 1, "relu3_1": 1, "relu4_1": 1, "relu5_1": 1}
+
+
+def VGG19(*args, **kwargs):
+    return stu.style_transfer.VGG19(*args, **kwargs)
+
+
+def get_random_img(*args, **kwargs):
+    return stu.style_transfer.get_random_img(*args, **kwargs)
 
 
 def build(path, dtype=np.float64, last_layer="pool5"):
@@ -170,10 +181,39 @@ def test_save_load_round_trip(tiny_mat, tmp_path):
     image = get_random_img(images(vgg)[0], 0.5, np.random.default_rng(0))
     path = str(tmp_path / "x.png")
     rgb = vgg.save_image(image, (1, 3, 32, 48), path)
-    back = vgg.load_image(path, 32, 48)
+    back, shape = vgg.load_image(path, 32, 48)
+    assert shape == (32, 48, 3)
     expected = np.clip(np.round(image[0].transpose(1, 2, 0) + vgg.mean_pixel), 0, 255)
     assert np.array_equal(rgb, expected.astype(np.uint8))
     assert np.allclose(back, expected.transpose(2, 0, 1)[None] - vgg.mean_pixel.reshape(1, 3, 1, 1))
+
+
+def test_load_image_and_save_image_follow_the_original_protocol(tiny_mat, tmp_path):
+    """load_image -> (image, original_shape); save_image(image, original_shape, path)
+    resizes back to the picture's size (the original kit's driver writes its output so)."""
+    vgg = build(tiny_mat, last_layer="relu1_1")
+    src = str(tmp_path / "src.png")
+    save_rgb(make_demo_image(30, 50, seed=2), src)
+    image, shape = vgg.load_image(src, 24, 40)
+    assert image.shape == (1, 3, 24, 40) and tuple(shape) == (30, 50, 3)
+    out = str(tmp_path / "out.png")
+    rgb = vgg.save_image(image, shape, out)
+    assert rgb.shape == (30, 50, 3) and load_rgb(out).shape == (30, 50, 3)
+    # the round trip through 24x40 is close to the source picture (bilinear both ways)
+    assert np.abs(rgb.astype(float) - make_demo_image(30, 50, seed=2)).mean() < 20
+
+
+def test_get_random_img_uses_numpys_global_generator(tiny_mat):
+    """np.random.seed(1234) reproduces the start image, as the original driver relies on."""
+    content = np.zeros((1, 3, 8, 10))
+    np.random.seed(1234)
+    a = get_random_img(content, 0.5)
+    np.random.seed(1234)
+    b = get_random_img(content, 0.5)
+    c = get_random_img(content, 0.5)
+    assert np.array_equal(a, b) and not np.array_equal(b, c)
+    np.random.seed(1234)
+    assert np.allclose(a, 0.5 * np.random.uniform(-20, 20, content.shape))
 
 
 def test_preserve_colors_keeps_content_chroma():

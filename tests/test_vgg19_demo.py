@@ -6,8 +6,8 @@ of the rms of typical activations) and keeps fp16 activations; 38 such tensors i
 a relative logit error of several per cent. On these fixtures (logits spread ~3, top
 probability ~0.3) that is a logit error range of 0.1-0.2 and max |prob diff| 0.005-0.02
 (measured). We require max |prob diff| < 0.05 and logit error range < 0.5, top-1 equal and
-top-5 overlap >= 4/5: 2.5x the measured worst, while a wrong fc6 layout (H, W, C instead of
-C, H, W) gives 0.14-0.28 and 1.6-2.5, so the check still catches layout bugs.
+top-5 overlap >= 4/5: 2.5x the measured worst, while a wrong fc6 layout (C, H, W instead of
+H, W, C) gives 0.14-0.28 and 1.6-2.5, so the check still catches layout bugs.
 """
 import os
 import subprocess
@@ -22,9 +22,15 @@ from labkit.runtime.cli import UserError
 from labkit.runtime.fixtures import write_vgg19_mat
 from labkit.runtime.images import ImageLoadError, make_demo_image, save_rgb
 from labkit.runtime.matfile import WeightsFileError
-from stu_upload import vgg19_demo
-from stu_upload.vgg19_demo import VGG19
-from stu_upload.vgg_cpu import VGG19 as CpuVGG19
+from labkit.runtime.student import stu
+
+
+def VGG19():
+    return stu.vgg19_demo.VGG19()
+
+
+def CpuVGG19(*args, **kwargs):
+    return stu.vgg_cpu.VGG19(*args, **kwargs)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -63,6 +69,7 @@ def make_net(setup, spy=None):
 
 
 def test_backend_is_the_simulator_here():
+    vgg19_demo = stu.vgg19_demo.module
     assert vgg19_demo.SIMULATED and "simulator" in vgg19_demo.BACKEND
 
 
@@ -94,8 +101,9 @@ def test_simulated_net_agrees_with_float_cpu(setup, cpu, capsys):
 
 def test_float_layouts_match_cpu_network(setup, cpu):
     """The float filters given to loadParams, used the way pycnml uses them (conv on NCHW
-    with [Cout, Cin, K, K]; MLP on the NCHW-flattened pool5 with [Cout, Cin]), reproduce
-    the CPU network's float outputs; fc6 in H, W, C order would not."""
+    with [Cout, Cin, K, K]; MLP with [Cout, Cin] on pool5 flattened as CnmlFlattenLayer does,
+    in H, W, C order), reproduce the CPU network's float outputs; fc6 in C, H, W order would
+    not."""
     loaded = {}
     make_net(setup, spy=loaded)
     assert sorted(loaded) == sorted(QUANT_LAYERS)
@@ -110,16 +118,16 @@ def test_float_layouts_match_cpu_network(setup, cpu):
     win = np.lib.stride_tricks.sliding_window_view(xin, (3, 3), axis=(2, 3))
     ref = np.einsum("nchwij,ocij->nohw", win, w) + b[None, :, None, None]
     np.testing.assert_allclose(ref, acts["conv1_1"], rtol=1e-4, atol=1e-3)
-    # fc6 on pycnml's flatten (a plain NCHW reshape of pool5), then fc7, fc8
-    flat = acts["pool5"].reshape(1, -1).astype(np.float64)
+    # fc6 on pycnml's flatten (H, W, C order), then fc7, fc8
+    flat = acts["pool5"].transpose(0, 2, 3, 1).reshape(1, -1).astype(np.float64)
     for name in ("fc6", "fc7", "fc8"):
         f, b = loaded[name]
         cout = b.size
         out = flat @ f.reshape(cout, -1).T + b
         np.testing.assert_allclose(out, acts[name], rtol=1e-4, atol=1e-4 * np.abs(out).max())
         flat = np.maximum(out, 0)
-    # the CPU flatten order (H, W, C) is not what pycnml's flatten produces
-    wrong = acts["pool5"].transpose(0, 2, 3, 1).reshape(1, -1) @ loaded["fc6"][0].reshape(
+    # negative control: a plain NCHW (C, H, W) flatten is not what pycnml's flatten produces
+    wrong = acts["pool5"].reshape(1, -1) @ loaded["fc6"][0].reshape(
         loaded["fc6"][1].size, -1).T + loaded["fc6"][1]
     assert np.abs(wrong - acts["fc6"]).max() > 0.1 * np.abs(acts["fc6"]).max()
 

@@ -188,7 +188,7 @@ def test_small_net_matches_float_reference_within_int8_error():
     w1, b1 = rng.standard_normal((8, 3, 3, 3)) * 0.3, rng.standard_normal(8) * 0.1
     w2, b2 = rng.standard_normal((10, 200)) * 0.1, rng.standard_normal(10) * 0.1
     h = ref_pool(np.maximum(ref_conv(x, w1, b1, 1, 1, 1), 0), 2, 2)  # (1, 8, 5, 5)
-    logits = h.reshape(1, -1) @ w2.T + b2  # NCHW flatten order
+    logits = h.transpose(0, 2, 3, 1).reshape(1, -1) @ w2.T + b2  # CnmlFlattenLayer: H, W, C
     iq1, iq2 = qp_of(x), qp_of(h)
 
     net = build_small_net(x, w1, b1, w2, b2, iq1, iq2, with_softmax=False)
@@ -233,6 +233,21 @@ def test_input_cast_relu_pool_flatten_in_fp16():
     expect = ref_pool(x16.reshape(1, 1, 3, 3), 2, 1).ravel()
     assert np.isinf(expect[1])  # 70000 overflows fp16
     np.testing.assert_array_equal(np.array(net.getOutputData()), expect)
+
+
+def test_flatten_order_is_h_w_c_like_cnml_flatten_layer():
+    """CnmlFlattenLayer transposes NCHW -> NHWC, reshapes, transposes back: the flat
+    vector runs over (h, w, c), channel fastest (MatConvNet's fc6 order), not (c, h, w)."""
+    x = np.arange(2 * 2 * 3, dtype=np.float64).reshape(1, 2, 2, 3)     # N, C=2, H=2, W=3
+    net = pycnml.CnmlNet()
+    net.setInputShape(1, 2, 2, 3)
+    net.createFlattenLayer("flat", [1, 12, 1, 1])
+    net.setInputData(x.ravel())
+    net.forward()
+    out = net.getOutputData()
+    assert out == x.transpose(0, 2, 3, 1).ravel().tolist()
+    assert out[:4] == [0.0, 6.0, 1.0, 7.0]          # (h0 w0 c0), (h0 w0 c1), (h0 w1 c0), ...
+    assert out != x.ravel().tolist()                # negative control: NCHW order differs
 
 
 @pytest.mark.parametrize("k,s,hw", [(2, 2, (5, 7)), (3, 2, (7, 6)), (2, 1, (4, 4))])

@@ -52,7 +52,8 @@ def test_reference_full_and_kit_zero_sandboxed(kit, tmp_path):
     for name, stu in (("ref", os.path.join(ROOT, "stu_upload")),
                       ("kit", str(out / "stu_upload"))):
         report, proc = run_grading(stu, str(tmp_path / f"{name}.json"),
-                                   extra=["tests/test_layer_1.py"], hidden=HIDDEN, timeout=300)
+                                   extra=["tests/test_layer_1.py", "-k", "not test_lab_3"],
+                                   hidden=HIDDEN, timeout=300)
         assert report is not None, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert report["sandbox"]["mode"] in ("bwrap", "uid", "none")
         grades[name] = report
@@ -241,9 +242,14 @@ def test_endless_loop_and_syntax_error_cost_only_their_tests(tmp_path):
     relu = by["tests/test_layer_1.py::test_relu_gradient"]
     assert relu["result"] == "timeout" and "time limit of 1 s exceeded" in relu["message"]
     assert by["tests/test_layer_1.py::test_fc_forward_formula[1]"]["result"] == "passed"
-    layer_2 = [t for t in report["tests"] if t["module"] == "tests/test_layer_2.py"]
-    assert layer_2 and all(t["result"] == "error" and t["points"] == 0 for t in layer_2)
-    assert "SyntaxError" in layer_2[0]["message"] and "layer_2.py, line" in layer_2[0]["message"]
+    # tests reach student code lazily (labkit.runtime.student): every test that touches
+    # layer_2.py fails with the SyntaxError and its line, the rest of the module still runs
+    layer_2 = [t for t in report["tests"] if t["module"] == "tests/test_layer_2.py"
+               and t["graded"]]
+    assert layer_2 and all(t["result"] in ("failed", "error") and t["points"] == 0
+                           for t in layer_2)
+    assert all("SyntaxError" in t["message"] for t in layer_2), layer_2[0]["message"]
+    assert any("layer_2.py, line" in t["message"] for t in layer_2), layer_2[0]["message"]
     assert str(stu) not in json.dumps(report["tests"])          # no temp paths in messages
     assert 0 < report["points"] < report["max_points"]
 

@@ -142,8 +142,8 @@ def collect_max_abs(weights_path, images, verbose=True):
     ``input_max[name]`` is max |x| over all images of the tensor entering layer ``name``
     (for fc6: the flattened pool5, whose max does not depend on the flatten order).
     """
-    from stu_upload.vgg_cpu import VGG19
-    cpu = VGG19(weights_path, type=1, dtype=np.float32, verbose=False)
+    from labkit.runtime.student import stu
+    cpu = stu.vgg_cpu.VGG19(weights_path, type=1, dtype=np.float32, verbose=False)
     cpu.build_model()
     cpu.load_model()
     filter_max = {layer.name: float(np.max(np.abs(layer.weight)))

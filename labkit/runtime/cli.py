@@ -25,6 +25,21 @@ class UserError(Exception):
     """An error caused by input the user can fix; the drivers print it without a traceback."""
 
 
+NO_LEGACY_FLAG = "--no-legacy"
+NO_LEGACY_HELP = ("do not install the legacy shim (np.float & co., scipy.misc.imread/imresize/"
+                  "imsave) for student code written for the original lab's NumPy/SciPy")
+
+
+def install_legacy(argv=None):
+    """Install labkit.runtime.legacy before student code is imported, unless ``--no-legacy``
+    is among the arguments or ``LABKIT_LEGACY=0``."""
+    from labkit.runtime import legacy
+    argv = sys.argv[1:] if argv is None else argv
+    if NO_LEGACY_FLAG in argv:
+        return False
+    return legacy.install()
+
+
 def default_locations(path):
     """Where a default (relative) path is looked for: the current folder, then the
     repository. Absolute paths and paths given by the user are used as they are."""
@@ -132,7 +147,9 @@ def reader_errors():
 
 def run_main(main):
     """Call ``main()``; print known user errors as one clear message and exit 2, and turn
-    Ctrl-C into exit 130 (the drivers save their state before re-raising it)."""
+    Ctrl-C into exit 130 (the drivers save their state before re-raising it). The legacy
+    shim is installed first (see ``install_legacy``)."""
+    install_legacy()
     errors = reader_errors()
     try:
         return main()

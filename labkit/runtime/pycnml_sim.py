@@ -19,8 +19,11 @@ What is simulated (the MLU's arithmetic, not just float32):
 * The integer sum is rescaled by both quantisation steps, ``2**(p_in + p_f) / (s_in * s_f)``,
   the float16 bias is added (in float64) and the result is rounded once to float16.
   Results that exceed the float16 range become +-inf, as an IEEE cast does.
-* ReLU, max pooling (no padding, floor output size) and flatten (a plain reshape of the NCHW
-  tensor) work on float16 values.  Softmax is computed in float32 from float16 inputs; its
+* ReLU, max pooling (no padding, floor output size) and flatten work on float16 values.
+  Flatten follows pycnml's ``CnmlFlattenLayer``: it transposes NCHW to NHWC, reshapes, and
+  (for its 4-d output shape) transposes back, so the flat vector runs over H, W, C (channel
+  fastest), the order of MatConvNet's fc6 weight ``[H, W, C, Cout]``. An MLP after it
+  therefore takes fc6 as ``reshape([H*W*C, Cout]).T`` (the original lab's given code).  Softmax is computed in float32 from float16 inputs; its
   float32 result is what the hidden fp16 -> fp32 output cast layer returns.
 * Filters and biases arrive as float sequences and are first rounded to float32 (the C
   binding's ``float``); bias then to float16.
@@ -356,7 +359,11 @@ class _Flatten(_Layer):
         self.out_shape = shape
 
     def run(self, x):
-        return x.reshape(self.out_shape)  # NCHW order, as the device does
+        # CnmlFlattenLayer: NCHW -> NHWC, reshape, back to the NCHW view of the output
+        # shape [N, D, 1, 1]: the D values run over (h, w, c), channel fastest
+        n, d, h, w = self.out_shape
+        flat = x.transpose(0, 2, 3, 1).reshape(n, h, w, d)
+        return flat.transpose(0, 3, 1, 2)
 
 
 class _Softmax(_Layer):

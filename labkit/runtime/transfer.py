@@ -13,8 +13,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from stu_upload.layer_3 import AdamOptimizer, ContentLossLayer, StyleLossLayer
-from stu_upload.style_transfer import FEATURE_LAYER_NAMES
+from labkit.runtime import vgg19_spec as _spec
+from labkit.runtime.student import stu
+
+FEATURE_LAYER_NAMES = _spec.FILE_LAYER_NAMES[:37]      # conv1_1 ... pool5
+
+
+def ContentLossLayer():
+    return stu.layer_3.ContentLossLayer()
+
+
+def StyleLossLayer():
+    return stu.layer_3.StyleLossLayer()
+
+
+def AdamOptimizer(lr, diff_shape):
+    return stu.layer_3.AdamOptimizer(lr, diff_shape)
 
 
 def tv_loss(image):

@@ -49,7 +49,30 @@ STAFF_TESTS = "tests_staff"
 HIDDEN_PREFIX = "hidden/"
 DEFAULT_TIMEOUT = 60.0
 
-# (node-id pattern, points): the first match wins; hidden tests' ids start with "hidden/".
+# The rubric. Every graded test is "lab" (what the handout and the original kit require,
+# graded through the original interface: tests_hidden/test_lab_*.py) or "beyond" (this kit's
+# extensions: dtype preservation, helper functions, need_param_grad, one-pass backward, error
+# types and wording, the drivers' options). A lab row's points are shared by the tests it
+# matches, so a task weighs what the lab weighs it (exp 3.1 as the original course: conv and
+# pool forward 60, pool5 20, the class 20), not its number of parametrised cases. The README's
+# rubric table is this table. Rows: (node-id pattern, experiment, points); first match wins.
+LAB_RUBRIC = [
+    ("hidden/test_lab_3_1.py::test_conv_forward*", "3.1", 30),
+    ("hidden/test_lab_3_1.py::test_pool_forward*", "3.1", 30),
+    ("hidden/test_lab_3_1.py::test_pool5_matches_the_reference", "3.1", 20),
+    ("hidden/test_lab_3_1.py::test_classifies_the_cat", "3.1", 20),
+    ("hidden/test_lab_3_2.py::test_dlp_classifies_like_the_cpu", "3.2", 90),
+    ("hidden/test_lab_3_2.py::test_get_top5_runs_forward_itself", "3.2", 10),
+    ("hidden/test_lab_3_3.py::test_conv_speedup*", "3.3", 20),
+    ("hidden/test_lab_3_3.py::test_conv_backward_raw*", "3.3", 10),
+    ("hidden/test_lab_3_3.py::test_pool_backward*", "3.3", 10),
+    ("hidden/test_lab_3_3.py::test_relu_backward", "3.3", 5),
+    ("hidden/test_lab_3_3.py::test_content_loss", "3.3", 10),
+    ("hidden/test_lab_3_3.py::test_style_loss", "3.3", 15),
+    ("hidden/test_lab_3_3.py::test_adam", "3.3", 10),
+    ("hidden/test_lab_3_3.py::test_feature_network_forward_backward", "3.3", 20),
+]
+# beyond: points per test (first matching pattern, default 1)
 POINTS = [
     ("tests/test_vgg_cpu.py::test_raw_and_fast_paths_agree_float64", 3),
     ("tests/test_vgg_cpu.py::test_classifies_end_to_end*", 2),
@@ -57,13 +80,51 @@ POINTS = [
     ("tests/test_layer_2.py::test_conv_gradients*", 2),
 ]
 DEFAULT_POINTS = 1
+# beyond tests' experiment, by test module (a module not listed belongs to none)
+MODULE_EXPERIMENT = {
+    "tests/test_layer_1.py": "3.1", "tests/test_layer_2.py": "3.1",
+    "tests/test_vgg_cpu.py": "3.1", "hidden/test_hidden_layers.py": "3.1",
+    "tests/test_vgg19_demo.py": "3.2",
+    "tests/test_layer_3.py": "3.3", "tests/test_style_transfer.py": "3.3",
+    "hidden/test_lab_3_1.py": "3.1", "hidden/test_lab_3_2.py": "3.2",
+    "hidden/test_lab_3_3.py": "3.3",
+}
+CATEGORIES = ("lab", "beyond")
 
 
-def points_for(test_id):
+def lab_row(test_id):
+    """The LAB_RUBRIC row (pattern, experiment, points) that ``test_id`` falls in, or None."""
+    for row in LAB_RUBRIC:
+        if fnmatch.fnmatchcase(test_id, row[0]):
+            return row
+    return None
+
+
+def category_for(test_id):
+    return "lab" if lab_row(test_id) else "beyond"
+
+
+def experiment_for(test_id):
+    row = lab_row(test_id)
+    if row:
+        return row[1]
+    return MODULE_EXPERIMENT.get(test_id.partition("::")[0])
+
+
+def points_for(test_id, graded_ids=None):
+    """Points of one graded test: a lab row's points shared by the graded tests it matches
+    (``graded_ids``: the graded test ids; default: the test alone), or POINTS for beyond."""
+    row = lab_row(test_id)
+    if row:
+        share = sum(fnmatch.fnmatchcase(t, row[0]) for t in graded_ids) if graded_ids else 1
+        return row[2] / max(share, 1)
     for pattern, points in POINTS:
         if fnmatch.fnmatchcase(test_id, pattern):
             return points
     return DEFAULT_POINTS
+
+
+NOT_SUBMITTED = "not submitted"
 
 
 class TestTimeout(BaseException):
@@ -112,6 +173,11 @@ def teaching_message(report, timeout):
         return "skipped: " + _first_line(str(reason)).replace("Skipped: ", "")
     if not crash:
         return _first_line(text)
+    syntax = re.search(r"^\s*((?:Syntax|Indentation|Tab)Error\b.*)$", crash, re.M)
+    where = re.search(r'File "([^"]+)", line (\d+)', crash)
+    if syntax and where:        # a student file that does not compile (resolved lazily)
+        return f"{syntax.group(1).strip()} ({os.path.basename(where.group(1))}, line " \
+               f"{where.group(2)})"
     crash = re.sub(r"^(?:[A-Za-z_][\w]*\.)+(?=\w+(?:Error|Exception|Warning)\b)", "", crash)
     line = _first_line(crash)
     if line.startswith("assert ") or line in ("AssertionError", "assert False"):
@@ -228,6 +294,12 @@ class Grader:
             self.stu_pkg = find_stu_package(stu) if stu else os.path.join(self.root, PACKAGE)
         except ValueError as exc:
             raise pytest.UsageError(str(exc))
+        from labkit.runtime import legacy
+        from labkit.runtime.student import experiments_present
+        legacy.install()        # before any student code: np.float, scipy.misc.imread ...
+        # experiments whose files were submitted (either naming); the others are not counted
+        self.experiments_present = (experiments_present(self.stu_pkg)
+                                    if os.path.isdir(self.stu_pkg) else {})
         self.session = None
         self.student_modules = None
         self.sandbox_mode = "off" if stu else None
@@ -297,6 +369,8 @@ class Grader:
                                "token": self.session.sandbox.token,
                                "scratch": self.session.sandbox.scratch.path})
         install_proxy_package(self.session)
+        from labkit.runtime.student import use_package_dir
+        use_package_dir(self.stu_pkg)       # file names only: which naming, which experiments
         self.student_modules = StudentModules()
         if not config.option.basetemp:          # the tests' files: where drivers may write
             config.option.basetemp = os.path.join(self.session.sandbox.scratch.tmp, "t")
@@ -423,51 +497,80 @@ class Grader:
                 return True
         return True
 
+    def _graded_ids(self):
+        """The graded tests of the manifest (or of this run without one): a lab row's points
+        are shared among them."""
+        if self.manifest is not None:
+            return [t for t, v in self.manifest.get("tests", {}).items()
+                    if v.get("graded", True)]
+        return list(self.results)
+
     def compute(self):
         rows = []
         manifest_tests = (self.manifest or {}).get("tests", {})
+        graded_ids = self._graded_ids()
+        present = self.experiments_present
         seen = set()
         for test_id, info in sorted(manifest_tests.items()):
             if test_id in self.deselected or not self._selected(test_id, info["module"]):
                 continue
             seen.add(test_id)
             graded = info.get("graded", True)
-            max_points = points_for(test_id) if graded else 0
+            max_points = points_for(test_id, graded_ids) if graded else 0
             res = self.results.get(test_id)
             if res is None:
                 err = self.collect_errors.get(info["module"])
                 res = ({"result": "error", "message": err} if err else
                        {"result": "missing", "message": "not run: missing from this run"})
-            rows.append(self._row(test_id, graded, max_points, res, info.get("hidden")))
+            rows.append(self._row(test_id, graded, max_points, res, info.get("hidden"), present))
         for test_id, res in sorted(self.results.items()):
             if test_id in seen:
                 continue
             if self.manifest is None:
-                rows.append(self._row(test_id, True, points_for(test_id), res,
-                                      test_id.startswith(HIDDEN_PREFIX)))
+                rows.append(self._row(test_id, True, points_for(test_id, graded_ids), res,
+                                      test_id.startswith(HIDDEN_PREFIX), present))
             else:
                 res = dict(res, message=(res["message"] + "; " if res["message"] else "") +
                            "not in the grading manifest: 0 points (rebuild it with 'python -m "
                            "labkit.staff.grading manifest')")
-                rows.append(self._row(test_id, False, 0, res, test_id.startswith(HIDDEN_PREFIX)))
+                rows.append(self._row(test_id, False, 0, res, test_id.startswith(HIDDEN_PREFIX),
+                                      present))
         for module, err in sorted(self.collect_errors.items()):
             if not any(r["module"] == module for r in rows):
                 rows.append(self._row(module, self.manifest is None, 0,
                                       {"result": "error", "message": err},
-                                      module.startswith(HIDDEN_PREFIX)))
+                                      module.startswith(HIDDEN_PREFIX), present))
         hidden_all = {k for k, v in manifest_tests.items() if v.get("hidden")}
         hidden_count = len(hidden_all) or (self.manifest or {}).get(
             "hidden_summary", {}).get("count", 0)
         graded = [r for r in rows if r["graded"]]
-        points = sum(r["points"] for r in graded)
-        max_points = sum(r["max_points"] for r in graded)
+        counted = [r for r in graded if r["result"] != NOT_SUBMITTED]
+
+        def total(rows_, key):
+            return round(sum(r[key] for r in rows_), 2)
+
+        points, max_points = total(counted, "points"), total(counted, "max_points")
+        by_cat = {c: [r for r in counted if r["category"] == c] for c in CATEGORIES}
+        experiments = {}
+        for exp in sorted(present):
+            mine = [r for r in counted if r["experiment"] == exp]
+            experiments[exp] = {"submitted": present[exp], **{
+                f"{c}_{k}": total([r for r in mine if r["category"] == c], key)
+                for c in CATEGORIES for k, key in (("points", "points"),
+                                                   ("max_points", "max_points"))}}
         return {
             "stu_dir": self.stu_pkg,
             "points": points, "max_points": max_points,
             "percent": round(100.0 * points / max_points, 1) if max_points else 0.0,
-            "graded_tests": len(graded),
-            "passed": sum(r["result"] == "passed" for r in graded),
-            "failed": sum(r["result"] != "passed" for r in graded),
+            "lab_points": total(by_cat["lab"], "points"),
+            "lab_max_points": total(by_cat["lab"], "max_points"),
+            "beyond_points": total(by_cat["beyond"], "points"),
+            "beyond_max_points": total(by_cat["beyond"], "max_points"),
+            "experiments": experiments,
+            "graded_tests": len(counted),
+            "passed": sum(r["result"] == "passed" for r in counted),
+            "failed": sum(r["result"] != "passed" for r in counted),
+            "not_submitted": len(graded) - len(counted),
             "hidden_run": self.hidden_dir is not None,
             "hidden_tests_not_run": 0 if self.hidden_dir else hidden_count,
             "manifest": self.manifest is not None,
@@ -499,9 +602,15 @@ class Grader:
         return self.integrity_changes
 
     @staticmethod
-    def _row(test_id, graded, max_points, res, hidden):
+    def _row(test_id, graded, max_points, res, hidden, present=None):
+        experiment = experiment_for(test_id)
+        if graded and experiment and present is not None and not present.get(experiment, True):
+            res = {"result": NOT_SUBMITTED, "message": f"exp {experiment} not submitted (none "
+                   f"of its files is in {PACKAGE}): not counted"}
+            max_points = 0
         passed = res["result"] == "passed"
         return {"test": test_id, "module": test_id.partition("::")[0], "graded": graded,
+                "category": category_for(test_id), "experiment": experiment,
                 "hidden": bool(hidden), "points": max_points if passed else 0,
                 "max_points": max_points, "result": res["result"], "message": res["message"]}
 
@@ -541,12 +650,12 @@ class Grader:
         graded = [r for r in grade["tests"] if r["graded"]]
         ungraded = [r for r in grade["tests"] if not r["graded"]]
         width = min(max([len(r["test"]) for r in graded] + [4]), 70)
-        tr.write_line(f"{'test':<{width}}  points  result   message")
+        tr.write_line(f"{'test':<{width}}  cat.    points     result   message")
         for r in graded:
             name = r["test"] if len(r["test"]) <= width else "..." + r["test"][-(width - 3):]
             msg = r["message"] if len(r["message"]) <= 110 else r["message"][:107] + "..."
-            tr.write_line(f"{name:<{width}}  {r['points']:>2g}/{r['max_points']:<3g} "
-                          f"{r['result'].upper():<8} {msg}".rstrip())
+            tr.write_line(f"{name:<{width}}  {r['category']:<6}  {r['points']:>4.3g}/"
+                          f"{r['max_points']:<5.3g} {r['result'].upper():<8} {msg}".rstrip())
         bad = [r for r in ungraded if r["result"] not in ("passed", "skipped")]
         tr.write_line(f"ungraded checks (no student task affects them): {len(ungraded)}, "
                       f"{len(ungraded) - len(bad)} passed or skipped")
@@ -562,6 +671,14 @@ class Grader:
             tr.write_sep("!", "GRADING ERROR", red=True)
             for line in changed[:20]:
                 tr.write_line(f"  {line}", red=True)
+        for exp, e in grade["experiments"].items():
+            if not e["submitted"]:
+                tr.write_line(f"exp {exp}: not submitted (not counted)")
+                continue
+            tr.write_line(f"exp {exp}: lab {e['lab_points']:g}/{e['lab_max_points']:g}, beyond "
+                          f"{e['beyond_points']:g}/{e['beyond_max_points']:g}")
+        tr.write_line(f"LAB: {grade['lab_points']:g} / {grade['lab_max_points']:g} points; "
+                      f"BEYOND: {grade['beyond_points']:g} / {grade['beyond_max_points']:g}")
         tr.write_line(f"GRADE: {grade['points']:g} / {grade['max_points']:g} points "
                       f"({grade['percent']:.1f}%): {grade['verdict']}", bold=True)
         if self.config.getoption("grade_json"):
@@ -569,11 +686,12 @@ class Grader:
         if self.config.getoption("grade_csv"):
             with _atomic(self.config.getoption("grade_csv"), newline="") as f:
                 w = csv.writer(f)
-                w.writerow(["test", "points", "max_points", "result", "graded", "hidden",
-                            "message"])
+                w.writerow(["test", "category", "experiment", "points", "max_points", "result",
+                            "graded", "hidden", "message"])
                 for r in grade["tests"]:
-                    w.writerow([r["test"], f"{r['points']:g}", f"{r['max_points']:g}",
-                                r["result"], int(r["graded"]), int(r["hidden"]), r["message"]])
+                    w.writerow([r["test"], r["category"], r["experiment"] or "",
+                                f"{r['points']:g}", f"{r['max_points']:g}", r["result"],
+                                int(r["graded"]), int(r["hidden"]), r["message"]])
 
 
 @contextlib.contextmanager
@@ -739,7 +857,8 @@ def build_manifest(hidden=None, out=None, root=ROOT):
         tasks = re.findall(r"[A-Za-z_]\w*", k["message"].split("not implemented yet:", 1)[1]) \
             if "not implemented yet:" in k["message"] else []
         tests[test_id] = {"module": r["module"], "graded": graded, "hidden": r["hidden"],
-                          "tasks": tasks}
+                          "tasks": tasks, "category": category_for(test_id),
+                          "experiment": experiment_for(test_id)}
     manifest = {"about": "tests that must exist when grading, and which are graded (pass on "
                 "the reference, fail on the blank kit). Rebuild: python -m labkit.staff.grading "
                 "manifest [--hidden DIR]", "tests": tests}
@@ -749,8 +868,15 @@ def build_manifest(hidden=None, out=None, root=ROOT):
     n_graded = sum(v["graded"] for v in tests.values())
     print(f"{out}: {len(tests)} tests, {n_graded} graded "
           f"({sum(v['hidden'] for v in tests.values())} hidden), "
-          f"{sum(points_for(t) for t, v in tests.items() if v['graded']):g} points")
+          f"{_manifest_points(tests)} points")
     return manifest
+
+
+def _manifest_points(tests):
+    graded = [t for t, v in tests.items() if v["graded"]]
+    lab = sum(points_for(t, graded) for t in graded if category_for(t) == "lab")
+    beyond = sum(points_for(t, graded) for t in graded if category_for(t) == "beyond")
+    return f"lab {lab:g} + beyond {beyond:g}"
 
 
 def main(argv=None):

@@ -46,6 +46,9 @@ KIT_LABKIT_INIT = ('''"""labkit: the support code of the lab (you do not edit it
 simulator. The course repository also has labkit.engine (a tuned convolution engine) and
 labkit.staff (grading); they are not part of the student kit."""
 ''')
+# root files that ship as they are: the legacy start-up hook and ``import pycnml`` for the
+# original drivers (PYTHONPATH at the kit root), the Chinese quick start
+KIT_ROOT_FILES = ("requirements.txt", "sitecustomize.py", "pycnml.py", "README.zh-CN.md")
 KIT_PYTEST_INI = "[pytest]\ntestpaths = tests\npythonpath = .\naddopts = -ra\n"
 
 BEGIN_RE = re.compile(r"^(?P<indent>[ \t]*)# === STUDENT BEGIN: (?P<task>[A-Za-z_][A-Za-z0-9_]*) ===[ \t]*$")
@@ -271,7 +274,7 @@ def write_kit(out, root=ROOT, force=False, check_import=True):
     with open(os.path.join(out, "labkit", "__init__.py"), "w", encoding="utf-8") as f:
         f.write(KIT_LABKIT_INIT)
     for name in sorted(os.listdir(root)):
-        if re.fullmatch(r"main_exp_.*\.py", name) or name == "requirements.txt":
+        if re.fullmatch(r"main_exp_.*\.py", name) or name in KIT_ROOT_FILES:
             _copy(os.path.join(root, name), os.path.join(out, name))
     with open(os.path.join(out, "pytest.ini"), "w", encoding="utf-8") as f:
         f.write(KIT_PYTEST_INI)
@@ -413,7 +416,9 @@ python -m pytest -q tests/test_layer_1.py       # 只测一个文件
 
 **如何评分**：提交整个 `{STU_PACKAGE}/` 文件夹（或其 zip）。助教用同一套测试加上**隐藏测试**
 评分：每个测试有固定分数，通过得分，失败、超时（每个测试有时间限制）或无法导入得 0 分。
-文件有语法错误时，只有依赖该文件的测试得 0 分。公开测试全部通过不等于满分。
+文件有语法错误时，只有依赖该文件的测试得 0 分。公开测试全部通过不等于满分。成绩分为 `lab`
+（实验本身，按原版接口检查）和 `beyond`（本实验包的扩展）；原版文件名（`layers_1.py` 等）同样
+有效。完整的中文快速入门见 `README.zh-CN.md`。
 
 ## English
 
@@ -434,6 +439,8 @@ Drivers: {drivers} (`--help` for options; `python main_exp_3_1.py --demo` needs 
 the same tests plus **hidden tests**: each test has fixed points, earned when it passes; a
 failure, a time-out (every test has a time limit) or an import error scores 0. A file with a
 syntax error costs only the tests that need it. Passing every public test is not a full score.
+Points are `lab` (the lab itself, checked through the original kit's interface) or `beyond`
+(this kit's extensions); the original kit's file names (`layers_1.py` ...) work too.
 
 ## Tasks / 任务
 

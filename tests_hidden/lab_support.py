@@ -1,0 +1,137 @@
+"""Hidden lab tests' support (staff only, never shipped): the full-size fixture and the
+reference network it is compared with.
+
+The original kit's student code hard-codes the real VGG19 widths (64 ... 512, 4096, 1000
+classes), so the end-to-end lab tests use a full-size random VGG19 in the original file
+layout (``imagenet-vgg-verydeep-19.mat``, about 550 MB) with a synthetic ``cat1.jpg``. The
+files are made once and kept in ``$LABKIT_LAB_FIXTURES`` when set (batch grading: set it to
+one folder for all submissions), else in pytest's temporary folder.
+
+The reference forward uses labkit.engine's convolution (float32, img2col) and plain NumPy for
+the rest; it is what the student's composition (build, load, image, flatten order, fc,
+softmax) is compared with.
+"""
+import os
+import tempfile
+
+import numpy as np
+
+from labkit.runtime import vgg19_spec as spec
+
+FIXTURE_SEED = 19
+FC8_GAIN = 4.0
+MAT_NAME = "imagenet-vgg-verydeep-19.mat"
+QUANT_NAME = "vgg19_quant_param_new.npz"
+REF_NAME = "reference_cat1.npz"
+IMAGE_NAME = "cat1.jpg"
+
+
+def fixture_folder():
+    """``$LABKIT_LAB_FIXTURES``, else one folder per machine in the temporary directory (the
+    files are deterministic; every grading process reuses them)."""
+    return os.environ.get("LABKIT_LAB_FIXTURES") or os.path.join(
+        tempfile.gettempdir(), f"labkit-lab-fixtures-seed{FIXTURE_SEED}")
+
+
+def unwrap(result):
+    """Re-raise a module fixture's exception inside the test (a failure, not a set-up
+    error), so the grade says which task is missing."""
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def _atomic(path, write):
+    folder = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=os.path.splitext(path)[1])
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def reference_forward(weights, image):
+    """The file's VGG19 on ``image`` (1, 3, 224, 224) float32 -> {layer name: output} for the
+    43 file layers (fc layers flatten pool5 in H, W, C order, MatConvNet's)."""
+    from labkit.engine.conv_algos import conv2d_img2col
+    acts, x = {}, np.asarray(image, dtype=np.float32)
+    for layer in weights.layers:
+        if layer.type == "conv":
+            acts[layer.name + ":in_maxabs"] = float(np.max(np.abs(x)))
+            w = np.asarray(layer.weight, dtype=np.float32)
+            b = np.asarray(layer.bias, dtype=np.float32).reshape(-1)
+            if layer.name.startswith("fc"):
+                flat = x.transpose(0, 2, 3, 1).reshape(1, -1) if x.ndim == 4 else x
+                x = flat @ w.reshape(-1, w.shape[3]) + b
+            else:
+                x = conv2d_img2col(x, np.transpose(w, [2, 0, 1, 3]), b, 1, 1)
+        elif layer.type == "relu":
+            x = np.maximum(x, 0)
+        elif layer.type == "pool":
+            n, c, h, wd = x.shape
+            x = x[:, :, :h // 2 * 2, :wd // 2 * 2].reshape(n, c, h // 2, 2, wd // 2, 2).max(
+                axis=(3, 5))
+        elif layer.type == "softmax":
+            z = x.astype(np.float64)
+            e = np.exp(z - z.max(axis=1, keepdims=True))
+            x = e / e.sum(axis=1, keepdims=True)
+        acts[layer.name] = x
+    return acts
+
+
+def make_full_fixture(folder):
+    """Write (once) the full-size .mat, cat1.jpg, the quant file and the reference outputs
+    into ``folder``; returns {'mat', 'image', 'quant', 'pool5', 'prob'}."""
+    from labkit.runtime import pycnml_sim
+    from labkit.runtime.calibrate import QUANT_LAYERS
+    from labkit.runtime.fixtures import random_vgg19_params, write_vgg19_mat
+    from labkit.runtime.images import load_rgb, make_demo_image, preprocess, save_rgb
+    from labkit.runtime.matfile import load_vgg19_mat
+    os.makedirs(folder, exist_ok=True)
+    mat, image = os.path.join(folder, MAT_NAME), os.path.join(folder, IMAGE_NAME)
+    quant, ref = os.path.join(folder, QUANT_NAME), os.path.join(folder, REF_NAME)
+    if not os.path.exists(image):
+        _atomic(image, lambda p: save_rgb(make_demo_image(300, 400, seed=11), p))
+    if not os.path.exists(mat):
+        params = random_vgg19_params(width_div=1, num_classes=1000, seed=FIXTURE_SEED)
+        w8, b8 = params["fc8"]       # logits spread ~10: a clear top-1 (margin >> INT8 noise)
+        params["fc8"] = (w8 * np.float32(FC8_GAIN), b8)
+        _atomic(mat, lambda p: write_vgg19_mat(p, layout="legacy", params=params))
+        del params
+    if not (os.path.exists(ref) and os.path.exists(quant)):
+        weights = load_vgg19_mat(mat)
+        x = preprocess(load_rgb(image), weights.mean_pixel, spec.IMAGE_SIZE, spec.IMAGE_SIZE,
+                       np.float32)
+        acts = reference_forward(weights, x)
+        inputs = [pycnml_sim.calibrate(np.array([acts[n + ":in_maxabs"]])) for n in QUANT_LAYERS]
+        filters = [pycnml_sim.calibrate(weights.layer(n).weight) for n in QUANT_LAYERS]
+        _atomic(quant, lambda p: pycnml_sim.save_quant_npz(p, inputs, filters))
+        _atomic(ref, lambda p: np.savez(p, pool5=acts["pool5"], prob=acts["prob"],
+                                        image=x))
+    with np.load(ref) as data:
+        out = {k: data[k] for k in data.files}
+    out.update(mat=mat, image=image, quant=quant, folder=folder)
+    return out
+
+
+def mse(a, b):
+    return float(np.mean(np.square(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+
+
+def rel_err(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
+
+
+class RefReLU:
+    """ReLU for the composition tests (the student's ReLU is graded on its own)."""
+
+    def forward(self, x):
+        self.input = x
+        return np.maximum(x, 0)
+
+    def backward(self, top_diff):
+        return top_diff * (self.input > 0)
