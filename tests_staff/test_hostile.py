@@ -80,7 +80,9 @@ def test_hostile_submission(bases, tmp_path, case, base, file, code, expected):
     assert not os.path.exists(f"/tmp/{mark}")
     assert not os.path.exists(os.path.join(integrity.site_dirs()[0], mark + ".pth"))
     results = {r["test"]: r for r in report["tests"] if r["graded"]}
-    if case == "zero_layers":       # layer_2 is the reference's: its conv point is genuine
+    if case in ("zero_layers", "os_exit_import", "sys_exit_import"):
+        # the attack is in layer_1.py; layer_2.py is the reference's, loaded on its own (a
+        # broken file costs only its tests): its conv point is genuine
         report = dict(report, points=sum(r["points"] for t, r in results.items()
                                          if "conv" not in t))
     got = ("zero" if report["points"] == 0 else
