@@ -38,3 +38,28 @@ def damaged_bytes(data):
         st.just(bytes(n)),                                   # all zeros
         st.just(b""),                                        # empty
     )
+
+
+def fuzz_reader(good, path, read, error, check_result):
+    """Write damaged copies of the bytes ``good`` to ``path`` (a pathlib.Path) and read each
+    with ``read(str(path))``: it must raise ``error`` with the path in its message, or return
+    a result that ``check_result(result)`` accepts (it asserts). Returns how many damaged
+    copies were rejected, so the caller can check that the fuzzer tested something."""
+    from hypothesis import given
+
+    rejected = []
+
+    @FUZZ
+    @given(damaged_bytes(good))
+    def check(data):
+        path.write_bytes(data)
+        try:
+            result = read(str(path))
+        except error as exc:
+            assert str(path) in str(exc), exc
+            rejected.append(True)
+            return
+        check_result(result)
+
+    check()
+    return len(rejected)
