@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from labkit.engine.conv_engine import METHODS, ConvEngine
+from labkit.engine.losses import LossLayers
 from labkit.engine.perf import active_pool, by_channels, engine_threads
 
 
@@ -227,6 +228,7 @@ class TunedRun:
     """What a tuned network runs in: ``with run.context(): ...`` (the engine's threads) and
     ``run.parallel_map(fn, items)`` (independent work, e.g. the style losses, on the pool)."""
     swapped: int
+    loss_layers: object = LossLayers      # Objective(loss_layers=...): the tuned losses
 
     @staticmethod
     def context():
