@@ -14,7 +14,9 @@ feature network: anything with a ``layers`` dict) and swaps in layers with the s
 
 The student's own layer objects are not changed; ``untune(vgg)`` puts them back. The tuned
 layers parallelise themselves inside ``labkit.engine.perf.engine_threads()``; ``tune``
-returns a ``TunedRun`` with that context and a ``parallel_map`` for the style losses.
+returns a ``TunedRun`` with that context, a ``parallel_map`` for independent work, and
+``loss_layers``: the tuned style-transfer losses (``labkit.engine.losses``) for
+``Objective(..., loss_layers=run.loss_layers)``.
 """
 import time
 from dataclasses import dataclass
