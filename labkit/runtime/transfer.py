@@ -92,6 +92,7 @@ class Objective:
     ``style(scale)`` -> a layer with ``gram_style``, ``forward(x)`` and a ``backward(x)``
     that returns ``scale`` x the gradient (None: the student's layer_3 layers).
     """
+    loss_layers = None
 
     def __init__(self, vgg, content_image, style_image, content_layer, style_weights,
                  alpha=1.0, beta=500.0, tv_weight=0.0, parallel_map=None, style_blend=None,
