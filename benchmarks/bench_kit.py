@@ -377,8 +377,8 @@ def build_style(height, width, method="auto"):
     mean = vgg.mean_pixel
     content = preprocess(make_demo_image(height, width, seed=0), mean, height, width, vgg.dtype)
     style = preprocess(make_demo_image(height, width, seed=7), mean, height, width, vgg.dtype)
-    objective = Objective(vgg, content, style, CONTENT_LAYER, STYLE, 1.0, 500.0,
-                          parallel_map=run.parallel_map if run else None)
+    objective = Objective(vgg, content, style, CONTENT_LAYER, STYLE, 1.0, 500.0,   # as the driver
+                          loss_layers=run.loss_layers if run else None)
     image = get_random_img(content, 0.5, np.random.default_rng(1234))
     return objective, image
 
@@ -551,9 +551,18 @@ def main(argv=None):
                         "memory run")
     p.add_argument("--only", choices=["steps"], help="steps: only the machine's limits, "
                    "classification, the style steps and the memory run")
+    p.add_argument("--sizes", help="style-step sizes, e.g. 224x224,512x512 (default: "
+                   "224x224, 192x320 and 512x512; --quick: 224x224)")
     args = p.parse_args(argv)
     if args.repeat < 1:
         p.error("--repeat must be at least 1")
+    try:
+        sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes.split(",")] \
+            if args.sizes else [(224, 224)] + ([] if args.quick else [(192, 320), (512, 512)])
+        if any(len(s) != 2 or min(s) < 32 for s in sizes):
+            raise ValueError
+    except ValueError:
+        p.error(f"--sizes {args.sizes!r}: give HxW pairs of at least 32x32, e.g. 224x224,512x512")
     reuse_large_allocations()
     rng = np.random.default_rng(0)
     torch = torch_or_none()
@@ -592,7 +601,6 @@ def main(argv=None):
           f" bound {cl['limit_s']:.3f} s -> {cl['ratio_limit']:.2f}x, roofline "
           f"{cl['roofline_s']:.3f} s -> {cl['ratio_roofline']:.2f}x" + fmt_torch(cl.get("torch"), "s"))
 
-    sizes = [(224, 224)] + ([] if args.quick else [(192, 320), (512, 512)])
     results["style_step"] = []
     print("\nStyle-transfer step (forward to relu5_1, 6 losses, one backward, Adam; the exp 3.3 "
           "driver's default path), median (min-max):")

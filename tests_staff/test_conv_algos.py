@@ -238,3 +238,29 @@ def test_negative_control_flipped_kernel_fails():
     with pytest.raises(AssertionError, match="relative error"):
         assert_close("dx without 180-degree rotation", bad_dx,
                      ca.conv2d_input_grad_reference(dy, w, 1, 1, x.shape), F64_TOL)
+
+
+@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("cin,cout,h,w", [(3, 4, 17, 13),     # tiles > Cout: split by tile rows
+                                          (3, 40, 6, 5)],    # tiles <= Cout: by output channels
+                         ids=str)
+@pytest.mark.parametrize("threads", [False, True])
+def test_winograd_bias_and_relu_in_the_output_stage(m, cin, cout, h, w, threads):
+    """The bias enters through the transformed products (M[a+1] += b, A^T e_1 = 1) and the
+    ReLU through the scatter copy: both output-stage splits, with and without the engine's
+    threads, equal max(reference + b, 0) in float64 (1e-9); without the bias they differ."""
+    from labkit.engine.perf import active_pool, engine_threads
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, cin, h, w))
+    wt = rng.standard_normal((cin, 3, 3, cout)) / np.sqrt(9 * cin)
+    b = rng.standard_normal(cout)
+    want = np.maximum(ca.conv2d_reference(x, wt, b, 1), 0)
+    with engine_threads(threads):
+        got = ca._winograd(x, wt, b, 1, m, None, active_pool(), relu=True)
+        band = np.empty_like(want)
+        ca._winograd(x, wt, b, 1, m, None, active_pool(), out=band, relu=True)
+        no_bias = ca._winograd(x, wt, None, 1, m, None, active_pool(), relu=True)
+    assert_close(f"F({m}x{m}) bias + ReLU", got, want, 1e-9)
+    assert_close(f"F({m}x{m}) bias + ReLU into out=", band, want, 1e-9)
+    with pytest.raises(AssertionError):
+        assert_close("without the bias", no_bias, want, 1e-9)

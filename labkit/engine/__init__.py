@@ -1,5 +1,6 @@
 """The speed engine: fast convolutions (tuned img2col, Winograd F(2x2)/F(4x4), FFT), the
-per-layer choice, the thread pool and the allocator setting, and ``attach`` which swaps
+per-layer choice, the tuned style losses (``losses``), the cost model (``costs``), the
+thread pool and the allocator setting, and ``attach`` which swaps
 engine-backed layers into a built student network. Not shipped in the student kit.
 
 Who uses it: the drivers (``main_exp_3_3.py --conv auto``, ``main_exp_3_1.py --layers

@@ -14,7 +14,9 @@ feature network: anything with a ``layers`` dict) and swaps in layers with the s
 
 The student's own layer objects are not changed; ``untune(vgg)`` puts them back. The tuned
 layers parallelise themselves inside ``labkit.engine.perf.engine_threads()``; ``tune``
-returns a ``TunedRun`` with that context and a ``parallel_map`` for the style losses.
+returns a ``TunedRun`` with that context, a ``parallel_map`` for independent work, and
+``loss_layers``: the tuned style-transfer losses (``labkit.engine.losses``) for
+``Objective(..., loss_layers=run.loss_layers)``.
 """
 import time
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from labkit.engine.conv_engine import METHODS, ConvEngine
+from labkit.engine.losses import LossLayers
 from labkit.engine.perf import active_pool, by_channels, engine_threads
 
 
@@ -227,6 +230,7 @@ class TunedRun:
     """What a tuned network runs in: ``with run.context(): ...`` (the engine's threads) and
     ``run.parallel_map(fn, items)`` (independent work, e.g. the style losses, on the pool)."""
     swapped: int
+    loss_layers: object = LossLayers      # Objective(loss_layers=...): the tuned losses
 
     @staticmethod
     def context():

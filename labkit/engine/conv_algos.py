@@ -311,18 +311,39 @@ def _winograd(x, w, b, pad, m, U, pool=None, out=None, relu=False, mask=None):
             np.matmul(KB, T[:, :, i, c0:c1].reshape(a * a, -1),
                       out=V[:, i, c0:c1].reshape(a * a, -1))
 
+    # the bias enters as M[a + 1] += b: kron(A^T, A^T) maps the unit vector of tile entry
+    # (1, 1) to all ones (A^T e_1 = 1 for F(2x2) and F(4x4)), so b reaches every output
+    # through the GEMM instead of a pass over y
+    bias = None if b is None else b.astype(x.dtype, copy=False).reshape(-1, 1)
+
+    def finish(M, dst, shape):   # Y = A^T M A, scattered into dst (with the ReLU: one pass)
+        Y = np.matmul(KA, M.reshape(a * a, -1)).reshape(shape).transpose(2, 3, 0, 4, 1)
+        if relu:
+            np.maximum(Y, 0, out=dst)
+        else:
+            np.copyto(dst, Y)
+
     def output_stage(o0, o1):   # output channels o0..o1: a*a GEMMs, then Y = A^T M A
         for i in range(n):
             M = np.matmul(U[:, o0:o1], V[:, i])                  # (a*a, o, tiles)
-            Y = np.matmul(KA, M.reshape(a * a, -1))               # kron(A^T, A^T) @ M
-            np.copyto(y[i, o0:o1], Y.reshape(m, m, o1 - o0, th, tw).transpose(2, 3, 0, 4, 1))
-            if b is not None:
-                y[i, o0:o1] += b[o0:o1].astype(x.dtype, copy=False).reshape(-1, 1, 1, 1, 1)
-            if relu:
-                np.maximum(y[i, o0:o1], 0, out=y[i, o0:o1])
+            if bias is not None:
+                M[a + 1] += bias[o0:o1]
+            finish(M, y[i, o0:o1], (m, m, o1 - o0, th, tw))
+
+    def output_rows(r0, r1):    # tile rows r0..r1, all output channels
+        for i in range(n):
+            M = np.matmul(U, V[:, i, :, r0 * tw:r1 * tw])        # (a*a, Cout, rows*tw)
+            if bias is not None:
+                M[a + 1] += bias
+            finish(M, y[i, :, r0:r1], (m, m, cout, r1 - r0, tw))
 
     run_split(pool, input_stage, c)        # with a pool: channel ranges in parallel,
-    run_split(pool, output_stage, cout)    # then output-channel ranges
+    # then output-channel ranges (each thread reads all of V, half of U) or, where V is the
+    # larger (large maps, few channels: tiles > Cout), ranges of tile rows (all of U, half of V)
+    if tiles > cout and th > 1:
+        run_split(pool, output_rows, th)
+    else:
+        run_split(pool, output_stage, cout)
     if out is not None:
         if not exact:
             out[...] = y.reshape(n, cout, th * m, tw * m)[:, :, :ho, :wo]

@@ -99,8 +99,9 @@ def pool_cost(c, h, w, backward=False, itemsize=4):
 
 
 def gram_cost(c, hw, itemsize=4):
-    """A style loss at one layer: G = F F^T and dF = (G - A) F: 2 C^2 HW multiply-adds."""
-    return {"mults": 2.0 * c * c * hw, "bytes": float(3 * c * hw + 3 * c * c) * itemsize,
+    """A style loss at one layer (``labkit.engine.losses``): G = F F^T as a symmetric
+    rank-k update (syrk: C (C + 1) / 2 * HW multiply-adds) and dF = s (G - A)^T F (C^2 HW)."""
+    return {"mults": (c * (c + 1) / 2.0 + c * c) * hw, "bytes": float(3 * c * hw + 3 * c * c) * itemsize,
             "min_bytes": float(2 * c * hw) * itemsize}
 
 

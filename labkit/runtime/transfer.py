@@ -101,10 +101,16 @@ class Objective:
     Targets are computed once here: the content features of ``content_image`` at
     ``content_layer`` and the style Gram matrices of ``style_image`` (set_target), or, for a
     list of style images, their blend (``style_targets``; ``style_blend`` weights).
+    ``loss_layers`` (optional): other loss layers with the same maths, e.g. the tuned
+    engine's: an object with ``content()`` -> a layer like ContentLossLayer and
+    ``style(scale)`` -> a layer with ``gram_style``, ``forward(x)`` and a ``backward(x)``
+    that returns ``scale`` x the gradient (None: the student's layer_3 layers).
     """
+    loss_layers = None
 
     def __init__(self, vgg, content_image, style_image, content_layer, style_weights,
-                 alpha=1.0, beta=500.0, tv_weight=0.0, parallel_map=None, style_blend=None):
+                 alpha=1.0, beta=500.0, tv_weight=0.0, parallel_map=None, style_blend=None,
+                 loss_layers=None):
         self.vgg = vgg
         self.parallel_map = parallel_map
         self.content_layer = content_layer
@@ -112,7 +118,8 @@ class Objective:
         self.alpha, self.beta, self.tv_weight = float(alpha), float(beta), float(tv_weight)
         self.layer_list = sorted({content_layer, *self.style_weights},
                                  key=FEATURE_LAYER_NAMES.index)
-        self.content_loss = ContentLossLayer()
+        self.loss_layers = loss_layers
+        self.content_loss = loss_layers.content() if loss_layers else ContentLossLayer()
         content_feats = vgg.forward(content_image, self.layer_list)
         self.content_target = content_feats[content_layer]
         styles = style_image if isinstance(style_image, (list, tuple)) else [style_image]
@@ -121,7 +128,8 @@ class Objective:
                                 style_blend)
         self.style_loss = {}
         for name in self.style_weights:
-            self.style_loss[name] = StyleLossLayer()
+            self.style_loss[name] = (loss_layers.style(self.beta * self.style_weights[name])
+                                     if loss_layers else StyleLossLayer())
             self.style_loss[name].gram_style = targets[name]    # the blended target A
         self.evaluations = 0
 
@@ -159,7 +167,7 @@ class Objective:
             weight = self.style_weights[name]
             parts[f"style_{name}"] = loss
             total += self.beta * weight * loss
-            add(name, (self.beta * weight) * grad)
+            add(name, grad if self.loss_layers else (self.beta * weight) * grad)
         grad = self.vgg.backward(dlosses)
         parts["tv"] = 0.0
         if self.tv_weight:

@@ -1,0 +1,114 @@
+"""The style-transfer losses, tuned (not a student file): the same maths as the student's
+``stu_upload/layer_3.py`` (handout eqs. 3.10-3.15), computed for speed.
+
+* The Gram matrix G = X X^T (X the features as (C, H*W)) is a symmetric rank-k update: NumPy
+  calls BLAS ``syrk`` for ``a @ a.T`` on the same buffer (half the multiplies of a GEMM,
+  no transposed copy). Inside ``labkit.engine.perf.engine_threads()`` the H*W columns are
+  split over the engine's threads (each thread adds up its own columns; the C x C partial
+  sums are added at the end), so one large layer (relu1_1: 64 x 262144 at 512x512) no
+  longer runs on one thread while the other waits.
+* The gradient dL/dX = s (G - A)^T X (eq. 3.15) folds every scalar (the normaliser of
+  eq. 3.13 and the loss weight ``scale`` the objective gives the layer) into the small
+  C x C matrix, so the large output is written once, by the GEMM, by column ranges on the
+  threads.
+
+``StyleLoss(scale)`` returns ``scale`` x the gradient of the (unweighted) loss; the loss it
+returns is the unweighted one (``labkit.runtime.transfer.Objective`` adds it with its weight).
+"""
+import numpy as np
+
+from labkit.engine.perf import active_pool, run_split, split_ranges
+
+MIN_SPLIT = 4096    # columns: below this one thread does the whole (small) product
+
+
+def _flat(x):
+    """(N, C, H, W) -> (N, C, H*W) without a copy when x is contiguous."""
+    n, c = x.shape[:2]
+    return x.reshape(n, c, -1)
+
+
+def gram(x, pool=None):
+    """G (N, C, C) = X X^T per image, X = x[n] as (C, H*W) (eq. 3.12): ``syrk`` on ranges of
+    the H*W columns, one range per thread of ``pool`` (None: one call), partial sums added."""
+    flat = _flat(x)
+    n, c, hw = flat.shape
+    out = np.empty((n, c, c), dtype=x.dtype)
+    ranges = split_ranges(hw, pool.workers if pool is not None and hw >= MIN_SPLIT else 1)
+    for i in range(n):
+        def part(lo, hi, f=flat[i]):
+            a = f[:, lo:hi]
+            return np.matmul(a, a.T)            # a and a.T share the buffer: BLAS syrk
+        futures = [pool.submit(part, lo, hi) for lo, hi in ranges[1:]]
+        total = part(*ranges[0])
+        for future in futures:
+            total += future.result()
+        out[i] = total
+    return out
+
+
+class ContentLoss:
+    """L = 1/(2NCHW) sum (X - Y)^2 (eq. 3.10); dL/dX = (X - Y)/(NCHW) (eq. 3.11).
+    Same interface as the student's ``ContentLossLayer``."""
+
+    def forward(self, input_layer, content_layer):
+        diff = np.subtract(input_layer, content_layer)
+        return float(np.vdot(diff, diff)) / (2 * input_layer.size)
+
+    def backward(self, input_layer, content_layer):
+        diff = np.subtract(input_layer, content_layer)
+        diff *= diff.dtype.type(1.0 / input_layer.size)       # in place: one new array
+        return diff
+
+
+class StyleLoss:
+    """L = 1/(4 N C^2 H^2 W^2) sum (G - A)^2 (eqs. 3.12-3.13); backward returns ``scale`` x
+    dL/dX = scale/(N C^2 H^2 W^2) (G - A)^T X (eq. 3.15). ``gram_style`` = A (N, C, C), set
+    by the objective. Interface: forward(x) -> float, backward(x) -> array like x."""
+
+    def __init__(self, scale=1.0):
+        self.scale = float(scale)
+        self.gram_style = None
+        self.input = self.gram_input = None
+
+    def forward(self, input_layer):
+        if self.gram_style is None:
+            raise RuntimeError("StyleLoss: set gram_style (the style target A) first.")
+        n, c, h, w = input_layer.shape
+        if self.gram_style.shape[1:] != (c, c):
+            raise ValueError(f"StyleLoss: the style Gram matrix is {self.gram_style.shape} but "
+                             f"the features have {c} channels.")
+        self.input, self.gram_input = input_layer, gram(input_layer, active_pool())
+        d = self.gram_input.astype(np.float64) - self.gram_style
+        return float(np.vdot(d, d)) / (4 * n * c ** 2 * h ** 2 * w ** 2)
+
+    def backward(self, input_layer):
+        if input_layer is not self.input:
+            self.forward(input_layer)
+        n, c, h, w = input_layer.shape
+        s = self.scale / (n * c ** 2 * h ** 2 * w ** 2)
+        # D = s (G - A)^T, C x C: every scalar applied here, not to the large gradient
+        d = (s * (self.gram_input.astype(np.float64) - self.gram_style)).transpose(0, 2, 1)
+        d = np.ascontiguousarray(d, dtype=input_layer.dtype)
+        flat = _flat(input_layer)
+        out = np.empty(flat.shape, dtype=input_layer.dtype)
+        pool = active_pool()
+        for i in range(n):
+            def cols(lo, hi, i=i):
+                np.matmul(d[i], flat[i, :, lo:hi], out=out[i, :, lo:hi])
+            run_split(pool if flat.shape[2] >= MIN_SPLIT else None, cols, flat.shape[2])
+        self.input = self.gram_input = None
+        return out.reshape(input_layer.shape)
+
+
+class LossLayers:
+    """The factories ``labkit.runtime.transfer.Objective(loss_layers=...)`` takes:
+    ``content()`` and ``style(scale)`` (a style layer whose gradient is already weighted)."""
+
+    @staticmethod
+    def content():
+        return ContentLoss()
+
+    @staticmethod
+    def style(scale):
+        return StyleLoss(scale)
