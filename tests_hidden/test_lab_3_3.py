@@ -16,7 +16,7 @@ import pytest
 
 from labkit.engine.conv_algos import (conv2d_input_grad_reference, conv2d_reference,
                                       conv2d_weight_grad_reference)
-from labkit.runtime.student import stu
+from labkit.runtime.student import seed_numpy, stu
 from lab_support import RefReLU, rel_err, unwrap
 
 TOL = 1e-10
@@ -221,7 +221,7 @@ def test_feature_network_forward_backward(feature_net, full_fixture, tmp_path):
 def test_get_random_img_uses_numpys_global_generator():
     content = np.random.default_rng(51).standard_normal((1, 3, 6, 8)) * 50
     get_random_img = stu.style_transfer.get_random_img
-    np.random.seed(1234)
+    seed_numpy(1234)        # here and, graded in the sandbox, in the student's process
     a = get_random_img(content, 0.5)
     np.random.seed(1234)
     expect = np.random.uniform(-20, 20, content.shape) * 0.5 + content * 0.5

@@ -214,12 +214,17 @@ class EngineMaxPooling:
 
 
 # ------------------------------------------------------------------------------ attaching
+def _type_name(layer):
+    """The layer's class name (a sandboxed grader's proxy says its student class's)."""
+    return getattr(layer, "_labkit_student_type", None) or type(layer).__name__
+
+
 def _is_conv(layer):
-    return type(layer).__name__ == "ConvolutionalLayer" and hasattr(layer, "kernel_size")
+    return _type_name(layer) == "ConvolutionalLayer" and hasattr(layer, "kernel_size")
 
 
 def _is_maxpool(layer):
-    return type(layer).__name__ == "MaxPoolingLayer" and hasattr(layer, "kernel_size")
+    return _type_name(layer) == "MaxPoolingLayer" and hasattr(layer, "kernel_size")
 
 
 @dataclass
@@ -242,7 +247,7 @@ class TunedRun:
 
 
 def _is_relu(layer):
-    return type(layer).__name__ == "ReLULayer"
+    return _type_name(layer) == "ReLULayer"
 
 
 def tune(vgg, method="auto", need_param_grad=None, pooling=True, fuse_relu=True, keep=()):

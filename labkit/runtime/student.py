@@ -57,7 +57,7 @@ class StudentModuleMissing(ImportError):
     """No file of a logical student module is in the stu_upload folder."""
 
 
-_FOLDER = {"path": None}
+_FOLDER = {"path": None, "seed_hook": None}
 
 
 def use_package_dir(folder):
@@ -65,6 +65,21 @@ def use_package_dir(folder):
     sandboxed grader: ``import stu_upload.x`` gives proxies to a worker, and the proxy
     package has no folder); only file names are read there."""
     _FOLDER["path"] = os.path.abspath(folder) if folder else None
+
+
+def use_seed_hook(hook):
+    """``hook(seed)`` seeds NumPy's global generator where the student's code runs (the
+    sandboxed grader's worker); None: it runs in this process."""
+    _FOLDER["seed_hook"] = hook
+
+
+def seed_numpy(seed):
+    """``np.random.seed(seed)`` for the student's code: here, and in the sandboxed worker
+    when the grader runs the student's code there."""
+    import numpy as np
+    np.random.seed(seed)
+    if _FOLDER["seed_hook"] is not None:
+        _FOLDER["seed_hook"](seed)
 
 
 def package_dir():

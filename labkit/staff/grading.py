@@ -369,8 +369,9 @@ class Grader:
                                "token": self.session.sandbox.token,
                                "scratch": self.session.sandbox.scratch.path})
         install_proxy_package(self.session)
-        from labkit.runtime.student import use_package_dir
+        from labkit.runtime.student import use_package_dir, use_seed_hook
         use_package_dir(self.stu_pkg)       # file names only: which naming, which experiments
+        use_seed_hook(self.session.seed_numpy)      # np.random.seed in the worker too
         self.student_modules = StudentModules()
         if not config.option.basetemp:          # the tests' files: where drivers may write
             config.option.basetemp = os.path.join(self.session.sandbox.scratch.tmp, "t")

@@ -257,6 +257,15 @@ class Session:
                 raise StudentCrash(f"the student code's process sent a malformed answer "
                                    f"({exc})")
 
+    def share(self, path):
+        """The path under which the worker can read the grader's file ``path`` (read-only;
+        test data such as the full-size lab fixture)."""
+        return self.sandbox.scratch.share(path)
+
+    def seed_numpy(self, seed):
+        """``np.random.seed(seed)`` in the worker (NumPy's global generator there)."""
+        self.request("seed", seed=int(seed))
+
     def encode(self, value):
         def to_handle(v):
             raise wire.WireError(f"a {type(v).__name__} cannot be passed to student code")
@@ -332,6 +341,12 @@ class Remote:
             return s.request("getattr", target=t, name=name)
         except AttributeError as exc:
             raise AttributeError(str(exc)) from None
+
+    @property
+    def _labkit_student_type(self):
+        """The class name of the student's object (no request: the handle says it)."""
+        h = object.__getattribute__(self, "_h")
+        return h.type if h.kind == "object" else None
 
     def __setattr__(self, name, value):
         s, t = self._target()

@@ -8,7 +8,7 @@ here is trusted by the grader: it decodes answers as plain data and decides ever
 
 Requests (``op``): import (module), getattr (target, name), setattr (target, name, value),
 call (target, args, kwargs), getitem/setitem (target, key[, value]), len, list (target),
-release (ids), ping. Answers: ``{"ok": value}`` or ``{"err": {type, module, bases, msg}}``.
+release (ids), seed (NumPy's global generator: ``np.random.seed(seed)``), ping. Answers: ``{"ok": value}`` or ``{"err": {type, module, bases, msg}}``.
 """
 import builtins
 import importlib
@@ -81,6 +81,10 @@ def serve(fin, fout):
         try:
             if op == "ping":
                 result = "pong"
+            elif op == "seed":          # tests that seed NumPy's global generator
+                import numpy
+                numpy.random.seed(int(header["seed"]))
+                result = None
             elif op == "import":
                 name = str(header["module"])
                 full = PACKAGE if name == PACKAGE else PACKAGE + "." + name
@@ -127,6 +131,11 @@ def main():
     for key in ("LABKIT_WORKER_IN", "LABKIT_WORKER_OUT"):
         os.environ.pop(key, None)
     os.chdir(os.environ.get("HOME", "."))
+    try:        # the original lab's np.float, scipy.misc.imread ... (off: LABKIT_LEGACY=0)
+        from labkit.runtime import legacy
+        legacy.install()
+    except Exception as exc:
+        builtins.print(f"worker: legacy shim not installed ({exc})", file=sys.stderr)
     if os.environ.pop("LABKIT_WORKER_NOINIT", None):    # __init__.py failed: skip it
         import importlib.machinery
         spec = importlib.machinery.ModuleSpec(PACKAGE, None, is_package=True)
