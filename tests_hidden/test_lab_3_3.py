@@ -10,13 +10,14 @@ network test swaps the engine's convolution/pooling and a reference ReLU into th
 network, so it credits only the network's own code (build, load, forward, backward order).
 """
 import os
+import types
 
 import numpy as np
 import pytest
 
 from labkit.engine.conv_algos import (conv2d_input_grad_reference, conv2d_reference,
                                       conv2d_weight_grad_reference)
-from labkit.runtime.student import seed_numpy, stu
+from labkit.runtime.student import seed_numpy, stu, to_student
 from lab_support import RefReLU, rel_err, unwrap
 
 TOL = 1e-10
@@ -166,10 +167,16 @@ def _feature_net(full_fixture):
     vgg.build_model()
     vgg.init_model()
     vgg.load_model()
-    tune(vgg, method="img2col", need_param_grad=False)
-    for name in list(vgg.layers):
+    # the engine's layers (made from the student's loaded weights) and reference ReLUs put
+    # into the student's network; graded in the sandbox they run in this process, called
+    # by the student's forward/backward in the worker (to_student)
+    net = types.SimpleNamespace(layers=dict(vgg.layers))
+    tune(net, method="img2col", need_param_grad=False)
+    for name in list(net.layers):
         if name.startswith("relu"):
-            vgg.layers[name] = RefReLU()
+            net.layers[name] = RefReLU()
+    vgg.layers = {name: layer if name not in net._untuned_layers else to_student(layer)
+                  for name, layer in net.layers.items()}
     return vgg
 
 

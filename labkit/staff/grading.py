@@ -369,9 +369,10 @@ class Grader:
                                "token": self.session.sandbox.token,
                                "scratch": self.session.sandbox.scratch.path})
         install_proxy_package(self.session)
-        from labkit.runtime.student import use_package_dir, use_seed_hook
+        from labkit.runtime.student import use_export_hook, use_package_dir, use_seed_hook
         use_package_dir(self.stu_pkg)       # file names only: which naming, which experiments
         use_seed_hook(self.session.seed_numpy)      # np.random.seed in the worker too
+        use_export_hook(self.session.export)        # a test's layers/functions for student code
         self.student_modules = StudentModules()
         if not config.option.basetemp:          # the tests' files: where drivers may write
             config.option.basetemp = os.path.join(self.session.sandbox.scratch.tmp, "t")
@@ -439,6 +440,8 @@ class Grader:
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_call(self, item):
+        if self.session is not None:    # the tests' temporary folders: the student's code
+            self.session.sandbox.scratch.give(self.session.sandbox.scratch.tmp)  # writes there
         with self._time_limit():
             yield
 

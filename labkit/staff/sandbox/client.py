@@ -108,6 +108,8 @@ class Session:
         self.closed = False
         self._release = []
         self.modules = {}
+        self.exports = {}           # id -> (grader object, method names) handed to students
+        self.export_ids = {}        # id(object) -> its export id
 
     # -- the worker -----------------------------------------------------------------------
     def _start(self):
@@ -185,19 +187,12 @@ class Session:
         frame = wire.pack(header, blobs)
         deadline = time.monotonic() + timeout if timeout else None
         try:
-            view = memoryview(frame)
-            while view:
-                left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                if left == 0.0:
-                    raise TimeoutError
-                _, w, _ = select.select([], [self.wfd], [], left)
-                if w:
-                    try:
-                        n = os.write(self.wfd, view[:1 << 20])
-                    except BrokenPipeError:
-                        raise self._died()
-                    view = view[n:]
-            return self._read_answer(deadline)
+            self._write(frame, deadline)
+            while True:
+                answer, ans_blobs = self._read_answer(deadline)
+                if "cb" not in answer:
+                    return answer, ans_blobs
+                self._write(self._callback(answer, ans_blobs), deadline)
         except TimeoutError:
             self._kill()
             self.events.append(f"time limit of {timeout:g} s")
@@ -210,6 +205,73 @@ class Session:
             if self.proc is not None:
                 self._kill()
             raise
+
+    def _write(self, frame, deadline):
+        view = memoryview(frame)
+        while view:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if left == 0.0:
+                raise TimeoutError
+            _, w, _ = select.select([], [self.wfd], [], left)
+            if w:
+                try:
+                    n = os.write(self.wfd, view[:1 << 20])
+                except BrokenPipeError:
+                    raise self._died()
+                view = view[n:]
+
+    def _callback(self, header, blobs):
+        """Run the grader object that student code called (only an exported object, only
+        its listed methods); the answer frame. Its time counts in the call's time limit."""
+        cb = header.get("cb")
+        try:
+            if not isinstance(cb, dict) or not isinstance(cb.get("id"), int):
+                raise wire.WireError("malformed callback")
+            entry = self.exports.get(cb["id"])
+            name = cb.get("name")
+            if entry is None:
+                raise LookupError("no such grader object")
+            obj, methods = entry
+            if name is None:
+                if "__call__" not in methods:
+                    raise TypeError(f"this {type(obj).__name__} is not callable")
+                fn = obj
+            elif isinstance(name, str) and name in methods:
+                fn = getattr(obj, name)
+            else:
+                raise AttributeError(f"{type(obj).__name__} offers only "
+                                     f"{', '.join(sorted(methods - {'__call__'}))}")
+            gen = self.generation
+            value = wire.decode(header.get("args"), blobs,
+                                on_handle=lambda h: Remote._make(self, gen, h),
+                                on_grader=self._exported)
+            if not isinstance(value, dict) or set(value) != {"args", "kwargs"}:
+                raise wire.WireError("malformed callback arguments")
+            result = fn(*value["args"], **value["kwargs"])
+            tree, out = self.encode(result)
+            return wire.pack({"cbok": tree}, out)
+        except (wire.WireError, StudentError):     # the worker is gone or misbehaved
+            raise
+        except Exception as exc:
+            return wire.pack({"cberr": _cap(f"{type(exc).__name__}: {exc}")}, [])
+
+    def _exported(self, gid):
+        entry = self.exports.get(gid)
+        if entry is None:
+            raise wire.WireError("unknown grader reference")
+        return entry[0]
+
+    def export(self, obj, methods=("forward", "backward")):
+        """Hand the grader's ``obj`` to student code: in the worker it is a stand-in whose
+        ``methods`` (``"__call__"``: the object itself) run here, in the grader, when
+        student code calls them. For a test's own layers and functions, never for staff
+        tools a submission could misuse."""
+        gid = self.export_ids.get(id(obj))
+        if gid is None or self.exports[gid][1] != frozenset(methods):
+            gid = len(self.exports) + 1
+            self.exports[gid] = (obj, frozenset(methods))     # kept alive: ids stay unique
+            self.export_ids[id(obj)] = gid
+        return Exported(gid)
 
     def _read_exact(self, n, deadline):
         chunks, left = [], n
@@ -251,7 +313,8 @@ class Session:
                 raise StudentCrash("the student code's process sent a malformed answer")
             try:
                 return wire.decode(header["ok"], ans_blobs,
-                                   on_handle=lambda h: Remote._make(self, gen, h))
+                                   on_handle=lambda h: Remote._make(self, gen, h),
+                                   on_grader=self._exported)
             except wire.WireError as exc:
                 self._kill()
                 raise StudentCrash(f"the student code's process sent a malformed answer "
@@ -280,10 +343,23 @@ class Session:
         return self.stragglers
 
 
+class Exported:
+    """A grader object handed to student code (``Session.export``), as the grader passes it."""
+    __slots__ = ("id",)
+
+    def __init__(self, gid):
+        self.id = gid
+
+
 def _unwrap(value, session):
     """Replace Remote proxies by their handles (only this session's, this generation's)."""
+    if isinstance(value, Exported):
+        return wire.GraderRef(value.id)
     if isinstance(value, Remote):
         return value._handle_for(session)
+    gid = session.export_ids.get(id(value))
+    if gid is not None and session.exports[gid][0] is value:   # came back from student code
+        return wire.GraderRef(gid)
     if type(value) in (list, tuple):
         return type(value)(_unwrap(v, session) for v in value)
     if type(value) is dict:
