@@ -98,6 +98,12 @@ def to_student(obj, methods=("forward", "backward")):
     return _FOLDER["export_hook"](obj, methods)
 
 
+def runs_here():
+    """True when the student's code runs in this process (False: in the sandboxed grader's
+    worker, where arrays come back as copies: identity and views cannot be seen)."""
+    return _FOLDER["export_hook"] is None
+
+
 def package_dir():
     """The folder of the student's ``stu_upload``: the one given to ``use_package_dir``,
     ``$LABKIT_STU_DIR`` (the in-process grader sets it), else the folder of the

@@ -376,6 +376,8 @@ class Grader:
         self.student_modules = StudentModules()
         if not config.option.basetemp:          # the tests' files: where drivers may write
             config.option.basetemp = os.path.join(self.session.sandbox.scratch.tmp, "t")
+        scratch = self.session.sandbox.scratch  # ... and the student's code reads and writes
+        self.session.before_call = lambda: scratch.give_new(scratch.tmp)
         _sandbox_drivers(self.session)
 
     # -- ids ------------------------------------------------------------------------------
@@ -440,8 +442,6 @@ class Grader:
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_call(self, item):
-        if self.session is not None:    # the tests' temporary folders: the student's code
-            self.session.sandbox.scratch.give(self.session.sandbox.scratch.tmp)  # writes there
         with self._time_limit():
             yield
 

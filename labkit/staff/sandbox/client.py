@@ -110,6 +110,7 @@ class Session:
         self.modules = {}
         self.exports = {}           # id -> (grader object, method names) handed to students
         self.export_ids = {}        # id(object) -> its export id
+        self.before_call = None     # run before each call into student code (the grader's)
 
     # -- the worker -----------------------------------------------------------------------
     def _start(self):
@@ -303,6 +304,8 @@ class Session:
         with self.lock:
             if self.closed:
                 raise StudentCrash("grading of this submission has ended")
+            if op in ("call", "setattr", "setitem") and self.before_call is not None:
+                self.before_call()
             header, ans_blobs = self._request(dict(fields, op=op), list(blobs),
                                               self.timeout if timeout is None else timeout)
             gen = self.generation
