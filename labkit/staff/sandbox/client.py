@@ -8,8 +8,11 @@ the call it was serving. Objects made by a worker that ended cannot be used agai
 (``StudentError``); modules, classes and functions are found again by name.
 """
 import builtins
+import importlib
 import os
+import re
 import select
+import sys
 import subprocess
 import threading
 import time
@@ -18,12 +21,20 @@ import types
 from labkit.staff.sandbox import wire
 from labkit.staff.sandbox.process import GIB, PACKAGE, Sandbox
 
-MSG_CAP = 300
+MSG_CAP = 2000
+OUT_CAP = 64 * 1024
+
+
+def _clean(text):
+    """Printable text only (no terminal escapes from student prints)."""
+    return "".join(c if c.isprintable() or c in "\n\t" else "?" for c in text)
+
+
 MAX_ANSWER = wire.MAX_FRAME
 
 
 class StudentError(Exception):
-    """An exception raised by student code in the worker (type name and first line)."""
+    """An exception raised by student code in the worker (type name and message, capped)."""
     student_type = "Exception"
 
 
@@ -81,6 +92,17 @@ def make_exception(err, limits=None):
                                   f"{msg})")
     if module == "builtins" and tname in _SAFE_BUILTINS:
         return getattr(builtins, tname)(msg)
+    if re.fullmatch(r"labkit\.runtime\.[a-z_0-9]{1,40}", module):  # the kit's own errors
+        # (UserError, QuantFileError ...): this process's class of that name
+        try:
+            cls = getattr(importlib.import_module(module), tname)
+            if isinstance(cls, type) and issubclass(cls, Exception):
+                try:
+                    return cls(msg)
+                except Exception:
+                    pass
+        except (ImportError, AttributeError, ValueError):
+            pass
     if module == PACKAGE or module.startswith(PACKAGE + "."):
         base = next((b for b in bases if b in _SAFE_BUILTINS), "Exception")
         exc = student_exception_class(module, tname, base)(msg)
@@ -309,6 +331,9 @@ class Session:
             header, ans_blobs = self._request(dict(fields, op=op), list(blobs),
                                               self.timeout if timeout is None else timeout)
             gen = self.generation
+            out = header.get("out")
+            if isinstance(out, str) and out:    # the student's prints: where tests see them
+                sys.stdout.write(_clean(out[:OUT_CAP]))
             if "err" in header:
                 raise make_exception(header["err"], self.limits)
             if "ok" not in header:

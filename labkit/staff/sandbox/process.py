@@ -166,6 +166,8 @@ class Scratch:
         os.makedirs(os.path.join(self.code, "_sandbox"))
         for name in ("worker.py", "wire.py"):
             shutil.copy(os.path.join(HERE, name), os.path.join(self.code, "_sandbox", name))
+        self.output_dir = os.path.join(self.code, "output")    # the drivers' default output
+        os.makedirs(self.output_dir, exist_ok=True)              # folder: writable
         for dirpath, dirnames, filenames in os.walk(self.code):
             os.chmod(dirpath, 0o755)
             for n in filenames:
@@ -174,6 +176,7 @@ class Scratch:
         for d in (self.work, os.path.join(self.work, "tmp"), self.tmp, self.share_dir):
             os.makedirs(d, exist_ok=True)
         self.give(self.work)
+        self.give(self.output_dir)
         os.chmod(self.tmp, 0o711)
         os.chmod(self.share_dir, 0o755)
         open(self.log, "ab").close()
@@ -335,6 +338,7 @@ class Sandbox:
         made.add("/tmp")
         bind("--bind", s.path)
         bind("--ro-bind", s.code)
+        binds += ["--bind", s.output_dir, s.output_dir]     # code/output: writable
         bind("--ro-bind", s.log)
         for p in rw:
             bind("--bind", p)

@@ -9,6 +9,7 @@ finite float, str) or one-key-tagged dicts::
     {"$": "nd", "i": blob index, "scalar": bool}      {"$": "float", "v": "nan"|"inf"|"-inf"}
     {"$": "h", "id": int, "kind": "class"|"callable"|"module"|"object", "type": str}
     {"$": "g", "id": int}       a grader object handed to student code (``GraderRef``)
+    {"$": "rng", "state": {...}}   a NumPy ``Generator`` (PCG64) sent as a copy of its state
 
 Anything else is refused on both sides (``WireError``). This file is standalone (numpy, json,
 struct): the worker gets a copy of it in its scratch folder.
@@ -71,6 +72,12 @@ def encode(value, handle_of=None):
             dt = np.dtype(v)
             if dt.kind in "biufc" and not dt.fields:
                 return {"$": "dtype", "v": dt.str}
+        if type(v) is np.random.Generator and type(v.bit_generator) is np.random.PCG64:
+            st = v.bit_generator.state          # a copy: the sender's does not advance
+            return {"$": "rng", "state": {"state": int(st["state"]["state"]),
+                                          "inc": int(st["state"]["inc"]),
+                                          "has_uint32": int(st["has_uint32"]),
+                                          "uinteger": int(st["uinteger"])}}
         if isinstance(v, GraderRef):
             return {"$": "g", "id": int(v.id)}
         if isinstance(v, Handle):
@@ -159,6 +166,20 @@ def decode(tree, blobs, on_handle=None, on_grader=None):
                 raise WireError("malformed handle")
             h.type = h.type[:100]
             return on_handle(h) if on_handle else h
+        if tag == "rng":
+            st = v.get("state")
+            keys = ("state", "inc", "has_uint32", "uinteger")
+            if not isinstance(st, dict) or not all(
+                    type(st.get(k)) is int and 0 <= st[k] < 1 << 128 for k in keys):
+                raise WireError("malformed generator state")
+            bg = np.random.PCG64()
+            try:
+                bg.state = {"bit_generator": "PCG64", "state": {"state": st["state"],
+                            "inc": st["inc"]}, "has_uint32": st["has_uint32"],
+                            "uinteger": st["uinteger"]}
+            except (ValueError, TypeError, OverflowError):
+                raise WireError("malformed generator state")
+            return np.random.Generator(bg)
         if tag == "g":
             gid = v.get("id")
             if on_grader is None or not isinstance(gid, int) or isinstance(gid, bool):

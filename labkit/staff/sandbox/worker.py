@@ -28,7 +28,8 @@ sys.path[:0] = [HERE, CODE]
 import wire  # noqa: E402
 
 PACKAGE = "stu_upload"
-MSG_CAP = 300
+MSG_CAP = 2000            # an exception's message (all its lines: tests match on them)
+OUT_CAP = 64 * 1024         # the student's prints returned with one answer
 
 
 class GraderCallError(RuntimeError):
@@ -99,7 +100,7 @@ def exception_info(exc):
         text = str(exc)
     except BaseException:
         pass
-    line = text.strip().splitlines()[0] if text.strip() else ""
+    line = text.strip()
     return {"type": type(exc).__name__[:100], "module": str(type(exc).__module__)[:100],
             "bases": bases[:20], "msg": line[:MSG_CAP]}
 
@@ -124,13 +125,46 @@ def callback(gid, name, args, kwargs):
         if "cbok" in header:
             return _dec(header["cbok"], in_blobs)
         if "cberr" in header:
-            raise GraderCallError(str(header["cberr"])[:MSG_CAP])
+            raise GraderCallError(str(header["cberr"])[:300])
         fout.write(answer(header, in_blobs))
         fout.flush()
 
 
+class _Tee:
+    """The student's prints during one request: kept (capped) for the grader, which prints
+    them where the test can read them (capsys), and written to the log as before."""
+
+    def __init__(self, stream):
+        self.stream, self.parts, self.size = stream, [], 0
+
+    def write(self, text):
+        text = str(text)
+        if self.size < OUT_CAP:
+            self.parts.append(text[:OUT_CAP - self.size])
+            self.size += len(self.parts[-1])
+        return self.stream.write(text)
+
+    def flush(self):
+        self.stream.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
 def answer(header, blobs):
-    """The answer frame to one request."""
+    """The answer frame to one request (with the student's prints during it: ``out``)."""
+    saved = sys.stdout
+    tee = sys.stdout = _Tee(saved)
+    try:
+        frame_header, out_blobs = _answer(header, blobs)
+    finally:
+        sys.stdout = saved
+    if tee.parts:
+        frame_header["out"] = "".join(tee.parts)
+    return wire.pack(frame_header, out_blobs)
+
+
+def _answer(header, blobs):
     objs = CHANNEL["objs"]
     op = header.get("op")
     try:
@@ -171,11 +205,11 @@ def answer(header, blobs):
             else:
                 raise ValueError(f"unknown request {op!r}")
         tree, out_blobs = wire.encode(result, handle_of=objs.handle)
-        return wire.pack({"ok": tree}, out_blobs)
+        return {"ok": tree}, out_blobs
     except BaseException as exc:        # SystemExit, KeyboardInterrupt: reported too
         if os.environ.get("LABKIT_WORKER_DEBUG"):
             traceback.print_exc()
-        return wire.pack({"err": exception_info(exc)}, [])
+        return {"err": exception_info(exc)}, []
 
 
 def serve(fin, fout):
