@@ -263,7 +263,11 @@ def tune(vgg, method="auto", need_param_grad=None, pooling=True, fuse_relu=True,
     if not isinstance(layers, dict) or not layers:
         raise ValueError("tune: the network has no layers dict; call build_model() and "
                          "load_model() first.")
-    originals = vgg.__dict__.setdefault("_untuned_layers", {})
+    # graded in the sandbox ``vgg`` is a proxy: its dict arrives as a copy; the engine's
+    # layers stay in this process (to_student: the student's network calls them back)
+    remote = getattr(vgg, "_labkit_student_type", None) is not None
+    originals = (_REMOTE_ORIGINALS.setdefault(id(vgg), {}) if remote
+                 else vgg.__dict__.setdefault("_untuned_layers", {}))
     keep = set(keep)
     names = list(layers)
     swapped = 0
@@ -282,10 +286,21 @@ def tune(vgg, method="auto", need_param_grad=None, pooling=True, fuse_relu=True,
             continue
         originals.setdefault(name, layer)
         swapped += 1
+    if remote:
+        from labkit.runtime.student import to_student
+        vgg.layers = {n: to_student(l) if n in originals else l for n, l in layers.items()}
     return TunedRun(swapped)
+
+
+_REMOTE_ORIGINALS = {}      # id(proxy) -> the student's own layers (sandboxed grading)
 
 
 def untune(vgg):
     """Put the student's own layers back."""
+    if getattr(vgg, "_labkit_student_type", None) is not None:
+        layers = vgg.layers
+        layers.update(_REMOTE_ORIGINALS.pop(id(vgg), {}))
+        vgg.layers = layers
+        return
     for name, layer in vgg.__dict__.pop("_untuned_layers", {}).items():
         vgg.layers[name] = layer
