@@ -8,7 +8,7 @@ import pytest
 
 from labkit.runtime.gradcheck import GradientCheckError, assert_close, check_vjp, numeric_gradient
 from labkit.runtime.recorded import Recorded
-from labkit.runtime.student import lazy, stu
+from labkit.runtime.student import lazy, runs_here, stu
 
 # the student's classes and helpers, looked up when called (either file name: layer_2.py or
 # the original kit's layers_2.py); this kit's helpers (img2col ...) are "beyond" the lab
@@ -30,6 +30,16 @@ def make_conv(case, type):
     return layer, d
 
 
+def param_loss(layer, name, value, x, dy):
+    """``lambda: sum(layer.forward(x) * dy)`` with ``layer.<name> = value`` set first (the
+    numeric gradient changes ``value`` in place; graded in the sandbox the layer's own
+    arrays are not this process's)."""
+    def loss():
+        setattr(layer, name, value)
+        return float(np.sum(layer.forward(x) * dy))
+    return loss
+
+
 # ---------------------------------------------------------------- pure functions
 def test_conv_output_size_floor_rule():
     assert conv_output_size(224, 3, 1, 1) == 224
@@ -43,7 +53,8 @@ def test_window_view_is_a_view(rng):
     x = rng.standard_normal((2, 3, 7, 8))
     v = window_view(x, 3, 2)
     assert v.shape == (2, 3, 3, 3, 3, 3)
-    assert np.shares_memory(v, x)
+    if runs_here():     # graded in the sandbox arrays come back as copies
+        assert np.shares_memory(v, x)
     assert np.array_equal(v[1, 2, 1, 2], x[1, 2, 2:5, 4:7])
 
 
@@ -68,7 +79,9 @@ def test_pad_nchw(rng):
     x = rng.standard_normal((1, 2, 3, 4))
     p = pad_nchw(x, 2)
     assert p.shape == (1, 2, 7, 8) and np.array_equal(p[:, :, 2:5, 2:6], x)
-    assert pad_nchw(x, 0) is x
+    assert np.array_equal(pad_nchw(x, 0), x)
+    if runs_here():     # graded in the sandbox arrays come back as copies
+        assert pad_nchw(x, 0) is x
 
 
 # ---------------------------------------------------------------- convolution
@@ -95,11 +108,14 @@ def test_conv_gradients(case, type):
               threshold=THRESHOLD, context=ctx)
     layer.forward(x)
     layer.backward(dy)
-    loss = lambda: float(np.sum(layer.forward(x) * dy))
-    assert_close("conv d_weight", layer.d_weight, numeric_gradient(loss, layer.weight),
+    d_weight, d_bias = layer.d_weight, layer.d_bias
+    weight, bias = layer.weight, layer.bias
+    assert_close("conv d_weight", d_weight,
+                 numeric_gradient(param_loss(layer, "weight", weight, x, dy), weight),
                  THRESHOLD, ctx)
-    assert_close("conv d_bias", layer.d_bias, numeric_gradient(loss, layer.bias),
-                 THRESHOLD, ctx)
+    layer.weight = weight
+    assert_close("conv d_bias", d_bias,
+                 numeric_gradient(param_loss(layer, "bias", bias, x, dy), bias), THRESHOLD, ctx)
 
 
 @pytest.mark.parametrize("case", REC.cases("conv/"))

@@ -4,7 +4,7 @@ import pytest
 
 from labkit.runtime.gradcheck import GradientCheckError, assert_close, check_vjp
 from labkit.runtime.recorded import Recorded
-from labkit.runtime.student import lazy, stu
+from labkit.runtime.student import lazy, runs_here, stu, to_student
 
 AdamOptimizer, ContentLossLayer, StyleLossLayer, gram_matrix = lazy(
     "layer_3", "AdamOptimizer", "ContentLossLayer", "StyleLossLayer", "gram_matrix")
@@ -88,11 +88,19 @@ def test_style_target_is_cached(monkeypatch):
     layer = StyleLossLayer()
     calls = []
     original = layer.set_target
-    monkeypatch.setattr(layer, "set_target", lambda s: calls.append(1) or original(s))
-    for _ in range(3):
-        layer.forward(x + 0.0, y)
-        layer.backward(x, y)
-    assert len(calls) == 1                      # same object: Gram computed once
+    monkeypatch.setattr(layer, "set_target", to_student(
+        lambda s: calls.append(1) or original(s), ("__call__",)))
+    if runs_here():
+        for _ in range(3):
+            layer.forward(x + 0.0, y)
+            layer.backward(x, y)
+        assert len(calls) == 1                  # same object: Gram computed once
+    else:       # graded in the sandbox every array arrives as a new object: a set target
+        layer.set_target(y)
+        for _ in range(3):
+            layer.forward(x + 0.0)
+            layer.backward(x)
+        assert len(calls) == 1                  # kept: Gram computed once
     layer.forward(x, y.copy())                  # a new object: recomputed
     assert len(calls) == 2
     assert layer.forward(x) == pytest.approx(float(d["loss"]))   # target kept

@@ -15,7 +15,7 @@ from labkit.runtime.images import load_rgb, make_demo_image, preprocess, save_rg
 from labkit.runtime.runlog import preserve_colors
 from labkit.runtime.transfer import Objective, run_transfer, tv_loss
 from labkit.runtime import vgg19_spec as spec
-from labkit.runtime.student import stu
+from labkit.runtime.student import seed_numpy, stu
 
 FEATURE_LAYER_NAMES = spec.FILE_LAYER_NAMES[:37]
 
@@ -206,9 +206,9 @@ def test_load_image_and_save_image_follow_the_original_protocol(tiny_mat, tmp_pa
 def test_get_random_img_uses_numpys_global_generator(tiny_mat):
     """np.random.seed(1234) reproduces the start image, as the original driver relies on."""
     content = np.zeros((1, 3, 8, 10))
-    np.random.seed(1234)
+    seed_numpy(1234)        # here and, graded in the sandbox, in the student's process
     a = get_random_img(content, 0.5)
-    np.random.seed(1234)
+    seed_numpy(1234)
     b = get_random_img(content, 0.5)
     c = get_random_img(content, 0.5)
     assert np.array_equal(a, b) and not np.array_equal(b, c)

@@ -217,12 +217,17 @@ class EngineMaxPooling:
 
 
 # ------------------------------------------------------------------------------ attaching
+def _type_name(layer):
+    """The layer's class name (a sandboxed grader's proxy says its student class's)."""
+    return getattr(layer, "_labkit_student_type", None) or type(layer).__name__
+
+
 def _is_conv(layer):
-    return type(layer).__name__ == "ConvolutionalLayer" and hasattr(layer, "kernel_size")
+    return _type_name(layer) == "ConvolutionalLayer" and hasattr(layer, "kernel_size")
 
 
 def _is_maxpool(layer):
-    return type(layer).__name__ == "MaxPoolingLayer" and hasattr(layer, "kernel_size")
+    return _type_name(layer) == "MaxPoolingLayer" and hasattr(layer, "kernel_size")
 
 
 @dataclass
@@ -246,7 +251,7 @@ class TunedRun:
 
 
 def _is_relu(layer):
-    return type(layer).__name__ == "ReLULayer"
+    return _type_name(layer) == "ReLULayer"
 
 
 def tune(vgg, method="auto", need_param_grad=None, pooling=True, fuse_relu=True, keep=()):
@@ -262,7 +267,11 @@ def tune(vgg, method="auto", need_param_grad=None, pooling=True, fuse_relu=True,
     if not isinstance(layers, dict) or not layers:
         raise ValueError("tune: the network has no layers dict; call build_model() and "
                          "load_model() first.")
-    originals = vgg.__dict__.setdefault("_untuned_layers", {})
+    # graded in the sandbox ``vgg`` is a proxy: its dict arrives as a copy; the engine's
+    # layers stay in this process (to_student: the student's network calls them back)
+    remote = getattr(vgg, "_labkit_student_type", None) is not None
+    originals = (_REMOTE_ORIGINALS.setdefault(id(vgg), {}) if remote
+                 else vgg.__dict__.setdefault("_untuned_layers", {}))
     keep = set(keep)
     names = list(layers)
     swapped = 0
@@ -281,10 +290,21 @@ def tune(vgg, method="auto", need_param_grad=None, pooling=True, fuse_relu=True,
             continue
         originals.setdefault(name, layer)
         swapped += 1
+    if remote:
+        from labkit.runtime.student import to_student
+        vgg.layers = {n: to_student(l) if n in originals else l for n, l in layers.items()}
     return TunedRun(swapped)
+
+
+_REMOTE_ORIGINALS = {}      # id(proxy) -> the student's own layers (sandboxed grading)
 
 
 def untune(vgg):
     """Put the student's own layers back."""
+    if getattr(vgg, "_labkit_student_type", None) is not None:
+        layers = vgg.layers
+        layers.update(_REMOTE_ORIGINALS.pop(id(vgg), {}))
+        vgg.layers = layers
+        return
     for name, layer in vgg.__dict__.pop("_untuned_layers", {}).items():
         vgg.layers[name] = layer

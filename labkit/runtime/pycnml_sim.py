@@ -393,6 +393,7 @@ class CnmlNet:
         self.core_version, self._in_shape, self._layers = core_version, None, []
         self._input = self._output = None
         self._output_cast = False  # the hidden fp16 -> fp32 cast, appended by the first loadParams
+        self.forward_count = 0     # the simulator's own: how many forward() calls ran (tests)
 
     def setInputShape(self, n, c, h, w):
         if self._layers:
@@ -474,6 +475,7 @@ class CnmlNet:
             for layer in self._layers:
                 x = layer.run(x.astype(np.float16, copy=False))
         self._output = np.asarray(x, dtype=np.float32).ravel()  # hidden fp16 -> fp32 cast
+        self.forward_count += 1
 
     def getOutputData(self):
         if self._output is None:

@@ -57,7 +57,7 @@ class StudentModuleMissing(ImportError):
     """No file of a logical student module is in the stu_upload folder."""
 
 
-_FOLDER = {"path": None}
+_FOLDER = {"path": None, "seed_hook": None, "export_hook": None}
 
 
 def use_package_dir(folder):
@@ -65,6 +65,43 @@ def use_package_dir(folder):
     sandboxed grader: ``import stu_upload.x`` gives proxies to a worker, and the proxy
     package has no folder); only file names are read there."""
     _FOLDER["path"] = os.path.abspath(folder) if folder else None
+
+
+def use_seed_hook(hook):
+    """``hook(seed)`` seeds NumPy's global generator where the student's code runs (the
+    sandboxed grader's worker); None: it runs in this process."""
+    _FOLDER["seed_hook"] = hook
+
+
+def seed_numpy(seed):
+    """``np.random.seed(seed)`` for the student's code: here, and in the sandboxed worker
+    when the grader runs the student's code there."""
+    import numpy as np
+    np.random.seed(seed)
+    if _FOLDER["seed_hook"] is not None:
+        _FOLDER["seed_hook"](seed)
+
+
+def use_export_hook(hook):
+    """``hook(obj, methods)`` hands a test's object to student code that runs elsewhere (the
+    sandboxed grader's worker); None: student code runs in this process."""
+    _FOLDER["export_hook"] = hook
+
+
+def to_student(obj, methods=("forward", "backward")):
+    """``obj`` as student code can receive it: ``obj`` itself when the student's code runs in
+    this process; graded in the sandbox, a stand-in whose ``methods`` (``"__call__"``: the
+    object itself) run here when student code calls them. For a test's own layers and
+    functions put into the student's objects (``vgg.layers = {...}``)."""
+    if _FOLDER["export_hook"] is None:
+        return obj
+    return _FOLDER["export_hook"](obj, methods)
+
+
+def runs_here():
+    """True when the student's code runs in this process (False: in the sandboxed grader's
+    worker, where arrays come back as copies: identity and views cannot be seen)."""
+    return _FOLDER["export_hook"] is None
 
 
 def package_dir():

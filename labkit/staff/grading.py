@@ -369,11 +369,15 @@ class Grader:
                                "token": self.session.sandbox.token,
                                "scratch": self.session.sandbox.scratch.path})
         install_proxy_package(self.session)
-        from labkit.runtime.student import use_package_dir
+        from labkit.runtime.student import use_export_hook, use_package_dir, use_seed_hook
         use_package_dir(self.stu_pkg)       # file names only: which naming, which experiments
+        use_seed_hook(self.session.seed_numpy)      # np.random.seed in the worker too
+        use_export_hook(self.session.export)        # a test's layers/functions for student code
         self.student_modules = StudentModules()
         if not config.option.basetemp:          # the tests' files: where drivers may write
             config.option.basetemp = os.path.join(self.session.sandbox.scratch.tmp, "t")
+        scratch = self.session.sandbox.scratch  # ... and the student's code reads and writes
+        self.session.before_call = lambda: scratch.give_new(scratch.tmp)
         _sandbox_drivers(self.session)
 
     # -- ids ------------------------------------------------------------------------------
@@ -716,6 +720,32 @@ def _write_json(path, data):
         f.write("\n")
 
 
+def _descendants(pid):
+    """The processes started (directly or not) by ``pid``, from /proc."""
+    children = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(name))
+    out, stack = [], [pid]
+    while stack:
+        for c in children.get(stack.pop(), []):
+            out.append(c)
+            stack.append(c)
+    return out
+
+
+def _uid_of(pid):
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
+
+
 def _sandbox_drivers(session):
     """Run the drivers that tests start (``python main_exp_3_x.py ...``) in the sandbox:
     the scratch copy of the driver and the submission, its limits and scrubbed environment;
@@ -747,7 +777,26 @@ def _sandbox_drivers(session):
                 kw.update(cwd=cwd, env=sandbox.env(), preexec_fn=sandbox._preexec,
                           start_new_session=True)
                 args = sandbox.command(inner, cwd, rw=[tmp])
+                self._labkit_uid = sandbox.uid
             super().__init__(args, *a, **kw)
+
+        def send_signal(self, sig):
+            """A signal for the driver reaches the driver (not bubblewrap, which would die
+            of it): every process of this sandbox's uid started under this one."""
+            uid = getattr(self, "_labkit_uid", None)
+            if uid is None or self.poll() is not None:
+                return super().send_signal(sig)
+            targets = [pid for pid in _descendants(self.pid) if _uid_of(pid) == uid]
+            if not targets:
+                return super().send_signal(sig)
+            for pid in targets:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+
+        def terminate(self):
+            self.send_signal(signal.SIGTERM)
 
     subprocess.Popen = SandboxedPopen
 

@@ -8,8 +8,11 @@ the call it was serving. Objects made by a worker that ended cannot be used agai
 (``StudentError``); modules, classes and functions are found again by name.
 """
 import builtins
+import importlib
 import os
+import re
 import select
+import sys
 import subprocess
 import threading
 import time
@@ -18,12 +21,20 @@ import types
 from labkit.staff.sandbox import wire
 from labkit.staff.sandbox.process import GIB, PACKAGE, Sandbox
 
-MSG_CAP = 300
+MSG_CAP = 2000
+OUT_CAP = 64 * 1024
+
+
+def _clean(text):
+    """Printable text only (no terminal escapes from student prints)."""
+    return "".join(c if c.isprintable() or c in "\n\t" else "?" for c in text)
+
+
 MAX_ANSWER = wire.MAX_FRAME
 
 
 class StudentError(Exception):
-    """An exception raised by student code in the worker (type name and first line)."""
+    """An exception raised by student code in the worker (type name and message, capped)."""
     student_type = "Exception"
 
 
@@ -81,6 +92,17 @@ def make_exception(err, limits=None):
                                   f"{msg})")
     if module == "builtins" and tname in _SAFE_BUILTINS:
         return getattr(builtins, tname)(msg)
+    if re.fullmatch(r"labkit\.runtime\.[a-z_0-9]{1,40}", module):  # the kit's own errors
+        # (UserError, QuantFileError ...): this process's class of that name
+        try:
+            cls = getattr(importlib.import_module(module), tname)
+            if isinstance(cls, type) and issubclass(cls, Exception):
+                try:
+                    return cls(msg)
+                except Exception:
+                    pass
+        except (ImportError, AttributeError, ValueError):
+            pass
     if module == PACKAGE or module.startswith(PACKAGE + "."):
         base = next((b for b in bases if b in _SAFE_BUILTINS), "Exception")
         exc = student_exception_class(module, tname, base)(msg)
@@ -108,6 +130,9 @@ class Session:
         self.closed = False
         self._release = []
         self.modules = {}
+        self.exports = {}           # id -> (grader object, method names) handed to students
+        self.export_ids = {}        # id(object) -> its export id
+        self.before_call = None     # run before each call into student code (the grader's)
 
     # -- the worker -----------------------------------------------------------------------
     def _start(self):
@@ -185,19 +210,12 @@ class Session:
         frame = wire.pack(header, blobs)
         deadline = time.monotonic() + timeout if timeout else None
         try:
-            view = memoryview(frame)
-            while view:
-                left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                if left == 0.0:
-                    raise TimeoutError
-                _, w, _ = select.select([], [self.wfd], [], left)
-                if w:
-                    try:
-                        n = os.write(self.wfd, view[:1 << 20])
-                    except BrokenPipeError:
-                        raise self._died()
-                    view = view[n:]
-            return self._read_answer(deadline)
+            self._write(frame, deadline)
+            while True:
+                answer, ans_blobs = self._read_answer(deadline)
+                if "cb" not in answer:
+                    return answer, ans_blobs
+                self._write(self._callback(answer, ans_blobs), deadline)
         except TimeoutError:
             self._kill()
             self.events.append(f"time limit of {timeout:g} s")
@@ -210,6 +228,73 @@ class Session:
             if self.proc is not None:
                 self._kill()
             raise
+
+    def _write(self, frame, deadline):
+        view = memoryview(frame)
+        while view:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if left == 0.0:
+                raise TimeoutError
+            _, w, _ = select.select([], [self.wfd], [], left)
+            if w:
+                try:
+                    n = os.write(self.wfd, view[:1 << 20])
+                except BrokenPipeError:
+                    raise self._died()
+                view = view[n:]
+
+    def _callback(self, header, blobs):
+        """Run the grader object that student code called (only an exported object, only
+        its listed methods); the answer frame. Its time counts in the call's time limit."""
+        cb = header.get("cb")
+        try:
+            if not isinstance(cb, dict) or not isinstance(cb.get("id"), int):
+                raise wire.WireError("malformed callback")
+            entry = self.exports.get(cb["id"])
+            name = cb.get("name")
+            if entry is None:
+                raise LookupError("no such grader object")
+            obj, methods = entry
+            if name is None:
+                if "__call__" not in methods:
+                    raise TypeError(f"this {type(obj).__name__} is not callable")
+                fn = obj
+            elif isinstance(name, str) and name in methods:
+                fn = getattr(obj, name)
+            else:
+                raise AttributeError(f"{type(obj).__name__} offers only "
+                                     f"{', '.join(sorted(methods - {'__call__'}))}")
+            gen = self.generation
+            value = wire.decode(header.get("args"), blobs,
+                                on_handle=lambda h: Remote._make(self, gen, h),
+                                on_grader=self._exported)
+            if not isinstance(value, dict) or set(value) != {"args", "kwargs"}:
+                raise wire.WireError("malformed callback arguments")
+            result = fn(*value["args"], **value["kwargs"])
+            tree, out = self.encode(result)
+            return wire.pack({"cbok": tree}, out)
+        except (wire.WireError, StudentError):     # the worker is gone or misbehaved
+            raise
+        except Exception as exc:
+            return wire.pack({"cberr": _cap(f"{type(exc).__name__}: {exc}")}, [])
+
+    def _exported(self, gid):
+        entry = self.exports.get(gid)
+        if entry is None:
+            raise wire.WireError("unknown grader reference")
+        return entry[0]
+
+    def export(self, obj, methods=("forward", "backward")):
+        """Hand the grader's ``obj`` to student code: in the worker it is a stand-in whose
+        ``methods`` (``"__call__"``: the object itself) run here, in the grader, when
+        student code calls them. For a test's own layers and functions, never for staff
+        tools a submission could misuse."""
+        gid = self.export_ids.get(id(obj))
+        if gid is None or self.exports[gid][1] != frozenset(methods):
+            gid = len(self.exports) + 1
+            self.exports[gid] = (obj, frozenset(methods))     # kept alive: ids stay unique
+            self.export_ids[id(obj)] = gid
+        return Exported(gid)
 
     def _read_exact(self, n, deadline):
         chunks, left = [], n
@@ -241,9 +326,14 @@ class Session:
         with self.lock:
             if self.closed:
                 raise StudentCrash("grading of this submission has ended")
+            if op in ("call", "setattr", "setitem") and self.before_call is not None:
+                self.before_call()
             header, ans_blobs = self._request(dict(fields, op=op), list(blobs),
                                               self.timeout if timeout is None else timeout)
             gen = self.generation
+            out = header.get("out")
+            if isinstance(out, str) and out:    # the student's prints: where tests see them
+                sys.stdout.write(_clean(out[:OUT_CAP]))
             if "err" in header:
                 raise make_exception(header["err"], self.limits)
             if "ok" not in header:
@@ -251,11 +341,21 @@ class Session:
                 raise StudentCrash("the student code's process sent a malformed answer")
             try:
                 return wire.decode(header["ok"], ans_blobs,
-                                   on_handle=lambda h: Remote._make(self, gen, h))
+                                   on_handle=lambda h: Remote._make(self, gen, h),
+                                   on_grader=self._exported)
             except wire.WireError as exc:
                 self._kill()
                 raise StudentCrash(f"the student code's process sent a malformed answer "
                                    f"({exc})")
+
+    def share(self, path):
+        """The path under which the worker can read the grader's file ``path`` (read-only;
+        test data such as the full-size lab fixture)."""
+        return self.sandbox.scratch.share(path)
+
+    def seed_numpy(self, seed):
+        """``np.random.seed(seed)`` in the worker (NumPy's global generator there)."""
+        self.request("seed", seed=int(seed))
 
     def encode(self, value):
         def to_handle(v):
@@ -271,10 +371,23 @@ class Session:
         return self.stragglers
 
 
+class Exported:
+    """A grader object handed to student code (``Session.export``), as the grader passes it."""
+    __slots__ = ("id",)
+
+    def __init__(self, gid):
+        self.id = gid
+
+
 def _unwrap(value, session):
     """Replace Remote proxies by their handles (only this session's, this generation's)."""
+    if isinstance(value, Exported):
+        return wire.GraderRef(value.id)
     if isinstance(value, Remote):
         return value._handle_for(session)
+    gid = session.export_ids.get(id(value))
+    if gid is not None and session.exports[gid][0] is value:   # came back from student code
+        return wire.GraderRef(gid)
     if type(value) in (list, tuple):
         return type(value)(_unwrap(v, session) for v in value)
     if type(value) is dict:
@@ -332,6 +445,12 @@ class Remote:
             return s.request("getattr", target=t, name=name)
         except AttributeError as exc:
             raise AttributeError(str(exc)) from None
+
+    @property
+    def _labkit_student_type(self):
+        """The class name of the student's object (no request: the handle says it)."""
+        h = object.__getattribute__(self, "_h")
+        return h.type if h.kind == "object" else None
 
     def __setattr__(self, name, value):
         s, t = self._target()

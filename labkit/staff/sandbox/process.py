@@ -30,6 +30,7 @@ PACKAGE = "stu_upload"
 GIB = 1024 ** 3
 MAX_SUBMISSION_BYTES = 50 * 1024 * 1024
 DRIVERS = ("main_exp_3_1.py", "main_exp_3_2.py", "main_exp_3_3.py")
+KIT_ROOT_FILES = ("pycnml.py", "sitecustomize.py")     # the kit root's, as the kit ships them
 _MODE_CACHE = {}
 
 
@@ -159,21 +160,46 @@ class Scratch:
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         shutil.copy(os.path.join(ROOT, "labkit", "__init__.py"),
                     os.path.join(self.code, "labkit", "__init__.py"))
-        for name in DRIVERS:
+        for name in DRIVERS + KIT_ROOT_FILES:
             if os.path.isfile(os.path.join(ROOT, name)):
                 shutil.copy(os.path.join(ROOT, name), os.path.join(self.code, name))
         os.makedirs(os.path.join(self.code, "_sandbox"))
         for name in ("worker.py", "wire.py"):
             shutil.copy(os.path.join(HERE, name), os.path.join(self.code, "_sandbox", name))
+        self.output_dir = os.path.join(self.code, "output")    # the drivers' default output
+        os.makedirs(self.output_dir, exist_ok=True)              # folder: writable
         for dirpath, dirnames, filenames in os.walk(self.code):
             os.chmod(dirpath, 0o755)
             for n in filenames:
                 os.chmod(os.path.join(dirpath, n), 0o644)
-        for d in (self.work, os.path.join(self.work, "tmp"), self.tmp):
+        self.share_dir = os.path.join(self.path, "share")
+        for d in (self.work, os.path.join(self.work, "tmp"), self.tmp, self.share_dir):
             os.makedirs(d, exist_ok=True)
         self.give(self.work)
+        self.give(self.output_dir)
         os.chmod(self.tmp, 0o711)
+        os.chmod(self.share_dir, 0o755)
         open(self.log, "ab").close()
+
+    def share(self, path):
+        """A read-only copy of the grader's file ``path`` that the sandboxed processes can
+        read (a hard link when on the same file system: the file becomes world-readable and
+        stays owned by the grader, so they cannot change it); returns its path. For test
+        data such as the full-size lab fixture, never for answers."""
+        path = os.path.realpath(path)
+        if not os.path.isfile(path):
+            raise SandboxError(f"cannot share {path}: not a file")
+        dest = os.path.join(self.share_dir, __import__("hashlib").sha1(path.encode()).hexdigest()[:12],
+                            os.path.basename(path))
+        if not os.path.exists(dest):
+            os.makedirs(os.path.dirname(dest), mode=0o755, exist_ok=True)
+            os.chmod(os.path.dirname(dest), 0o755)
+            try:
+                os.link(path, dest)
+            except OSError:
+                shutil.copyfile(path, dest)
+            os.chmod(dest, 0o444)
+        return dest
 
     def give(self, path):
         """Hand ``path`` (recursively) to the sandbox uid."""
@@ -184,6 +210,32 @@ class Scratch:
             os.chmod(dirpath, 0o700)
             for n in filenames:
                 os.lchown(os.path.join(dirpath, n), self.uid, self.uid)
+
+    def give_new(self, path):
+        """``give`` only what is new under ``path`` since the last time: folders whose
+        modification time changed (cheap enough to run before every call to student code)."""
+        if self.uid is None:
+            return
+        seen = self.__dict__.setdefault("_given", {})
+        stack = [path]
+        while stack:
+            d = stack.pop()
+            try:
+                st = os.stat(d)
+                entries = list(os.scandir(d))
+            except OSError:
+                continue
+            changed = seen.get(d) != st.st_mtime_ns
+            if changed:
+                os.lchown(d, self.uid, self.uid)
+                os.chmod(d, 0o700)
+            for e in entries:
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(e.path)
+                elif changed:
+                    os.lchown(e.path, self.uid, self.uid)
+            if changed:
+                seen[d] = os.stat(d).st_mtime_ns
 
     def output(self, limit=4096):
         try:
@@ -228,7 +280,7 @@ class Sandbox:
                "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0",
                "MPLBACKEND": "Agg", "LABKIT_SANDBOX_TOKEN": self.token}
         for key in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                    "LABKIT_THREADS"):
+                    "LABKIT_THREADS", "LABKIT_LEGACY"):
             if key in os.environ:
                 env[key] = os.environ[key]
         env.update(extra or {})
@@ -286,6 +338,7 @@ class Sandbox:
         made.add("/tmp")
         bind("--bind", s.path)
         bind("--ro-bind", s.code)
+        binds += ["--bind", s.output_dir, s.output_dir]     # code/output: writable
         bind("--ro-bind", s.log)
         for p in rw:
             bind("--bind", p)

@@ -8,6 +8,8 @@ finite float, str) or one-key-tagged dicts::
     {"$": "list"|"tuple", "v": [...]}     {"$": "dict", "items": [[key, value], ...]}
     {"$": "nd", "i": blob index, "scalar": bool}      {"$": "float", "v": "nan"|"inf"|"-inf"}
     {"$": "h", "id": int, "kind": "class"|"callable"|"module"|"object", "type": str}
+    {"$": "g", "id": int}       a grader object handed to student code (``GraderRef``)
+    {"$": "rng", "state": {...}}   a NumPy ``Generator`` (PCG64) sent as a copy of its state
 
 Anything else is refused on both sides (``WireError``). This file is standalone (numpy, json,
 struct): the worker gets a copy of it in its scratch folder.
@@ -39,6 +41,15 @@ class Handle:
         self.id, self.kind, self.type = id, kind, type
 
 
+class GraderRef:
+    """An opaque reference to an object that lives in the grader and was handed to student
+    code on purpose (``Session.export``): the worker can call only its listed methods."""
+    __slots__ = ("id",)
+
+    def __init__(self, id):
+        self.id = id
+
+
 # ------------------------------------------------------------------------------- encode
 def encode(value, handle_of=None):
     """(JSON-able tree, [blob bytes]). ``handle_of(obj)`` -> Handle for values that are not
@@ -61,6 +72,14 @@ def encode(value, handle_of=None):
             dt = np.dtype(v)
             if dt.kind in "biufc" and not dt.fields:
                 return {"$": "dtype", "v": dt.str}
+        if type(v) is np.random.Generator and type(v.bit_generator) is np.random.PCG64:
+            st = v.bit_generator.state          # a copy: the sender's does not advance
+            return {"$": "rng", "state": {"state": int(st["state"]["state"]),
+                                          "inc": int(st["state"]["inc"]),
+                                          "has_uint32": int(st["has_uint32"]),
+                                          "uinteger": int(st["uinteger"])}}
+        if isinstance(v, GraderRef):
+            return {"$": "g", "id": int(v.id)}
         if isinstance(v, Handle):
             return {"$": "h", "id": int(v.id), "kind": str(v.kind), "type": str(v.type)}
         if isinstance(v, np.generic) or type(v) is np.ndarray:
@@ -86,9 +105,10 @@ def encode(value, handle_of=None):
     return enc(value, 0), blobs
 
 
-def decode(tree, blobs, on_handle=None):
+def decode(tree, blobs, on_handle=None, on_grader=None):
     """The value of an encoded tree. Arrays come back with ``allow_pickle=False``; handles
-    go to ``on_handle(Handle)`` (or come back as Handle)."""
+    go to ``on_handle(Handle)`` (or come back as Handle); grader references to
+    ``on_grader(id)`` (refused without it)."""
     count = [0]
 
     def dec(v, depth):
@@ -146,6 +166,25 @@ def decode(tree, blobs, on_handle=None):
                 raise WireError("malformed handle")
             h.type = h.type[:100]
             return on_handle(h) if on_handle else h
+        if tag == "rng":
+            st = v.get("state")
+            keys = ("state", "inc", "has_uint32", "uinteger")
+            if not isinstance(st, dict) or not all(
+                    type(st.get(k)) is int and 0 <= st[k] < 1 << 128 for k in keys):
+                raise WireError("malformed generator state")
+            bg = np.random.PCG64()
+            try:
+                bg.state = {"bit_generator": "PCG64", "state": {"state": st["state"],
+                            "inc": st["inc"]}, "has_uint32": st["has_uint32"],
+                            "uinteger": st["uinteger"]}
+            except (ValueError, TypeError, OverflowError):
+                raise WireError("malformed generator state")
+            return np.random.Generator(bg)
+        if tag == "g":
+            gid = v.get("id")
+            if on_grader is None or not isinstance(gid, int) or isinstance(gid, bool):
+                raise WireError("unexpected grader reference")
+            return on_grader(gid)
         raise WireError(f"unknown tag {tag[:20]!r}")
 
     return dec(tree, 0)

@@ -8,7 +8,11 @@ here is trusted by the grader: it decodes answers as plain data and decides ever
 
 Requests (``op``): import (module), getattr (target, name), setattr (target, name, value),
 call (target, args, kwargs), getitem/setitem (target, key[, value]), len, list (target),
-release (ids), ping. Answers: ``{"ok": value}`` or ``{"err": {type, module, bases, msg}}``.
+release (ids), seed (NumPy's global generator: ``np.random.seed(seed)``), ping. Answers:
+``{"ok": value}`` or ``{"err": {type, module, bases, msg}}``. While a call runs, student code
+may call a grader object the grader handed it (``GraderStub``): the worker sends
+``{"cb": {id, name}, "args": ...}`` and waits for ``{"cbok": value}`` or ``{"cberr": text}``,
+serving the requests that arrive meanwhile.
 """
 import builtins
 import importlib
@@ -24,7 +28,37 @@ sys.path[:0] = [HERE, CODE]
 import wire  # noqa: E402
 
 PACKAGE = "stu_upload"
-MSG_CAP = 300
+MSG_CAP = 2000            # an exception's message (all its lines: tests match on them)
+OUT_CAP = 64 * 1024         # the student's prints returned with one answer
+
+
+class GraderCallError(RuntimeError):
+    """A grader object handed to student code raised (or refused the call)."""
+
+
+class GraderStub:
+    """A grader object handed to student code (a test's layer, a function): calling it or
+    one of its methods asks the grader, which runs it and answers (``callback``)."""
+    __slots__ = ("_gid",)
+
+    def __init__(self, gid):
+        object.__setattr__(self, "_gid", gid)
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        gid = object.__getattribute__(self, "_gid")
+
+        def method(*args, **kwargs):
+            return callback(gid, name, args, kwargs)
+        method.__name__ = name
+        return method
+
+    def __call__(self, *args, **kwargs):
+        return callback(object.__getattribute__(self, "_gid"), None, args, kwargs)
+
+    def __repr__(self):
+        return f"<grader object {object.__getattribute__(self, '_gid')}>"
 
 
 class Objects:
@@ -32,6 +66,8 @@ class Objects:
         self.by_id, self.next_id = {}, 1
 
     def handle(self, obj):
+        if type(obj) is GraderStub:
+            return wire.GraderRef(object.__getattribute__(obj, "_gid"))
         oid = self.next_id
         self.next_id += 1
         self.by_id[oid] = obj
@@ -64,60 +100,126 @@ def exception_info(exc):
         text = str(exc)
     except BaseException:
         pass
-    line = text.strip().splitlines()[0] if text.strip() else ""
+    line = text.strip()
     return {"type": type(exc).__name__[:100], "module": str(type(exc).__module__)[:100],
             "bases": bases[:20], "msg": line[:MSG_CAP]}
 
 
+CHANNEL = {}
+
+
+def _dec(tree, blobs):
+    return wire.decode(tree, blobs, on_handle=CHANNEL["objs"].resolve, on_grader=GraderStub)
+
+
+def callback(gid, name, args, kwargs):
+    """Ask the grader to run its object ``gid`` (method ``name``, None: call it); requests
+    that arrive meanwhile (the grader's object may use student objects) are served."""
+    objs, fin, fout = CHANNEL["objs"], CHANNEL["fin"], CHANNEL["fout"]
+    tree, blobs = wire.encode({"args": list(args), "kwargs": dict(kwargs)},
+                              handle_of=objs.handle)
+    fout.write(wire.pack({"cb": {"id": gid, "name": name}, "args": tree}, blobs))
+    fout.flush()
+    while True:
+        header, in_blobs = wire.read_frame(fin)
+        if "cbok" in header:
+            return _dec(header["cbok"], in_blobs)
+        if "cberr" in header:
+            raise GraderCallError(str(header["cberr"])[:300])
+        fout.write(answer(header, in_blobs))
+        fout.flush()
+
+
+class _Tee:
+    """The student's prints during one request: kept (capped) for the grader, which prints
+    them where the test can read them (capsys), and written to the log as before."""
+
+    def __init__(self, stream):
+        self.stream, self.parts, self.size = stream, [], 0
+
+    def write(self, text):
+        text = str(text)
+        if self.size < OUT_CAP:
+            self.parts.append(text[:OUT_CAP - self.size])
+            self.size += len(self.parts[-1])
+        return self.stream.write(text)
+
+    def flush(self):
+        self.stream.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+def answer(header, blobs):
+    """The answer frame to one request (with the student's prints during it: ``out``)."""
+    saved = sys.stdout
+    tee = sys.stdout = _Tee(saved)
+    try:
+        frame_header, out_blobs = _answer(header, blobs)
+    finally:
+        sys.stdout = saved
+    if tee.parts:
+        frame_header["out"] = "".join(tee.parts)
+    return wire.pack(frame_header, out_blobs)
+
+
+def _answer(header, blobs):
+    objs = CHANNEL["objs"]
+    op = header.get("op")
+    try:
+        if op == "ping":
+            result = "pong"
+        elif op == "seed":          # tests that seed NumPy's global generator
+            import numpy
+            numpy.random.seed(int(header["seed"]))
+            result = None
+        elif op == "import":
+            name = str(header["module"])
+            full = PACKAGE if name == PACKAGE else PACKAGE + "." + name
+            result = importlib.import_module(full)
+        else:
+            target = _dec(header.get("target"), blobs)
+            if op == "getattr":
+                result = getattr(target, str(header["name"]))
+            elif op == "setattr":
+                setattr(target, str(header["name"]), _dec(header["value"], blobs))
+                result = None
+            elif op == "call":
+                args = _dec(header.get("args", {"$": "list", "v": []}), blobs)
+                kwargs = _dec(header.get("kwargs", {"$": "dict", "items": []}), blobs)
+                result = target(*args, **kwargs)
+            elif op == "getitem":
+                result = target[_dec(header["key"], blobs)]
+            elif op == "setitem":
+                target[_dec(header["key"], blobs)] = _dec(header["value"], blobs)
+                result = None
+            elif op == "len":
+                result = len(target)
+            elif op == "list":
+                result = list(target)
+            elif op == "release":
+                for oid in header.get("ids", []):
+                    objs.by_id.pop(oid, None)
+                result = None
+            else:
+                raise ValueError(f"unknown request {op!r}")
+        tree, out_blobs = wire.encode(result, handle_of=objs.handle)
+        return {"ok": tree}, out_blobs
+    except BaseException as exc:        # SystemExit, KeyboardInterrupt: reported too
+        if os.environ.get("LABKIT_WORKER_DEBUG"):
+            traceback.print_exc()
+        return {"err": exception_info(exc)}, []
+
+
 def serve(fin, fout):
-    objs = Objects()
-    dec = lambda tree, blobs: wire.decode(tree, blobs, on_handle=objs.resolve)
+    CHANNEL.update(objs=Objects(), fin=fin, fout=fout)
     while True:
         try:
             header, blobs = wire.read_frame(fin)
         except EOFError:
             return
-        op = header.get("op")
-        try:
-            if op == "ping":
-                result = "pong"
-            elif op == "import":
-                name = str(header["module"])
-                full = PACKAGE if name == PACKAGE else PACKAGE + "." + name
-                result = importlib.import_module(full)
-            else:
-                target = dec(header.get("target"), blobs)
-                if op == "getattr":
-                    result = getattr(target, str(header["name"]))
-                elif op == "setattr":
-                    setattr(target, str(header["name"]), dec(header["value"], blobs))
-                    result = None
-                elif op == "call":
-                    args = dec(header.get("args", {"$": "list", "v": []}), blobs)
-                    kwargs = dec(header.get("kwargs", {"$": "dict", "items": []}), blobs)
-                    result = target(*args, **kwargs)
-                elif op == "getitem":
-                    result = target[dec(header["key"], blobs)]
-                elif op == "setitem":
-                    target[dec(header["key"], blobs)] = dec(header["value"], blobs)
-                    result = None
-                elif op == "len":
-                    result = len(target)
-                elif op == "list":
-                    result = list(target)
-                elif op == "release":
-                    for oid in header.get("ids", []):
-                        objs.by_id.pop(oid, None)
-                    result = None
-                else:
-                    raise ValueError(f"unknown request {op!r}")
-            tree, out_blobs = wire.encode(result, handle_of=objs.handle)
-            frame = wire.pack({"ok": tree}, out_blobs)
-        except BaseException as exc:        # SystemExit, KeyboardInterrupt: reported too
-            frame = wire.pack({"err": exception_info(exc)}, [])
-            if os.environ.get("LABKIT_WORKER_DEBUG"):
-                traceback.print_exc()
-        fout.write(frame)
+        fout.write(answer(header, blobs))
         fout.flush()
 
 
@@ -127,6 +229,11 @@ def main():
     for key in ("LABKIT_WORKER_IN", "LABKIT_WORKER_OUT"):
         os.environ.pop(key, None)
     os.chdir(os.environ.get("HOME", "."))
+    try:        # the original lab's np.float, scipy.misc.imread ... (off: LABKIT_LEGACY=0)
+        from labkit.runtime import legacy
+        legacy.install()
+    except Exception as exc:
+        builtins.print(f"worker: legacy shim not installed ({exc})", file=sys.stderr)
     if os.environ.pop("LABKIT_WORKER_NOINIT", None):    # __init__.py failed: skip it
         import importlib.machinery
         spec = importlib.machinery.ModuleSpec(PACKAGE, None, is_package=True)
