@@ -327,6 +327,10 @@ class Sandbox:
                 binds += ["--symlink", os.readlink(p), p]
             elif os.path.isdir(p):
                 bind("--ro-bind", p)
+        # an empty /tmp first: binds below it (a virtualenv or a checkout under /tmp, the
+        # scratch folder) must be mounted after it, or the tmpfs would hide them
+        binds += ["--perms", "1777", "--tmpfs", "/tmp"]
+        made.add("/tmp")
         seen = {"/usr", "/etc"}
         for p in sorted({os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix),
                          sys.prefix, os.path.dirname(os.path.realpath(sys.executable))}):
@@ -334,8 +338,6 @@ class Sandbox:
                 bind("--ro-bind", p)
                 seen.add(p)
         s = self.scratch
-        binds += ["--perms", "1777", "--tmpfs", "/tmp"]
-        made.add("/tmp")
         bind("--bind", s.path)
         bind("--ro-bind", s.code)
         binds += ["--bind", s.output_dir, s.output_dir]     # code/output: writable
