@@ -52,6 +52,29 @@ def _bwrap_works():
         return False
 
 
+def _uid_works():
+    """Whether an unprivileged uid can run this interpreter with NumPy (it cannot when
+    Python or the virtualenv sits in a folder only root may read, such as /root)."""
+    def drop():
+        os.setgroups([])
+        os.setgid(PROBE_UID)
+        os.setuid(PROBE_UID)
+    try:
+        r = subprocess.run([sys.executable, "-E", "-s", "-c", "import numpy"], cwd="/",
+                           preexec_fn=drop, capture_output=True, timeout=60,
+                           env={"PATH": "/usr/bin:/bin"})
+        return r.returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+PROBE_UID = 1_599_999_999
+NO_SANDBOX_HELP = ("install bubblewrap ('apt-get install bubblewrap'), or install Python and "
+                   "the virtualenv where other users may read them (uid mode), or pass "
+                   "--sandbox=none to grade with resource limits only (student code then "
+                   "runs with your rights)")
+
+
 def detect_mode(requested="auto"):
     """The mode that will run: ``requested`` if it works here, else an error; ``auto``: the
     strongest that works."""
@@ -60,11 +83,17 @@ def detect_mode(requested="auto"):
     root = os.geteuid() == 0
     if requested == "auto":
         mode = "bwrap" if _bwrap_works() else ("uid" if root else "none")
+        if mode == "uid" and not _uid_works():
+            raise SandboxError("no sandbox works here: bubblewrap is missing or fails, and an "
+                               "unprivileged user cannot run this Python; " + NO_SANDBOX_HELP)
     elif requested == "bwrap" and not _bwrap_works():
         raise SandboxError("--sandbox=bwrap: bubblewrap is missing or does not work here (it "
                            "needs root and 'apt-get install bubblewrap')")
     elif requested == "uid" and not root:
         raise SandboxError("--sandbox=uid needs the grader to run as root")
+    elif requested == "uid" and not _uid_works():
+        raise SandboxError("--sandbox=uid: an unprivileged user cannot run this Python; "
+                           + NO_SANDBOX_HELP)
     elif requested in ("bwrap", "uid", "none"):
         mode = requested
     else:
