@@ -18,7 +18,7 @@ import pytest
 from labkit.engine.conv_algos import (conv2d_input_grad_reference, conv2d_reference,
                                       conv2d_weight_grad_reference)
 from labkit.runtime.student import seed_numpy, stu, to_student
-from lab_support import RefReLU, rel_err, unwrap
+from lab_support import RefReLU, rel_err, deferred, unwrap
 
 TOL = 1e-10
 
@@ -153,10 +153,7 @@ def test_adam():
 
 @pytest.fixture(scope="module")
 def feature_net(full_fixture):
-    try:
-        return _feature_net(full_fixture)
-    except Exception as exc:        # handed to the tests (unwrap): a failure, not an error
-        return exc
+    return deferred(_feature_net, full_fixture)   # handed to the tests (unwrap)
 
 
 def _feature_net(full_fixture):
