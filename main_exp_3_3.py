@@ -543,6 +543,7 @@ def _main(argv, guard, hook=None):
         return Objective(vgg, content, styles, args.content_layer, args.style_weights,
                          args.alpha, args.beta, args.tv_weight,
                          loss_layers=run.loss_layers if run else None,
+                         parallel_map=run.parallel_map if run else None,
                          style_blend=args.style_blend)
 
     rng = np.random.default_rng(args.seed)

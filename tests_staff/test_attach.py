@@ -40,18 +40,35 @@ def loop_max_pool(x, k, s):
 
 @pytest.mark.parametrize("k,s,shape", [(2, 2, (1, 3, 8, 10)), (3, 2, (2, 2, 9, 7)),
                                        (2, 2, (1, 2, 7, 9)), (3, 1, (1, 2, 5, 6))], ids=str)
-def test_engine_pooling_matches_definition(rng, k, s, shape):
+@pytest.mark.parametrize("layout", ["NCHW", "channels-last"])
+@pytest.mark.parametrize("threads", [False, True])
+def test_engine_pooling_matches_definition(rng, k, s, shape, layout, threads):
+    """Both layouts (the engine's convolutions hand on channels-last views; those are pooled
+    by ranges of rows, or of channels where windows overlap), with and without threads;
+    the result keeps the input's layout."""
     x = np.maximum(rng.standard_normal(shape), 0)       # ties: zeros after ReLU
+    x[..., :2, :2] = 0.5                                # ties at a positive value too
+    if layout == "channels-last":
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
     layer = EngineMaxPooling(k, s)
     want_y, want_grad = loop_max_pool(x, k, s)
-    assert_close("engine max-pool forward", layer.forward(x), want_y, 1e-12)
     dy = rng.standard_normal(want_y.shape)
-    assert_close("engine max-pool backward", layer.backward(dy), want_grad(dy), 1e-12)
+    with perf.engine_threads(threads):
+        y = layer.forward(x)
+        dx = layer.backward(dy if layout == "NCHW" else
+                            np.ascontiguousarray(dy.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2))
+    assert_close("engine max-pool forward", y, want_y, 1e-12)
+    assert_close("engine max-pool backward", dx, want_grad(dy), 1e-12)
+    assert y.transpose(0, 2, 3, 1).flags.c_contiguous == (layout == "channels-last")
+    assert dx.transpose(0, 2, 3, 1).flags.c_contiguous == (layout == "channels-last")
 
 
-def test_engine_pooling_negative_control(rng):
+@pytest.mark.parametrize("layout", ["NCHW", "channels-last"])
+def test_engine_pooling_negative_control(rng, layout):
     """A gradient routed to the last maximum instead of the first must fail the check."""
-    x = np.zeros((1, 1, 4, 4))                          # all ties
+    x = np.zeros((1, 3, 4, 4))                          # all ties
+    if layout == "channels-last":
+        x = np.zeros((1, 4, 4, 3)).transpose(0, 3, 1, 2)
     want_y, want_grad = loop_max_pool(x, 2, 2)
     layer = EngineMaxPooling(2, 2)
     layer.forward(x)

@@ -241,8 +241,8 @@ def test_negative_control_flipped_kernel_fails():
 
 
 @pytest.mark.parametrize("m", [2, 4])
-@pytest.mark.parametrize("cin,cout,h,w", [(3, 4, 17, 13),     # tiles > Cout: split by tile rows
-                                          (3, 40, 6, 5)],    # tiles <= Cout: by output channels
+@pytest.mark.parametrize("cin,cout,h,w", [(3, 4, 17, 13),     # odd sizes, cropped tiles
+                                          (3, 40, 6, 5)],    # few tiles, many channels
                          ids=str)
 @pytest.mark.parametrize("threads", [False, True])
 def test_winograd_bias_and_relu_in_the_output_stage(m, cin, cout, h, w, threads):
@@ -257,10 +257,7 @@ def test_winograd_bias_and_relu_in_the_output_stage(m, cin, cout, h, w, threads)
     want = np.maximum(ca.conv2d_reference(x, wt, b, 1), 0)
     with engine_threads(threads):
         got = ca._winograd(x, wt, b, 1, m, None, active_pool(), relu=True)
-        band = np.empty_like(want)
-        ca._winograd(x, wt, b, 1, m, None, active_pool(), out=band, relu=True)
         no_bias = ca._winograd(x, wt, None, 1, m, None, active_pool(), relu=True)
     assert_close(f"F({m}x{m}) bias + ReLU", got, want, 1e-9)
-    assert_close(f"F({m}x{m}) bias + ReLU into out=", band, want, 1e-9)
     with pytest.raises(AssertionError):
         assert_close("without the bias", no_bias, want, 1e-9)

@@ -1,7 +1,7 @@
 """labkit/engine/costs.py: the multiplies and bytes the benchmark sets against the machine.
 
 The counts must agree with what the engine's code executes: the Winograd tile count with the
-tiles ``_winograd`` gathers, and the GEMM multiplies with the shapes it multiplies.
+tiles ``winograd_cl`` gathers, and the GEMM multiplies with the shapes it multiplies.
 """
 import numpy as np
 import pytest
@@ -18,7 +18,7 @@ def test_img2col_mults_are_the_direct_count():
 
 @pytest.mark.parametrize("method,m", [("winograd", 2), ("winograd4", 4)])
 def test_winograd_gemm_mults_match_the_engine(monkeypatch, method, m):
-    """Count the multiply-adds of every np.matmul _winograd performs and compare."""
+    """Count the multiply-adds of every np.matmul winograd_cl performs and compare."""
     cin, cout, h, w = 8, 16, 13, 10
     counted = []
     real = np.matmul

@@ -79,8 +79,7 @@ needs_pool = pytest.mark.skipif(perf.worker_pool() is None,
 @needs_pool
 @pytest.mark.parametrize("method", ["img2col", "winograd", "winograd4"])
 def test_engine_inside_engine_threads_matches_outside(rng, method, monkeypatch):
-    import labkit.engine.conv_engine as engine
-    monkeypatch.setattr(engine, "BAND_BYTES", 1)          # row bands too
+    monkeypatch.setattr(conv_algos, "CHUNK_BYTES", 1)     # chunks of one tile row too
     x = rng.standard_normal((1, 6, 13, 10))
     weight, bias = rng.standard_normal((6, 3, 3, 5)), rng.standard_normal(5)
     conv = ConvEngine(weight, bias, 1, 1, method)
@@ -190,19 +189,35 @@ def test_labkit_threads_1_turns_the_pool_off(monkeypatch):
 
 @pytest.mark.parametrize("m", [2, 4])
 @pytest.mark.parametrize("width", [8, 9], ids=["tiles fit", "cropped"])
-def test_winograd_writes_into_a_band_of_out(rng, pool, m, width):
-    """``out=``: the result lands in a strided view (a band of rows of a larger array),
-    bias included, and nothing outside the band is touched."""
-    x = rng.standard_normal((1, 3, 10, width))
+@pytest.mark.parametrize("height", [10, 30], ids=["few tile rows", "many tile rows"])
+def test_channels_last_winograd_both_splits(rng, pool, m, width, height, monkeypatch):
+    """winograd_cl takes and returns channels-last arrays; with threads it splits by output
+    channels (few, uneven tile rows) or runs chunks of tile rows end to end (many rows):
+    both equal the definition (float64, 1e-9), bias and ReLU included, and the
+    mask is applied in the padding copy; a wrong layout of U is refused."""
+    monkeypatch.setattr(conv_algos, "CHUNK_BYTES", 1)
+    x = rng.standard_normal((2, 3, height, width))
+    mask = np.maximum(rng.standard_normal(x.shape), 0)
     weight, bias = rng.standard_normal((3, 3, 3, 4)), rng.standard_normal(4)
-    want = conv_algos.conv2d_reference(x, weight, bias, 1)
-    big = np.full((1, 4, 20, width), 7.0)
-    got = conv_algos._winograd(x, weight, bias, 1, m, None, pool, out=big[:, :, 4:14])
-    assert got.base is not None and np.shares_memory(got, big)
-    assert_close(f"F({m}x{m}) into out", big[:, :, 4:14], want, 1e-9)
-    assert np.all(big[:, :, :4] == 7.0) and np.all(big[:, :, 14:] == 7.0)
-    with pytest.raises(ValueError, match="out has shape"):
-        conv_algos._winograd(x, weight, bias, 1, m, None, pool, out=big[:, :, :9])
+    U = conv_algos.winograd_filter_transform(weight, m, channels_last=True)
+    mode, _ = conv_algos.winograd_plan(3, 4, height + 2, width + 2, m, 8,
+                                       pool.workers if pool else 1)
+    want = np.maximum(conv_algos.conv2d_reference(x * (mask > 0), weight, bias, 1), 0)
+    got = conv_algos.winograd_cl(conv_algos.channels_last(x), U, bias, 1, m, pool, relu=True,
+                                 mask=conv_algos.channels_last(mask))
+    assert got.shape == (2, height, width, 4)
+    assert_close(f"F({m}x{m}) channels-last, split by {mode}", got.transpose(0, 3, 1, 2),
+                 want, 1e-9)
+    with pytest.raises(ValueError, match="does not fit"):
+        conv_algos.winograd_cl(conv_algos.channels_last(x), U.transpose(0, 2, 1), bias, 1, m)
+
+
+def test_winograd_plan_modes():
+    """Few uneven tile rows for two threads: split by channels; otherwise by tile rows."""
+    assert conv_algos.winograd_plan(512, 512, 30, 30, 4, workers=2)[0] == "channels"  # th = 7
+    assert conv_algos.winograd_plan(512, 512, 30, 30, 4, workers=1)[0] == "rows"
+    assert conv_algos.winograd_plan(64, 64, 226, 226, 4, workers=2)[0] == "rows"      # th = 56
+    assert conv_algos.winograd_plan(256, 256, 58, 58, 4, workers=2)[0] == "rows"      # th = 14
 
 
 @needs_pool

@@ -25,7 +25,7 @@ import numpy as np
 
 from labkit.engine.conv_engine import METHODS, ConvEngine
 from labkit.engine.losses import LossLayers
-from labkit.engine.perf import active_pool, by_channels, engine_threads
+from labkit.engine.perf import active_pool, by_channels, engine_threads, run_split
 
 
 class EngineConvolution:
@@ -147,43 +147,59 @@ def _window_starts(k, s, n_out):
     return [slice(o, o + s * (n_out - 1) + 1, s) for o in range(k)]
 
 
-def pool_max(x, k, s, out):
-    """out (N, C, Ho, Wo) = the maximum over each K x K window of x, stride s."""
-    rows = _window_starts(k, s, out.shape[2])
-    cols = _window_starts(k, s, out.shape[3])
-    first = True
+def _windows(k, s, out_shape, axes):
+    """Index tuples of the K*K window offsets (row-major), on spatial ``axes`` of a 4-D array."""
+    rows = _window_starts(k, s, out_shape[axes[0]])
+    cols = _window_starts(k, s, out_shape[axes[1]])
     for r in rows:
         for c in cols:
-            if first:
-                np.copyto(out, x[:, :, r, c])
-                first = False
-            else:
-                np.maximum(out, x[:, :, r, c], out=out)
+            index = [slice(None)] * 4
+            index[axes[0]], index[axes[1]] = r, c
+            yield tuple(index)
+
+
+def pool_max(x, k, s, out, axes=(2, 3)):
+    """out = the maximum over each K x K window of x, stride s; the windows run over ``axes``
+    ((2, 3): NCHW; (1, 2): channels-last NHWC)."""
+    for j, index in enumerate(_windows(k, s, out.shape, axes)):
+        if j == 0:
+            np.copyto(out, x[index])
+        else:
+            np.maximum(out, x[index], out=out)
     return out
 
 
-def pool_max_grad(x, y, dy, k, s, out):
+def pool_max_grad(x, y, dy, k, s, out, axes=(2, 3)):
     """out (like x) = dy routed to the first (row-major) maximum of each window."""
-    rows = _window_starts(k, s, y.shape[2])
-    cols = _window_starts(k, s, y.shape[3])
-    disjoint = k == s and y.shape[2] * s == x.shape[2] and y.shape[3] * s == x.shape[3]
+    windows = list(_windows(k, s, y.shape, axes))
+    h, w = axes
+    disjoint = k == s and y.shape[h] * s == x.shape[h] and y.shape[w] * s == x.shape[w]
     if not disjoint:
         out.fill(0)
-    claimed = np.zeros(y.shape, dtype=bool)
-    for r in rows:
-        for c in cols:
-            is_max = x[:, :, r, c] == y
-            is_max &= ~claimed
-            claimed |= is_max
-            if disjoint:
-                np.multiply(dy, is_max, out=out[:, :, r, c])
-            else:
-                out[:, :, r, c] += dy * is_max
+    claimed = None
+    for j, index in enumerate(windows):
+        is_max = np.equal(x[index], y)
+        if claimed is not None:
+            np.greater(is_max, claimed, out=is_max)        # a maximum not claimed before
+            if j + 1 < len(windows):
+                claimed |= is_max
+        else:
+            claimed = is_max          # read by the multiply below before it changes
+        if disjoint:
+            np.multiply(dy, is_max, out=out[index])
+        else:
+            out[index] += dy * is_max
     return out
+
+
+def _is_channels_last(a):
+    return a.ndim == 4 and a.transpose(0, 2, 3, 1).flags.c_contiguous
 
 
 class EngineMaxPooling:
-    """Max-pooling with the lab layer's interface; channels split over the engine's threads."""
+    """Max-pooling with the lab layer's interface; channels split over the engine's threads.
+    A channels-last input (the engine's convolutions return views of such arrays) is pooled
+    in that layout (runs of C contiguous numbers) and the result is returned the same way."""
 
     def __init__(self, kernel_size, stride):
         self.kernel_size, self.stride = int(kernel_size), int(stride)
@@ -198,8 +214,16 @@ class EngineMaxPooling:
             raise ValueError(f"EngineMaxPooling: input {input.shape} is smaller than the "
                              f"{k}x{k} window.")
         self.input = input
-        self.output = np.empty((n, c, (h - k) // s + 1, (w - k) // s + 1), dtype=input.dtype)
-        by_channels(lambda ch: pool_max(input[:, ch], k, s, self.output[:, ch]), c)
+        ho, wo = (h - k) // s + 1, (w - k) // s + 1
+        if _is_channels_last(input):
+            xl, out = input.transpose(0, 2, 3, 1), np.empty((n, ho, wo, c), dtype=input.dtype)
+            # by ranges of output rows (rows r0..r1 read input rows r0*s .. (r1-1)*s + k)
+            run_split(active_pool(), lambda r0, r1: pool_max(
+                xl[:, r0 * s:(r1 - 1) * s + k], k, s, out[:, r0:r1], (1, 2)), ho)
+            self.output = out.transpose(0, 3, 1, 2)
+        else:
+            self.output = np.empty((n, c, ho, wo), dtype=input.dtype)
+            by_channels(lambda ch: pool_max(input[:, ch], k, s, self.output[:, ch]), c)
         self.forward_time = time.time() - start
         return self.output
 
@@ -209,9 +233,26 @@ class EngineMaxPooling:
             raise RuntimeError("EngineMaxPooling.backward() before forward().")
         x, y, k, s = self.input, self.output, self.kernel_size, self.stride
         top_diff = np.asarray(top_diff, dtype=y.dtype)
-        bottom_diff = np.empty(x.shape, dtype=y.dtype)
-        by_channels(lambda ch: pool_max_grad(x[:, ch], y[:, ch], top_diff[:, ch], k, s,
-                                             bottom_diff[:, ch]), x.shape[1])
+        if _is_channels_last(x):
+            xl, yl = x.transpose(0, 2, 3, 1), y.transpose(0, 2, 3, 1)
+            dl = top_diff.transpose(0, 2, 3, 1)
+            out = np.empty(xl.shape, dtype=y.dtype)
+            if k == s:      # disjoint windows: ranges of output rows write disjoint input rows
+                h, ho = xl.shape[1], yl.shape[1]
+
+                def rows(r0, r1):
+                    hi = r1 * s if r1 < ho else h       # the last range: the floor rule's rows
+                    pool_max_grad(xl[:, r0 * s:hi], yl[:, r0:r1], dl[:, r0:r1], k, s,
+                                  out[:, r0 * s:hi], (1, 2))
+                run_split(active_pool(), rows, ho)
+            else:
+                by_channels(lambda ch: pool_max_grad(xl[..., ch], yl[..., ch], dl[..., ch], k,
+                                                     s, out[..., ch], (1, 2)), x.shape[1])
+            bottom_diff = out.transpose(0, 3, 1, 2)
+        else:
+            bottom_diff = np.empty(x.shape, dtype=y.dtype)
+            by_channels(lambda ch: pool_max_grad(x[:, ch], y[:, ch], top_diff[:, ch], k, s,
+                                                 bottom_diff[:, ch]), x.shape[1])
         self.backward_time = time.time() - start
         return bottom_diff
 

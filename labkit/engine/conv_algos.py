@@ -26,7 +26,7 @@ __all__ = [
     "conv2d_reference", "conv2d_input_grad_reference", "conv2d_weight_grad_reference",
     "conv2d_img2col", "conv2d_input_grad_img2col", "conv2d_weight_grad", "im2col",
     "rotate_filter", "winograd_filter_transform",
-    "conv2d_winograd", "conv2d_winograd4",
+    "conv2d_winograd", "conv2d_winograd4", "winograd_cl", "channels_last",
     "conv2d_input_grad_winograd", "conv2d_input_grad_winograd4",
     "conv2d_fft", "conv2d_input_grad_fft",
 ]
@@ -133,24 +133,42 @@ def im2col(x, k, pad, stride):
     return cols.reshape(n, c * k * k, ho * wo), ho, wo
 
 
-def conv2d_img2col(x, w, b, pad, stride=1, pool=None, relu=False):
+def conv2d_img2col(x, w, b, pad, stride=1, pool=None, relu=False, channels_last_out=False):
     """img2col + one GEMM.  x (N,Cin,H,W), w (Cin,K,K,Cout) -> y (N,Cout,Ho,Wo).
 
     y[n] = w.reshape(Cin*K*K, Cout).T @ cols[n]  (Cout, Ho*Wo); ``relu``: max(y, 0) too.
-    With a pool (``labkit.engine.perf``), output-channel ranges run in parallel."""
+    With a pool (``labkit.engine.perf``), output-channel ranges run in parallel.
+    ``channels_last_out``: compute y[n]^T = cols[n]^T @ w (Ho*Wo, Cout) instead (pixel ranges
+    in parallel) and return it as an (N, Cout, Ho, Wo) view of an (N, Ho, Wo, Cout) array."""
     cin, k, _, cout = w.shape
+    n = x.shape[0]
     cols, ho, wo = im2col(x, k, pad, stride)
+    bias = None if b is None else b.astype(x.dtype, copy=False)
+    if channels_last_out:
+        wk = w.reshape(cin * k * k, cout).astype(x.dtype, copy=False)
+        y = np.empty((n, ho * wo, cout), dtype=x.dtype)
+
+        def pixels(p0, p1):
+            for i in range(n):
+                part = y[i, p0:p1]
+                np.matmul(cols[i, :, p0:p1].T, wk, out=part)
+                if bias is not None:
+                    part += bias
+                if relu:
+                    np.maximum(part, 0, out=part)
+        run_split(pool, pixels, ho * wo)
+        return y.reshape(n, ho, wo, cout).transpose(0, 3, 1, 2)
     wm = w.reshape(cin * k * k, cout).T.astype(x.dtype, copy=False)
-    y = np.empty((x.shape[0], cout, ho * wo), dtype=x.dtype)
+    y = np.empty((n, cout, ho * wo), dtype=x.dtype)
 
     def rows(o0, o1):     # output channels o0..o1
         np.matmul(wm[o0:o1], cols, out=y[:, o0:o1])
-        if b is not None:
-            y[:, o0:o1] += b[o0:o1].astype(x.dtype, copy=False).reshape(-1, 1)
+        if bias is not None:
+            y[:, o0:o1] += bias[o0:o1].reshape(-1, 1)
         if relu:            # while this range is still in cache
             np.maximum(y[:, o0:o1], 0, out=y[:, o0:o1])
     run_split(pool, rows, cout)
-    return y.reshape(x.shape[0], cout, ho, wo)
+    return y.reshape(n, cout, ho, wo)
 
 
 def conv2d_input_grad_img2col(dy, w, pad, stride, x_shape, pool=None):
@@ -254,8 +272,9 @@ def _winograd_kron(m, dtype):
 _KRON = {}
 
 
-def winograd_filter_transform(w, m=2, dtype=None):
-    """U = G g G^T for every (c,o): w (Cin,3,3,Cout) -> U ((m+2)^2, Cout, Cin), contiguous.
+def winograd_filter_transform(w, m=2, dtype=None, channels_last=False):
+    """U = G g G^T for every (c,o): w (Cin,3,3,Cout) -> U ((m+2)^2, Cout, Cin), contiguous
+    (``channels_last``: ((m+2)^2, Cin, Cout), as ``winograd_cl`` takes it).
 
     Compute once per layer and pass as U= to conv2d_winograd / conv2d_winograd4 (forward) or,
     from rotate_filter(w), to the conv2d_input_grad_winograd* functions."""
@@ -266,92 +285,149 @@ def winograd_filter_transform(w, m=2, dtype=None):
     cin, _, _, cout = w.shape
     g = w.astype(np.float64).transpose(1, 2, 3, 0).reshape(3, 3, cout * cin)   # g[i, j, (o, c)]
     u = np.matmul(G, np.matmul(G, g).transpose(1, 0, 2))      # u[l, k] = sum_j G[l,j] sum_i G[k,i] g[i,j]
-    u = u.transpose(1, 0, 2)                                   # (k, l, Cout*Cin)
-    return np.ascontiguousarray(u.reshape(a * a, cout, cin), dtype=dtype or w.dtype)
+    u = u.transpose(1, 0, 2).reshape(a * a, cout, cin)         # (k, l) -> k*a + l
+    if channels_last:
+        u = u.transpose(0, 2, 1)
+    return np.ascontiguousarray(u, dtype=dtype or w.dtype)
 
 
-def _winograd(x, w, b, pad, m, U, pool=None, out=None, relu=False, mask=None):
-    """Winograd F(m x m, 3x3); ``out`` (optional): an (N, Cout, Ho, Wo) array (or a view, such
-    as a band of rows of a larger output) to write the result into. ``relu``: the output is
-    max(y, 0) (applied per output-channel range while it is in cache); ``mask`` (like x):
-    convolve x * (mask > 0) (a ReLU's backward, fused into the padding copy)."""
-    n, c, h, wd = x.shape
+CHUNK_BYTES = 256 << 10   # the least tile data (bytes) one thread transforms at a time
+
+
+def channels_last(x):
+    """x (N, C, H, W) -> (N, H, W, C), C-contiguous: a view when x is stored channels-last
+    (a transposed view of such an array, as the engine's layers return), else one copy."""
+    t = x.transpose(0, 2, 3, 1)
+    return t if t.flags.c_contiguous else np.ascontiguousarray(t)
+
+
+def pad_cl(x, pad, extra_h=0, extra_w=0, pool=None, mask=None):
+    """x (N, H, W, C) zero-padded by ``pad`` (plus extra rows/columns at the bottom/right),
+    copied by ranges of rows (in parallel with a pool); ``mask`` (like x): copy
+    x * (mask > 0) instead (a ReLU's backward done by the copy that padding makes anyway)."""
+    if pad == 0 and extra_h == 0 and extra_w == 0 and mask is None:
+        return x
+    n, h, wd, c = x.shape
+    xp = np.empty((n, h + 2 * pad + extra_h, wd + 2 * pad + extra_w, c), dtype=x.dtype)
+    xp[:, :pad] = 0
+    xp[:, pad + h:] = 0
+
+    def fill(r0, r1):
+        part = xp[:, pad + r0:pad + r1]
+        part[:, :, :pad] = 0
+        part[:, :, pad + wd:] = 0
+        if mask is None:
+            part[:, :, pad:pad + wd] = x[:, r0:r1]
+        else:
+            np.multiply(x[:, r0:r1], mask[:, r0:r1] > 0, out=part[:, :, pad:pad + wd])
+    run_split(pool, fill, h)
+    return xp
+
+
+def winograd_plan(cin, cout, h, w, m, itemsize=4, workers=1):
+    """How ``winograd_cl`` splits an h x w map (after padding) -> (mode, rows per chunk).
+
+    "rows": every thread takes a range of tile rows through all stages (gather, B^T d B,
+    the a*a products, A^T M A, the scatter) in chunks of ``rows`` tile rows whose tiles
+    (a*a x tiles x channels) stay in cache: no pass over a whole layer's tiles, no barrier.
+    A chunk holds at least CHUNK_BYTES and at least half of U (each chunk reads U again).
+    "channels": few tile rows for the threads (th < 4 per worker and uneven): the tiles
+    of all rows are transformed first (by tile-row ranges), then the products and the output
+    transform split by output-channel ranges (each thread reads all of V, part of U)."""
+    a2 = (m + 2) ** 2
+    th, tw = -(-(h - 2) // m), -(-(w - 2) // m)
+    if workers > 1 and th < 4 * workers and th % workers:
+        return "channels", th
+    per_row = a2 * tw * max(cin, cout) * itemsize
+    chunk = max(CHUNK_BYTES, a2 * cin * cout * itemsize // 2)
+    return "rows", max(1, chunk // per_row)
+
+
+def winograd_cl(x, U, bias, pad, m, pool=None, relu=False, mask=None):
+    """Winograd F(m x m, 3x3), stride 1, channels-last (the tuned engine's layout):
+    x (N, H, W, Cin) C-contiguous, U (a*a, Cin, Cout) from
+    ``winograd_filter_transform(w, m, channels_last=True)``, bias (Cout,) or None
+    -> y (N, Ho, Wo, Cout), Ho = H + 2*pad - 2, a = m + 2.
+
+    Per tile row chunk: T[i, j, tile, c] = xp[m*ti + i, m*tj + j, c] (one copy whose inner
+    runs are Cin contiguous numbers), V = kron(B^T, B^T) @ T (one GEMM), M[k] = V[k] @ U[k]
+    (a*a GEMMs), Y = kron(A^T, A^T) @ M (one GEMM), scattered to y (inner runs of Cout
+    numbers). ``relu``: max(y, 0) in the scatter; the bias enters as M[a + 1] += b
+    (kron(A^T, A^T) maps tile entry (1, 1) to all ones: A^T e_1 = 1 for F(2x2) and F(4x4)).
+    ``mask`` (like x): convolve x * (mask > 0) (a ReLU's backward, in the padding copy)."""
+    n, h, wd, c = x.shape
     a = m + 2
-    if U is None:
-        U = winograd_filter_transform(w, m, x.dtype)
-    cout = U.shape[1]
-    if U.shape != (a * a, cout, c):
-        raise ValueError(f"transformed filter shape {U.shape} does not fit F({m}x{m},3x3) with Cin={c}")
+    if U.ndim != 3 or U.shape[:2] != (a * a, c):
+        raise ValueError(f"transformed filter shape {U.shape} does not fit F({m}x{m},3x3) "
+                         f"with Cin={c} (expected ({a * a}, {c}, Cout))")
+    cout = U.shape[2]
     U = U.astype(x.dtype, copy=False)
     ho, wo = _out_size(h, 3, pad, 1), _out_size(wd, 3, pad, 1)
-    th, tw = -(-ho // m), -(-wo // m)                      # tiles per column / row
-    tiles = th * tw
-    xp = pad_into(x, pad, th * m - ho, tw * m - wo, pool, mask)  # (N, C, th*m+2, tw*m+2)
+    th, tw = -(-ho // m), -(-wo // m)
+    xp = pad_cl(x, pad, th * m - ho, tw * m - wo, pool, mask)   # (N, th*m+2, tw*m+2, C)
     KB, KA = _winograd_kron(m, x.dtype)
-    T = np.empty((a, a, n, c, th, tw), dtype=x.dtype)     # T[i,j,n,c,ti,tj]: the tiles
-    V = np.empty((a * a, n, c, tiles), dtype=x.dtype)     # their transforms B^T d B
-    exact = th * m == ho and tw * m == wo
-    if out is not None and out.shape != (n, cout, ho, wo):
-        raise ValueError(f"out has shape {out.shape}, expected {(n, cout, ho, wo)}")
-    if out is not None and exact:       # write the tiles straight into out (a strided view)
-        y = np.lib.stride_tricks.as_strided(
-            out, (n, cout, th, m, tw, m),
-            out.strides[:2] + (m * out.strides[2], out.strides[2], m * out.strides[3],
-                               out.strides[3]), writeable=True)
-    else:
-        y = np.empty((n, cout, th, m, tw, m), dtype=x.dtype)
+    y = np.empty((n, th * m, tw * m, cout), dtype=x.dtype)
+    y6 = y.reshape(n, th, m, tw, m, cout)
+    win = sliding_window_view(xp, (a, a), axis=(1, 2))[:, ::m, ::m]   # (N, th, tw, C, a, a)
+    b = None if bias is None else bias.astype(x.dtype, copy=False)
 
-    def input_stage(c0, c1):    # channels c0..c1: gather the tiles, V = B^T d B
-        # the overlapping a x a tiles (step m) copied from a strided view
-        np.copyto(T[:, :, :, c0:c1], sliding_window_view(xp[:, c0:c1], (a, a), axis=(2, 3))
-                  [:, :, ::m, ::m].transpose(4, 5, 0, 1, 2, 3))
-        # B^T d B as ONE GEMM with kron(B^T, B^T): (a*a, a*a) @ (a*a, tiles); more
-        # multiplies than two separable passes, but one pass over memory, at GEMM speed
-        for i in range(n):
-            np.matmul(KB, T[:, :, i, c0:c1].reshape(a * a, -1),
-                      out=V[:, i, c0:c1].reshape(a * a, -1))
+    def transform_in(i, r0, r1, out=None):    # V (a*a, tiles, C) of tile rows r0..r1
+        T = np.empty((a, a, r1 - r0, tw, c), dtype=x.dtype)
+        np.copyto(T, win[i, r0:r1].transpose(3, 4, 0, 1, 2))
+        V = np.matmul(KB, T.reshape(a * a, -1), out=out)
+        return V.reshape(a * a, (r1 - r0) * tw, c)
 
-    # the bias enters as M[a + 1] += b: kron(A^T, A^T) maps the unit vector of tile entry
-    # (1, 1) to all ones (A^T e_1 = 1 for F(2x2) and F(4x4)), so b reaches every output
-    # through the GEMM instead of a pass over y
-    bias = None if b is None else b.astype(x.dtype, copy=False).reshape(-1, 1)
-
-    def finish(M, dst, shape):   # Y = A^T M A, scattered into dst (with the ReLU: one pass)
-        Y = np.matmul(KA, M.reshape(a * a, -1)).reshape(shape).transpose(2, 3, 0, 4, 1)
+    def transform_out(i, r0, r1, M, o0, o1):  # M (a*a, tiles, o) -> y[i, rows, :, o0:o1]
+        if b is not None:
+            M[a + 1] += b[o0:o1]
+        Y = np.matmul(KA, M.reshape(a * a, -1)).reshape(m, m, r1 - r0, tw, o1 - o0)
+        src, dst = Y.transpose(2, 0, 3, 1, 4), y6[i, r0:r1, :, :, :, o0:o1]
         if relu:
-            np.maximum(Y, 0, out=dst)
+            np.maximum(src, 0, out=dst)
         else:
-            np.copyto(dst, Y)
+            np.copyto(dst, src)
 
-    def output_stage(o0, o1):   # output channels o0..o1: a*a GEMMs, then Y = A^T M A
-        for i in range(n):
-            M = np.matmul(U[:, o0:o1], V[:, i])                  # (a*a, o, tiles)
-            if bias is not None:
-                M[a + 1] += bias[o0:o1]
-            finish(M, y[i, o0:o1], (m, m, o1 - o0, th, tw))
-
-    def output_rows(r0, r1):    # tile rows r0..r1, all output channels
-        for i in range(n):
-            M = np.matmul(U, V[:, i, :, r0 * tw:r1 * tw])        # (a*a, Cout, rows*tw)
-            if bias is not None:
-                M[a + 1] += bias
-            finish(M, y[i, :, r0:r1], (m, m, cout, r1 - r0, tw))
-
-    run_split(pool, input_stage, c)        # with a pool: channel ranges in parallel,
-    # then output-channel ranges (each thread reads all of V, half of U) or, where V is the
-    # larger (large maps, few channels: tiles > Cout), ranges of tile rows (all of U, half of V)
-    if tiles > cout and th > 1:
-        run_split(pool, output_rows, th)
+    mode, step = winograd_plan(c, cout, th * m + 2, tw * m + 2, m, x.itemsize,
+                               pool.workers if pool is not None else 1)
+    if mode == "rows":
+        def rows(r0, r1):
+            for i in range(n):
+                for s0 in range(r0, r1, step):
+                    s1 = min(r1, s0 + step)
+                    transform_out(i, s0, s1, np.matmul(transform_in(i, s0, s1), U), 0, cout)
+        run_split(pool, rows, th)
     else:
-        run_split(pool, output_stage, cout)
-    if out is not None:
-        if not exact:
-            out[...] = y.reshape(n, cout, th * m, tw * m)[:, :, :ho, :wo]
-        return out
-    y = y.reshape(n, cout, th * m, tw * m)
-    if not exact:
-        y = np.ascontiguousarray(y[:, :, :ho, :wo])
+        V = np.empty((n, a * a, th * tw * c), dtype=x.dtype)
+
+        def vin(r0, r1):
+            for i in range(n):
+                transform_in(i, r0, r1, out=V[i, :, r0 * tw * c:r1 * tw * c])
+
+        def outs(o0, o1):
+            for i in range(n):
+                M = np.matmul(V[i].reshape(a * a, th * tw, c), U[:, :, o0:o1])
+                transform_out(i, 0, th, M, o0, o1)
+        run_split(pool, vin, th)
+        run_split(pool, outs, cout)
+    if th * m != ho or tw * m != wo:
+        y = np.ascontiguousarray(y[:, :ho, :wo])
     return y
+
+
+def _winograd(x, w, b, pad, m, U=None, pool=None, relu=False, mask=None):
+    """``winograd_cl`` for NCHW arrays: x (N, Cin, H, W), w (Cin, 3, 3, Cout) or U (a*a, Cout,
+    Cin) from ``winograd_filter_transform(w, m)`` -> y (N, Cout, Ho, Wo), contiguous."""
+    if U is None:
+        U = winograd_filter_transform(w, m, x.dtype, channels_last=True)
+    else:
+        a = m + 2
+        if U.ndim != 3 or U.shape[0] != a * a or U.shape[2] != x.shape[1]:
+            raise ValueError(f"transformed filter shape {U.shape} does not fit "
+                             f"F({m}x{m},3x3) with Cin={x.shape[1]}")
+        U = np.ascontiguousarray(U.transpose(0, 2, 1))
+    y = winograd_cl(channels_last(x), U, b, pad, m, pool, relu,
+                    None if mask is None else channels_last(mask))
+    return np.ascontiguousarray(y.transpose(0, 3, 1, 2))
 
 
 def conv2d_winograd(x, w, b, pad, U=None):

@@ -17,7 +17,7 @@ auto           the fastest for the shape, from ``choose_method`` (measured table
 import numpy as np
 
 from labkit.engine import conv_algos as algos
-from labkit.engine.perf import active_pool, by_channels
+from labkit.engine.perf import active_pool, by_channels, run_split
 
 METHODS = ("img2col", "winograd", "winograd4", "fft", "auto")
 
@@ -38,8 +38,15 @@ def choose_method(kernel_size, stride, channel_in, channel_out, height, width):
 
 
 def masked(dy, mask):
-    """dy * (mask > 0): a ReLU's backward (mask = its output), by channel ranges."""
+    """dy * (mask > 0): a ReLU's backward (mask = its output), by channel ranges (by row
+    ranges when both are stored channels-last; the result keeps dy's layout)."""
     out = np.empty_like(dy)
+    cl = [a.transpose(0, 2, 3, 1) for a in (dy, mask, out)]
+    if all(a.flags.c_contiguous for a in cl):
+        d, m, o = cl
+        run_split(active_pool(), lambda r0, r1: np.multiply(d[:, r0:r1], m[:, r0:r1] > 0,
+                                                            out=o[:, r0:r1]), d.shape[1])
+        return out
     by_channels(lambda ch: np.multiply(dy[:, ch], mask[:, ch] > 0, out=out[:, ch]), dy.shape[1])
     return out
 
@@ -48,9 +55,6 @@ def relu_inplace(y):
     """y = max(y, 0) in place, by channel ranges."""
     by_channels(lambda ch: np.maximum(y[:, ch], 0, out=y[:, ch]), y.shape[1])
     return y
-
-
-BAND_BYTES = 8 << 20     # Winograd tiles of one row band: bands only on the largest maps
 
 
 class ConvEngine:
@@ -89,39 +93,25 @@ class ConvEngine:
         ``w`` is a function, so that Winograd, whose transformed filter is cached, never
         keeps (or recomputes) the filter itself.
         ``relu``: return max(y, 0) (fused into the output stage); ``mask`` (like x):
-        convolve x * (mask > 0) instead (fused into the padding copy where there is one)."""
+        convolve x * (mask > 0) instead (fused into the padding copy where there is one).
+        Winograd and img2col return an (N, C', H', W') view of a channels-last array (the
+        engine's layout: the next layer's tile gather copies runs of C' numbers)."""
         dtype, pool = x.dtype, active_pool()
-        if mask is not None and (pad == 0 or method not in ("winograd", "winograd4")):
-            x, mask = masked(x, mask), None
-        if method == "img2col":
-            return algos.conv2d_img2col(x, w(), bias, pad, self.stride, pool, relu)
         if method in ("winograd", "winograd4"):
             m = 2 if method == "winograd" else 4
             U = self._get((w_key, method, dtype),
-                          lambda: algos.winograd_filter_transform(w(), m, dtype))
-            return self._winograd_bands(x, U, bias, pad, m, pool, relu, mask)
+                          lambda: algos.winograd_filter_transform(w(), m, dtype,
+                                                                  channels_last=True))
+            y = algos.winograd_cl(algos.channels_last(x), U, bias, pad, m, pool, relu,
+                                  None if mask is None else algos.channels_last(mask))
+            return y.transpose(0, 3, 1, 2)
+        if mask is not None:
+            x = masked(x, mask)
+        if method == "img2col":
+            return algos.conv2d_img2col(x, w(), bias, pad, self.stride, pool, relu,
+                                        channels_last_out=True)
         y = algos.conv2d_fft(x, w().astype(dtype, copy=False), bias, pad)
         return relu_inplace(y) if relu else y
-
-    def _winograd_bands(self, x, U, bias, pad, m, pool, relu=False, mask=None):
-        """Winograd over bands of output rows, so that each band's tiles (transformed
-        input, products) stay in cache instead of streaming through memory."""
-        n, c, h, wd = x.shape
-        cout = U.shape[1]
-        ho, wo = h + 2 * pad - 2, wd + 2 * pad - 2
-        tiles_per_row = -(-wo // m)
-        # max(..., 1): an empty batch (n = 0) or width must not divide by zero
-        band_bytes = max((m + 2) ** 2 * max(c, cout) * tiles_per_row * x.itemsize * n, 1)
-        rows = max(1, BAND_BYTES // band_bytes) * m          # output rows per band
-        if rows >= ho:
-            return algos._winograd(x, None, bias, pad, m, U, pool, relu=relu, mask=mask)
-        xp = algos.pad_into(x, pad, pool=pool, mask=mask)
-        y = np.empty((n, cout, ho, wo), dtype=x.dtype)
-        for r0 in range(0, ho, rows):
-            r1 = min(ho, r0 + rows)
-            algos._winograd(xp[:, :, r0:r1 + 2], None, bias, 0, m, U, pool, out=y[:, :, r0:r1],
-                            relu=relu)
-        return y
 
     # -- the three things a layer needs ------------------------------------------------
     def forward(self, x, relu=False):

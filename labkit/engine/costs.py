@@ -16,7 +16,8 @@ A cost model of the engine as it runs (``labkit.engine.conv_engine``), used by
 All counts are for one image (N = 1), a 3x3 kernel with padding 1, stride 1 and float32
 (``itemsize`` 4). ``stages`` splits ``mults`` and ``bytes`` by pass for the profile tables.
 """
-from labkit.engine.conv_engine import BAND_BYTES, choose_method
+from labkit.engine.conv_algos import winograd_plan
+from labkit.engine.conv_engine import choose_method
 
 WINOGRAD_M = {"winograd": 2, "winograd4": 4}
 
@@ -44,8 +45,8 @@ def conv_cost(method, cin, cout, h, w, itemsize=4, mask=False, relu=False):
         a2 = (m + 2) ** 2
         th, tw = -(-h // m), -(-w // m)
         t = th * tw
-        band = a2 * max(cin, cout) * tw * itemsize
-        bands = -(-h // (max(1, BAND_BYTES // band) * m))
+        mode, step = winograd_plan(cin, cout, th * m + 2, tw * m + 2, m, itemsize)
+        bands = -(-th // step) if mode == "rows" else 1     # chunks: each reads U once
         _stage(st, "pad", 0, x + (x if mask else 0), cin * (th * m + 2) * (tw * m + 2), itemsize)
         _stage(st, "gather", 0, a2 * cin * t, a2 * cin * t, itemsize)
         _stage(st, "input transform", a2 * a2 * cin * t, a2 * cin * t + a2 * a2, a2 * cin * t,

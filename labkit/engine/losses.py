@@ -23,7 +23,8 @@ MIN_SPLIT = 4096    # columns: below this one thread does the whole (small) prod
 
 
 def _flat(x):
-    """(N, C, H, W) -> (N, C, H*W) without a copy when x is contiguous."""
+    """(N, C, H, W) -> X (N, C, H*W), a view when x is contiguous or stored channels-last
+    (then each X[n] is a Fortran-ordered (C, H*W) matrix: rows of the (H*W, C) array)."""
     n, c = x.shape[:2]
     return x.reshape(n, c, -1)
 
@@ -69,7 +70,7 @@ class StyleLoss:
     def __init__(self, scale=1.0):
         self.scale = float(scale)
         self.gram_style = None
-        self.input = self.gram_input = None
+        self.input = self.gram_input = self.diff = None
 
     def forward(self, input_layer):
         if self.gram_style is None:
@@ -79,25 +80,36 @@ class StyleLoss:
             raise ValueError(f"StyleLoss: the style Gram matrix is {self.gram_style.shape} but "
                              f"the features have {c} channels.")
         self.input, self.gram_input = input_layer, gram(input_layer, active_pool())
-        d = self.gram_input.astype(np.float64) - self.gram_style
-        return float(np.vdot(d, d)) / (4 * n * c ** 2 * h ** 2 * w ** 2)
+        self.diff = np.subtract(self.gram_input, self.gram_style, dtype=np.float64)  # G - A
+        return float(np.vdot(self.diff, self.diff)) / (4 * n * c ** 2 * h ** 2 * w ** 2)
 
     def backward(self, input_layer):
         if input_layer is not self.input:
             self.forward(input_layer)
         n, c, h, w = input_layer.shape
         s = self.scale / (n * c ** 2 * h ** 2 * w ** 2)
-        # D = s (G - A)^T, C x C: every scalar applied here, not to the large gradient
-        d = (s * (self.gram_input.astype(np.float64) - self.gram_style)).transpose(0, 2, 1)
-        d = np.ascontiguousarray(d, dtype=input_layer.dtype)
+        # E = s (G - A), C x C: every scalar applied here, not to the large gradient; the
+        # products take D = E^T as a transposed view (BLAS's transpose flag, no copy)
+        e = np.multiply(self.diff, s).astype(input_layer.dtype, copy=False)
         flat = _flat(input_layer)
+        pool = active_pool() if flat.shape[2] >= MIN_SPLIT else None
+        if input_layer.transpose(0, 2, 3, 1).flags.c_contiguous:
+            # channels-last features (the engine's layout): dX^T = X^T D^T = X^T E, (H*W, C),
+            # written in the same layout, so the backward pass reads it without a copy
+            xt = input_layer.transpose(0, 2, 3, 1).reshape(n, h * w, c)
+            out = np.empty((n, h * w, c), dtype=input_layer.dtype)
+            for i in range(n):
+                def pixels(lo, hi, i=i):
+                    np.matmul(xt[i, lo:hi], e[i], out=out[i, lo:hi])
+                run_split(pool, pixels, h * w)
+            self.input = self.gram_input = self.diff = None
+            return out.reshape(n, h, w, c).transpose(0, 3, 1, 2)
         out = np.empty(flat.shape, dtype=input_layer.dtype)
-        pool = active_pool()
         for i in range(n):
             def cols(lo, hi, i=i):
-                np.matmul(d[i], flat[i, :, lo:hi], out=out[i, :, lo:hi])
-            run_split(pool if flat.shape[2] >= MIN_SPLIT else None, cols, flat.shape[2])
-        self.input = self.gram_input = None
+                np.matmul(e[i].T, flat[i, :, lo:hi], out=out[i, :, lo:hi])
+            run_split(pool, cols, flat.shape[2])
+        self.input = self.gram_input = self.diff = None
         return out.reshape(input_layer.shape)
 
 
