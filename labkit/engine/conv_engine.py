@@ -1,9 +1,12 @@
-"""The fast convolution behind ``ConvolutionalLayer(..., method=...)`` (not a student file).
+"""The fast convolution behind the tuned engine's layers (not a student file).
 
-One engine per layer. It keeps what does not change between calls: the 180-degree-rotated
-weight (for input gradients) and the Winograd filter transforms of both. Inside
-``labkit.engine.perf.engine_threads()`` the work is split over a pool of threads (Winograd stages
-by channel ranges, img2col GEMMs by output channels). Methods (``labkit.engine.conv_algos``):
+One engine per layer. It keeps what does not change between calls: the rotated weight (for
+input gradients, where a method needs it) and the Winograd filter transforms of both
+directions. Inside ``labkit.engine.perf.engine_threads()`` the work is split over a pool of
+threads. The engine's layout is channels-last: Winograd and img2col return (N, C, H, W)
+views of (N, H, W, C) arrays, and Winograd takes such views without a copy (anything else
+is copied once), so its tile gather and scatter move runs of C contiguous numbers. Methods
+(``labkit.engine.conv_algos``):
 
 =============  =====================================================================
 img2col        shifted-slice img2col + one GEMM; input gradient of stride 1 is a

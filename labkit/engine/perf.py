@@ -9,9 +9,9 @@ library, without changing any code.
 ``engine_threads()``: the tuned engine's own parallelism. OpenBLAS's threads and ours must not
 compete (measured: alternating between them is slower than either), so inside
 ``with engine_threads():`` OpenBLAS is single-threaded and ``labkit`` splits the work over a
-pool of Python threads instead (NumPy releases the GIL in copies and matrix products): the
-Winograd stages by channel ranges, img2col GEMMs by output channels, the style losses by
-layer. Outside that block everything runs on the main thread as before. Where NumPy's
+pool of Python threads instead (NumPy releases the GIL in copies and matrix products):
+Winograd by ranges of tile rows (or of output channels on small maps), img2col GEMMs by
+pixel or output-channel ranges, pooling by rows, the style losses one layer per thread. Outside that block everything runs on the main thread as before. Where NumPy's
 OpenBLAS cannot be found (another BLAS), there is no pool. ``LABKIT_THREADS=1`` turns the
 pool off; ``LABKIT_THREADS=4`` asks for 4 workers (default: one per usable CPU). Measured on
 2 cores only; on a larger machine compare with ``LABKIT_THREADS=1`` (OpenBLAS's threads).
