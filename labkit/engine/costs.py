@@ -10,7 +10,7 @@ A cost model of the engine as it runs (``labkit.engine.conv_engine``), used by
 * ``bytes``: every array each stage reads and writes, counted once per pass (padding copy,
   img2col columns or Winograd tiles, transforms, GEMM operands and results, the output and
   its bias/ReLU epilogue). This is the traffic if no intermediate stayed in cache; the
-  engine's row bands keep some of it in cache, so it overstates what reaches DRAM.
+  engine's chunks of tile rows keep most of it in cache, so it overstates what reaches DRAM.
 * ``min_bytes``: the compulsory traffic (read the input and weights once, write the output).
 
 All counts are for one image (N = 1), a 3x3 kernel with padding 1, stride 1 and float32
