@@ -166,6 +166,11 @@ def layer_costs(method, cin, cout, h, w, limits):
     return out
 
 
+def channels_last_view(a):
+    """An (N, C, H, W) view of an (N, H, W, C) copy of ``a``: the tuned engine's layout."""
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+
+
 def bench_layers(repeat, rng, quick, limits):
     rows, seen = [], {}
     for name, cin, cout, h, w in conv_shapes(224, 224):
@@ -191,9 +196,13 @@ def bench_layers(repeat, rng, quick, limits):
             else:
                 layer = EngineConvolution(3, cin, cout, 1, 1, weight, np.zeros(cout, np.float32),
                                           method, need_param_grad=False)
+            # the engine's layers get their inputs in the layout the network hands them on
+            # (channels-last views); the lab layer NCHW arrays
+            xin, dyin = (x, dy) if method == "lab" else (channels_last_view(x),
+                                                          channels_last_view(dy))
             with timed_as_run(method != "lab"):
-                fwd = median_time(lambda: layer.forward(x), repeat)
-                bwd = median_time(lambda: layer.backward(dy), repeat)
+                fwd = median_time(lambda: layer.forward(xin), repeat)
+                bwd = median_time(lambda: layer.backward(dyin), repeat)
             row[method] = {"forward_ms": fwd * 1e3, "backward_ms": bwd * 1e3,
                            "forward_gflops": gflop / fwd, "backward_gflops": gflop / bwd,
                            **layer_costs(method, cin, cout, h, w, limits)}

@@ -119,14 +119,16 @@ def test_tune_before_load_is_refused(mat_files):
         tune(vgg)
 
 
-@pytest.mark.parametrize("content_layer,fuse,losses", [
-    ("relu4_2", True, True), ("relu4_2", True, False), ("conv4_2", True, True),
-    ("relu4_2", False, False)], ids=str)
+@pytest.mark.parametrize("content_layer,fuse,losses,method", [
+    ("relu4_2", True, True, "auto"), ("relu4_2", True, False, "auto"),
+    ("conv4_2", True, True, "auto"), ("relu4_2", False, False, "auto"),
+    ("relu4_2", True, "both", "winograd4"), ("conv4_2", True, "both", "winograd"),
+    ("relu4_2", False, True, "winograd4")], ids=str)
 def test_tuned_style_gradient_matches_the_students_layers(tiny_mat, content_layer, fuse,
-                                                          losses):
+                                                          losses, method):
     """Every engine path (fused conv + ReLU, a loss on a conv output kept unfused, no fusion;
-    the engine's loss layers or the student's) gives the student's loss and image gradient
-    (float64, 1e-9)."""
+    the engine's loss layers or the student's, one loss per thread or not; the channels-last
+    Winograd in every layer) gives the student's loss and image gradient (float64, 1e-9)."""
     styles = {n: 1.0 for n in ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")}
 
     def objective(tuned):
@@ -134,12 +136,12 @@ def test_tuned_style_gradient_matches_the_students_layers(tiny_mat, content_laye
         vgg.build_model(last_layer="relu5_1")
         vgg.init_model()
         vgg.load_model()
-        run = (tune(vgg, need_param_grad=False, fuse_relu=fuse, keep=[content_layer, *styles])
-               if tuned else None)
+        run = (tune(vgg, method, need_param_grad=False, fuse_relu=fuse,
+                    keep=[content_layer, *styles]) if tuned else None)
         content = preprocess(make_demo_image(32, 48, seed=0), vgg.mean_pixel, 32, 48)
         style = preprocess(make_demo_image(32, 48, seed=7), vgg.mean_pixel, 32, 48)
         obj = Objective(vgg, content, style, content_layer, styles,
-                        parallel_map=run.parallel_map if run and not losses else None,
+                        parallel_map=run.parallel_map if run and losses is not True else None,
                         loss_layers=run.loss_layers if run and losses else None)
         return obj, content, run
     lab, content, _ = objective(False)
@@ -154,7 +156,7 @@ def test_tuned_style_gradient_matches_the_students_layers(tiny_mat, content_laye
     assert total == pytest.approx(want_total, rel=1e-10)
     assert_close("tuned image gradient", grad, want_grad, 1e-9)
     assert all(not hasattr(layer, "d_weight") for layer in layers.values())
-    assert (type(tuned.style_loss["relu1_1"]).__module__ == "labkit.engine.losses") is losses
+    assert (type(tuned.style_loss["relu1_1"]).__module__ == "labkit.engine.losses") is bool(losses)
 
 
 @pytest.mark.parametrize("method", ["img2col", "winograd", "winograd4", "fft"])
