@@ -200,7 +200,7 @@ def test_channels_last_winograd_both_splits(rng, pool, m, width, height, monkeyp
     mask = np.maximum(rng.standard_normal(x.shape), 0)
     weight, bias = rng.standard_normal((3, 3, 3, 4)), rng.standard_normal(4)
     U = conv_algos.winograd_filter_transform(weight, m, channels_last=True)
-    mode, _ = conv_algos.winograd_plan(3, 4, height + 2, width + 2, m, 8,
+    mode, _ = conv_algos.winograd_plan(3, 4, -(-height // m), -(-width // m), m, 8,
                                        pool.workers if pool else 1)
     want = np.maximum(conv_algos.conv2d_reference(x * (mask > 0), weight, bias, 1), 0)
     got = conv_algos.winograd_cl(conv_algos.channels_last(x), U, bias, 1, m, pool, relu=True,
@@ -214,10 +214,10 @@ def test_channels_last_winograd_both_splits(rng, pool, m, width, height, monkeyp
 
 def test_winograd_plan_modes():
     """Few uneven tile rows for two threads: split by channels; otherwise by tile rows."""
-    assert conv_algos.winograd_plan(512, 512, 30, 30, 4, workers=2)[0] == "channels"  # th = 7
-    assert conv_algos.winograd_plan(512, 512, 30, 30, 4, workers=1)[0] == "rows"
-    assert conv_algos.winograd_plan(64, 64, 226, 226, 4, workers=2)[0] == "rows"      # th = 56
-    assert conv_algos.winograd_plan(256, 256, 58, 58, 4, workers=2)[0] == "rows"      # th = 14
+    assert conv_algos.winograd_plan(512, 512, 7, 7, 4, workers=2)[0] == "channels"    # 28x28
+    assert conv_algos.winograd_plan(512, 512, 7, 7, 4, workers=1)[0] == "rows"
+    assert conv_algos.winograd_plan(64, 64, 56, 56, 4, workers=2)[0] == "rows"        # 224x224
+    assert conv_algos.winograd_plan(256, 256, 14, 14, 4, workers=2)[0] == "rows"      # 56x56
 
 
 @needs_pool

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from labkit.engine.conv_engine import METHODS, ConvEngine
+from labkit.engine.conv_algos import is_channels_last
+from labkit.engine.conv_engine import METHODS, ConvEngine, masked
 from labkit.engine.losses import LossLayers
 from labkit.engine.perf import active_pool, by_channels, engine_threads, run_split
 
@@ -94,12 +95,10 @@ class EngineConvolution:
         shape, dtype = self.input_meta
         top_diff = np.asarray(top_diff, dtype=dtype)
         engine = self._engine(dtype)
-        if self.relu:
-            bottom_diff = engine.input_grad(top_diff, shape, mask=self.output)
-            if self.need_param_grad:
-                top_diff = top_diff * (self.output > 0)
-        else:
-            bottom_diff = engine.input_grad(top_diff, shape)
+        mask = self.output if self.relu else None
+        if mask is not None and self.need_param_grad:   # both gradients need dy * (y > 0)
+            top_diff, mask = masked(top_diff, mask), None
+        bottom_diff = engine.input_grad(top_diff, shape, mask=mask)
         if self.need_param_grad:
             self.d_weight, self.d_bias = engine.param_grad(self.input, top_diff)
         self.backward_time = time.time() - start
@@ -192,10 +191,6 @@ def pool_max_grad(x, y, dy, k, s, out, axes=(2, 3)):
     return out
 
 
-def _is_channels_last(a):
-    return a.ndim == 4 and a.transpose(0, 2, 3, 1).flags.c_contiguous
-
-
 class EngineMaxPooling:
     """Max-pooling with the lab layer's interface; channels split over the engine's threads.
     A channels-last input (the engine's convolutions return views of such arrays) is pooled
@@ -215,7 +210,7 @@ class EngineMaxPooling:
                              f"{k}x{k} window.")
         self.input = input
         ho, wo = (h - k) // s + 1, (w - k) // s + 1
-        if _is_channels_last(input):
+        if is_channels_last(input):
             xl, out = input.transpose(0, 2, 3, 1), np.empty((n, ho, wo, c), dtype=input.dtype)
             # by ranges of output rows (rows r0..r1 read input rows r0*s .. (r1-1)*s + k)
             run_split(active_pool(), lambda r0, r1: pool_max(
@@ -233,7 +228,7 @@ class EngineMaxPooling:
             raise RuntimeError("EngineMaxPooling.backward() before forward().")
         x, y, k, s = self.input, self.output, self.kernel_size, self.stride
         top_diff = np.asarray(top_diff, dtype=y.dtype)
-        if _is_channels_last(x):
+        if is_channels_last(x):
             xl, yl = x.transpose(0, 2, 3, 1), y.transpose(0, 2, 3, 1)
             dl = top_diff.transpose(0, 2, 3, 1)
             out = np.empty(xl.shape, dtype=y.dtype)

@@ -26,7 +26,7 @@ __all__ = [
     "conv2d_reference", "conv2d_input_grad_reference", "conv2d_weight_grad_reference",
     "conv2d_img2col", "conv2d_input_grad_img2col", "conv2d_weight_grad", "im2col",
     "rotate_filter", "winograd_filter_transform",
-    "conv2d_winograd", "conv2d_winograd4", "winograd_cl", "channels_last",
+    "conv2d_winograd", "conv2d_winograd4", "winograd_cl", "channels_last", "is_channels_last",
     "conv2d_input_grad_winograd", "conv2d_input_grad_winograd4",
     "conv2d_fft", "conv2d_input_grad_fft",
 ]
@@ -39,13 +39,10 @@ def _out_size(h, k, pad, stride):
     return ho
 
 
-def pad_into(x, pad, extra_h=0, extra_w=0, pool=None, mask=None):
+def pad_into(x, pad, extra_h=0, extra_w=0, pool=None):
     """x (N,C,H,W) zero-padded by ``pad`` (plus extra rows/columns at the bottom/right),
-    copied channel range by channel range (in parallel with a pool).
-
-    ``mask`` (like x, optional): copy x * (mask > 0) instead of x: a ReLU's backward
-    (mask = the ReLU's output) done by the copy that padding makes anyway."""
-    if pad == 0 and extra_h == 0 and extra_w == 0 and mask is None:
+    copied channel range by channel range (in parallel with a pool)."""
+    if pad == 0 and extra_h == 0 and extra_w == 0:
         return x
     n, c, h, wd = x.shape
     xp = np.empty((n, c, h + 2 * pad + extra_h, wd + 2 * pad + extra_w), dtype=x.dtype)
@@ -56,10 +53,7 @@ def pad_into(x, pad, extra_h=0, extra_w=0, pool=None, mask=None):
         part[:, :, pad + h:] = 0
         part[:, :, pad:pad + h, :pad] = 0
         part[:, :, pad:pad + h, pad + wd:] = 0
-        if mask is None:
-            part[:, :, pad:pad + h, pad:pad + wd] = x[:, c0:c1]
-        else:
-            np.multiply(x[:, c0:c1], mask[:, c0:c1] > 0, out=part[:, :, pad:pad + h, pad:pad + wd])
+        part[:, :, pad:pad + h, pad:pad + wd] = x[:, c0:c1]
     run_split(pool, fill, c)
     return xp
 
@@ -294,11 +288,17 @@ def winograd_filter_transform(w, m=2, dtype=None, channels_last=False):
 CHUNK_BYTES = 256 << 10   # the least tile data (bytes) one thread transforms at a time
 
 
+def is_channels_last(x):
+    """Whether the (N, C, H, W) array x is a view of a C-contiguous (N, H, W, C) array
+    (the engine's layout)."""
+    return x.ndim == 4 and x.transpose(0, 2, 3, 1).flags.c_contiguous
+
+
 def channels_last(x):
     """x (N, C, H, W) -> (N, H, W, C), C-contiguous: a view when x is stored channels-last
     (a transposed view of such an array, as the engine's layers return), else one copy."""
     t = x.transpose(0, 2, 3, 1)
-    return t if t.flags.c_contiguous else np.ascontiguousarray(t)
+    return t if is_channels_last(x) else np.ascontiguousarray(t)
 
 
 def pad_cl(x, pad, extra_h=0, extra_w=0, pool=None, mask=None):
@@ -324,8 +324,8 @@ def pad_cl(x, pad, extra_h=0, extra_w=0, pool=None, mask=None):
     return xp
 
 
-def winograd_plan(cin, cout, h, w, m, itemsize=4, workers=1):
-    """How ``winograd_cl`` splits an h x w map (after padding) -> (mode, rows per chunk).
+def winograd_plan(cin, cout, th, tw, m, itemsize=4, workers=1):
+    """How ``winograd_cl`` splits th x tw tiles of F(m x m, 3x3) -> (mode, rows per chunk).
 
     "rows": every thread takes a range of tile rows through all stages (gather, B^T d B,
     the a*a products, A^T M A, the scatter) in chunks of ``rows`` tile rows whose tiles
@@ -335,7 +335,6 @@ def winograd_plan(cin, cout, h, w, m, itemsize=4, workers=1):
     of all rows are transformed first (by tile-row ranges), then the products and the output
     transform split by output-channel ranges (each thread reads all of V, part of U)."""
     a2 = (m + 2) ** 2
-    th, tw = -(-(h - 2) // m), -(-(w - 2) // m)
     if workers > 1 and th < 4 * workers and th % workers:
         return "channels", th
     per_row = a2 * tw * max(cin, cout) * itemsize
@@ -387,7 +386,7 @@ def winograd_cl(x, U, bias, pad, m, pool=None, relu=False, mask=None):
         else:
             np.copyto(dst, src)
 
-    mode, step = winograd_plan(c, cout, th * m + 2, tw * m + 2, m, x.itemsize,
+    mode, step = winograd_plan(c, cout, th, tw, m, x.itemsize,
                                pool.workers if pool is not None else 1)
     if mode == "rows":
         def rows(r0, r1):

@@ -44,9 +44,8 @@ def masked(dy, mask):
     """dy * (mask > 0): a ReLU's backward (mask = its output), by channel ranges (by row
     ranges when both are stored channels-last; the result keeps dy's layout)."""
     out = np.empty_like(dy)
-    cl = [a.transpose(0, 2, 3, 1) for a in (dy, mask, out)]
-    if all(a.flags.c_contiguous for a in cl):
-        d, m, o = cl
+    if algos.is_channels_last(dy) and algos.is_channels_last(mask):   # out: as dy
+        d, m, o = (a.transpose(0, 2, 3, 1) for a in (dy, mask, out))
         run_split(active_pool(), lambda r0, r1: np.multiply(d[:, r0:r1], m[:, r0:r1] > 0,
                                                             out=o[:, r0:r1]), d.shape[1])
         return out

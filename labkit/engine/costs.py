@@ -45,7 +45,7 @@ def conv_cost(method, cin, cout, h, w, itemsize=4, mask=False, relu=False):
         a2 = (m + 2) ** 2
         th, tw = -(-h // m), -(-w // m)
         t = th * tw
-        mode, step = winograd_plan(cin, cout, th * m + 2, tw * m + 2, m, itemsize)
+        mode, step = winograd_plan(cin, cout, th, tw, m, itemsize)
         bands = -(-th // step) if mode == "rows" else 1     # chunks: each reads U once
         _stage(st, "pad", 0, x + (x if mask else 0), cin * (th * m + 2) * (tw * m + 2), itemsize)
         _stage(st, "gather", 0, a2 * cin * t, a2 * cin * t, itemsize)

@@ -17,6 +17,7 @@ returns is the unweighted one (``labkit.runtime.transfer.Objective`` adds it wit
 """
 import numpy as np
 
+from labkit.engine.conv_algos import is_channels_last
 from labkit.engine.perf import active_pool, run_split, split_ranges
 
 MIN_SPLIT = 4096    # columns: below this one thread does the whole (small) product
@@ -91,9 +92,10 @@ class StyleLoss:
         # E = s (G - A), C x C: every scalar applied here, not to the large gradient; the
         # products take D = E^T as a transposed view (BLAS's transpose flag, no copy)
         e = np.multiply(self.diff, s).astype(input_layer.dtype, copy=False)
+        self.input = self.gram_input = self.diff = None
         flat = _flat(input_layer)
         pool = active_pool() if flat.shape[2] >= MIN_SPLIT else None
-        if input_layer.transpose(0, 2, 3, 1).flags.c_contiguous:
+        if is_channels_last(input_layer):
             # channels-last features (the engine's layout): dX^T = X^T D^T = X^T E, (H*W, C),
             # written in the same layout, so the backward pass reads it without a copy
             xt = input_layer.transpose(0, 2, 3, 1).reshape(n, h * w, c)
@@ -102,14 +104,12 @@ class StyleLoss:
                 def pixels(lo, hi, i=i):
                     np.matmul(xt[i, lo:hi], e[i], out=out[i, lo:hi])
                 run_split(pool, pixels, h * w)
-            self.input = self.gram_input = self.diff = None
             return out.reshape(n, h, w, c).transpose(0, 3, 1, 2)
         out = np.empty(flat.shape, dtype=input_layer.dtype)
         for i in range(n):
             def cols(lo, hi, i=i):
                 np.matmul(e[i].T, flat[i, :, lo:hi], out=out[i, :, lo:hi])
             run_split(pool, cols, flat.shape[2])
-        self.input = self.gram_input = self.diff = None
         return out.reshape(input_layer.shape)
 
 

@@ -11,8 +11,9 @@ compete (measured: alternating between them is slower than either), so inside
 ``with engine_threads():`` OpenBLAS is single-threaded and ``labkit`` splits the work over a
 pool of Python threads instead (NumPy releases the GIL in copies and matrix products):
 Winograd by ranges of tile rows (or of output channels on small maps), img2col GEMMs by
-pixel or output-channel ranges, pooling by rows, the style losses one layer per thread. Outside that block everything runs on the main thread as before. Where NumPy's
-OpenBLAS cannot be found (another BLAS), there is no pool. ``LABKIT_THREADS=1`` turns the
+pixel or output-channel ranges, pooling by rows, the style losses one layer per thread.
+Outside that block everything runs on the main thread as before. Where NumPy's OpenBLAS
+cannot be found (another BLAS), there is no pool. ``LABKIT_THREADS=1`` turns the
 pool off; ``LABKIT_THREADS=4`` asks for 4 workers (default: one per usable CPU). Measured on
 2 cores only; on a larger machine compare with ``LABKIT_THREADS=1`` (OpenBLAS's threads).
 """
