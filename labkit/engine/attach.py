@@ -157,9 +157,14 @@ def _windows(k, s, out_shape, axes):
             yield tuple(index)
 
 
-def pool_max(x, k, s, out, axes=(2, 3)):
+def pool_max(x, k, s, out=None, axes=(2, 3)):
     """out = the maximum over each K x K window of x, stride s; the windows run over ``axes``
-    ((2, 3): NCHW; (1, 2): channels-last NHWC)."""
+    ((2, 3): NCHW; (1, 2): channels-last NHWC). ``out`` None: a new array (floor rule)."""
+    if out is None:
+        shape = list(x.shape)
+        for a in axes:
+            shape[a] = (shape[a] - k) // s + 1
+        out = np.empty(shape, dtype=x.dtype)
     for j, index in enumerate(_windows(k, s, out.shape, axes)):
         if j == 0:
             np.copyto(out, x[index])
