@@ -8,6 +8,7 @@ import pytest
 from labkit.runtime import legacy
 from labkit.runtime.fixtures import write_vgg19_mat
 from labkit.runtime.images import make_demo_image, save_rgb
+from labkit.runtime.student import StudentModules
 
 # student code written for the original lab's NumPy/SciPy (np.float, scipy.misc.imread ...)
 # runs as it did; LABKIT_LEGACY=0 turns this off (labkit/runtime/legacy.py)
@@ -30,19 +31,6 @@ if "labkit.staff.grading" in sys.modules:
     pytest_plugins = ["labkit.staff.grading"]
 
 
-class _StudentModules:
-    """``stu.layer_1`` is the student's layer_1 module under either naming (``layer_1.py``
-    or the original kit's ``layers_1.py``; labkit/runtime/student.py); other names
-    (``stu._base``) are the modules ``stu_upload.<name>``."""
-
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        from labkit.runtime.student import NAMES, stu
-        if name in NAMES:
-            return getattr(stu, name)
-        import importlib
-        return importlib.import_module(f"stu_upload.{name}")
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +40,7 @@ def stu(request):
     modules running in a sandboxed worker (labkit/staff/grading.py)."""
     grader = request.config.pluginmanager.get_plugin("labkit-grader")
     modules = getattr(grader, "student_modules", None)
-    return modules if modules is not None else _StudentModules()
+    return modules if modules is not None else StudentModules()
 
 
 @pytest.fixture(scope="session")

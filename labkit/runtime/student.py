@@ -221,3 +221,18 @@ class Student:
 
 
 stu = Student()
+
+
+class StudentModules:
+    """What the tests' ``stu`` fixture hands out: ``stu.layer_1`` is the student's layer_1
+    module under either naming (``layer_1.py`` or the original kit's ``layers_1.py``);
+    other names (``stu._base``) are the modules ``stu_upload.<name>`` (when staff grade in
+    the sandbox, ``stu_upload`` is the proxy package, so these are WorkerModule proxies)."""
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        if name in NAMES:
+            return getattr(stu, name)
+        import importlib
+        return importlib.import_module(f"stu_upload.{name}")

@@ -347,8 +347,8 @@ class Grader:
 
     def _start_sandbox(self, config, hidden):
         from labkit.staff.sandbox import integrity
-        from labkit.staff.sandbox.client import (Session, StudentModules,
-                                                 install_proxy_package)
+        from labkit.runtime.student import StudentModules
+        from labkit.staff.sandbox.client import Session, install_proxy_package
         from labkit.staff.sandbox.process import GIB, Limits, SandboxError
         memory = config.getoption("sandbox_memory")
         if not memory > 0:

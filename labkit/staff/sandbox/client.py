@@ -605,16 +605,3 @@ def install_proxy_package(session):
     return pkg
 
 
-class StudentModules:
-    """What the ``stu`` fixture hands out when staff grade in the sandbox: ``stu.layer_1`` is
-    the student's layer_1 module under either naming (labkit.runtime.student), whose imports
-    give WorkerModule proxies; other names are the modules ``stu_upload.<name>``."""
-
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        from labkit.runtime.student import NAMES, stu
-        if name in NAMES:
-            return getattr(stu, name)
-        import importlib
-        return importlib.import_module(f"{PACKAGE}.{name}")
