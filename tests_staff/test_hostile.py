@@ -136,3 +136,48 @@ def test_batch_checks_arguments_before_grading(tmp_path, capsys):
     assert "--timeout -5: must be > 0" in capsys.readouterr().err
     assert batch_grade.main([str(tmp_path / "subs"), "--out", "/proc/no/o.csv"]) == 2
     assert "cannot write there" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ red team: exp 3.2 fakes
+LAB_3_2 = ["-k", "test_lab_3_1 or test_lab_3_2", "--test-timeout=120",
+           os.path.join(ROOT, "tests", "test_vgg19_demo.py")]
+
+
+def _lab_results(report):
+    return {r["test"]: r for r in report["tests"] if r["graded"] and r["hidden"]}
+
+
+def test_fake_get_top5_on_blank_kit_scores_nothing(bases, tmp_path):
+    """A blank kit whose vgg19_demo.py does no pycnml work at all: its get_top5(label)
+    answers (True, True) for the label the test hands it and bumps its own forward_count;
+    the test reads both from the student's object."""
+    from tests_staff.hostile.attacks import FAKE_DLP
+    json_path = str(tmp_path / "report.json")
+    stu = plant(bases, tmp_path, "kit", "vgg19_demo.py", FAKE_DLP, "x", json_path)
+    report, proc = run_grading(stu, json_path, extra=LAB_3_2, hidden=HIDDEN, timeout=400)
+    assert report is not None, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lab = _lab_results(report)
+    assert lab["hidden/test_lab_3_2.py::test_get_top5_runs_forward_itself"]["result"] != \
+        "passed", "get_top5 credited to a stub that never ran a network"
+    assert report["experiments"]["3.2"]["lab_points"] == 0
+
+
+def test_exp_3_2_not_credited_by_replaying_exp_3_1s_probabilities(bases, tmp_path):
+    """The reference's exp 3.1 (a correct float tail) plus a vgg19_demo.py without pycnml:
+    layer_1's softmax saves the probabilities that hidden test_classifies_the_cat computes
+    from the grader's reference pool5 (in $HOME, which outlives the test); the fake DLP net
+    replays them in test_dlp_classifies_like_the_cpu (correlation 1, the right class)."""
+    from tests_staff.hostile.attacks import FAKE_DLP, SPY_SOFTMAX
+    json_path = str(tmp_path / "report.json")
+    stu = plant(bases, tmp_path, "ref", "layer_1.py", SPY_SOFTMAX, "x", json_path)
+    with open(os.path.join(stu, "vgg19_demo.py"), "w", encoding="utf-8") as f:
+        f.write(FAKE_DLP.replace("self.net.out = _np.zeros(1000)\n        self.net.out[label]"
+                                 " = 1.0\n        return 0.0, True, True",
+                                 "o = _np.argsort(-self.net.out)\n        return 0.0, "
+                                 "bool(o[0] == label), bool(label in o[:5])"))
+    report, proc = run_grading(stu, json_path, extra=LAB_3_2, hidden=HIDDEN, timeout=400)
+    assert report is not None, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lab = _lab_results(report)
+    assert lab["hidden/test_lab_3_1.py::test_classifies_the_cat"]["result"] == "passed"
+    assert lab["hidden/test_lab_3_2.py::test_dlp_classifies_like_the_cpu"]["result"] != \
+        "passed", "exp 3.2 credited to a submission that never built a pycnml network"

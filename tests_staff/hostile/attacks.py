@@ -187,3 +187,55 @@ CASES = [
     ("detached_child",        "ref", "layer_1.py",    DETACHED,         "full"),
     ("zero_layers",           "ref", "layer_1.py",    ZEROS,            "zero"),
 ]
+
+# Exp 3.2's lab tests read everything from the student's own objects (``net.net`` is
+# whatever the submission assigns: its getOutputData(), its forward_count), and the worker
+# keeps state (module globals, $HOME) from one test to the next. Appended to ``vgg19_demo.py``
+# these replace the pycnml network by a stand-in.
+FAKE_DLP = '''
+import os as _os
+import numpy as _np
+class _FakeNet:
+    def __init__(self):
+        self.forward_count = 0
+        self.out = _np.full(1000, 1e-3)
+    def getOutputData(self):
+        return self.out
+    def forward(self):
+        self.forward_count += 1
+        p = _os.path.join(_os.path.expanduser("~"), ".prob.npy")
+        if _os.path.exists(p):
+            self.out = _np.load(p).ravel()
+class VGG19(object):
+    def __init__(self):
+        self.net = _FakeNet()
+    def build_model(self, param_path=None, quant_param_path=None):
+        pass
+    def load_model(self):
+        pass
+    def load_image(self, image_dir):
+        pass
+    def forward(self):
+        self.net.forward()
+    def get_top5(self, label):          # the label comes from the grader's reference
+        self.net.forward()
+        self.net.out = _np.zeros(1000)
+        self.net.out[label] = 1.0
+        return 0.0, True, True
+'''
+# appended to ``layer_1.py``: keeps the float probabilities that hidden test_lab_3_1's
+# test_classifies_the_cat computes with the student's tail on the grader's reference pool5
+# (the same fixture as exp 3.2's); FAKE_DLP then replays them as "the DLP's" output
+SPY_SOFTMAX = '''
+_orig_sm_forward = SoftmaxLossLayer.forward
+def _spy_forward(self, input, *a, **k):
+    out = _orig_sm_forward(self, input, *a, **k)
+    try:
+        import os as _os, numpy as _np
+        if _np.shape(out) == (1, 1000):
+            _np.save(_os.path.join(_os.path.expanduser("~"), ".prob.npy"), _np.asarray(out))
+    except Exception:
+        pass
+    return out
+SoftmaxLossLayer.forward = _spy_forward
+'''
