@@ -144,3 +144,94 @@ class RefReLU:
 
     def backward(self, top_diff):
         return top_diff * (self.input > 0)
+
+
+# ------------------------------------------------------------------------- exp 3.2's DLP net
+_KIND = {"conv": "conv", "relu": "relu", "pool": "pool", "flatten": "flatten", "fc": "mlp",
+         "softmax": "softmax"}
+DLP_KINDS = [_KIND[next(p for p in _KIND if n.startswith(p))] for n in spec.LAB_LAYER_NAMES]
+
+
+class DlpRecorder:
+    """The grader's ``pycnml`` for the student's vgg19_demo.py (exp 3.2's lab tests).
+
+    ``CnmlNet`` and ``QuantParam`` make the simulator's objects here, in the grader, and hand
+    student code stand-ins whose methods run here (``to_student``). What a net computed is
+    then read from the grader's own object: a submission that fakes its ``net`` attribute, a
+    forward counter or the output (e.g. probabilities it kept from another test) is not
+    credited, because the tests never ask the student's objects for them."""
+
+    def __init__(self):
+        from labkit.runtime import pycnml_sim
+        self.sim = pycnml_sim
+        self.net_methods = tuple(n for n in dir(pycnml_sim.CnmlNet) if not n.startswith("_"))
+        self.nets = []
+
+    def CnmlNet(self, *args, **kwargs):  # noqa: N802 (pycnml's names)
+        from labkit.runtime.student import to_student
+        net = self.sim.CnmlNet(*args, **kwargs)
+        self.nets.append(net)
+        return to_student(net, self.net_methods)
+
+    def QuantParam(self, *args, **kwargs):  # noqa: N802
+        from labkit.runtime.student import to_student
+        return to_student(self.sim.QuantParam(*args, **kwargs), ())
+
+    def backend_name(self):
+        return self.sim.backend_name()
+
+    def counts(self):
+        return [net.forward_count for net in self.nets]
+
+    def net_that_ran(self, before, call):
+        """The grader's net whose forward() ran since ``before`` (``counts()``)."""
+        ran = [net for i, net in enumerate(self.nets)
+               if net.forward_count > (before[i] if i < len(before) else 0)]
+        assert ran, (f"{call} ran no pycnml net: build it with pycnml.CnmlNet(...) (the module "
+                     f"global 'pycnml' of vgg19_demo.py) and call its forward()")
+        return ran[-1]
+
+
+def install_dlp_recorder(module):
+    """Make the student's vgg19_demo module (``stu.vgg19_demo.module``) use a DlpRecorder as
+    its global ``pycnml``; returns (recorder, restore)."""
+    from labkit.runtime.student import to_student
+    recorder = DlpRecorder()
+    saved = getattr(module, "pycnml", None)
+    module.pycnml = to_student(recorder, ("CnmlNet", "QuantParam", "backend_name"))
+
+    def restore():
+        if saved is not None:
+            module.pycnml = saved
+    return recorder, restore
+
+
+def check_dlp_net(net, weights):
+    """The grader's net holds VGG19's layers (LAB_LAYER_NAMES' kinds, in order) and the
+    file's weights: each conv/mlp layer's INT8 values are those of the file's weights under
+    the layer's own filter QuantParam, up to their order (sum and sum of squares, exact), and
+    its biases those of the file. Order-blind on purpose: a wrong layout is the correlation
+    test's to find; this finds weights that are not the file's."""
+    kinds = [layer.kind for layer in net._layers]
+    assert kinds == DLP_KINDS, (f"the pycnml net's layers are {kinds}, expected VGG19's "
+                                f"{DLP_KINDS} (spec.LAB_LAYER_NAMES)")
+    quantized = [layer for layer in net._layers if layer.quantized]
+    names = [n for n in spec.LAB_LAYER_NAMES if n.startswith(("conv", "fc"))]
+    for name, layer in zip(names, quantized):
+        file_layer = weights.layer(name)
+        assert layer.w is not None, f"layer {name!r}: no parameters loaded"
+        fq = layer.filter_quant
+        ref = net_ints(file_layer.weight, fq)
+        got = layer.w.astype(np.int64)
+        assert (got.sum(), np.square(got).sum()) == (ref.sum(), np.square(ref).sum()), \
+            f"layer {name!r}: the loaded weights are not the file's (under {fq})"
+        want_bias = np.sort(np.asarray(file_layer.bias, np.float32).ravel().astype(np.float16))
+        assert np.array_equal(np.sort(layer.bias), want_bias), \
+            f"layer {name!r}: the loaded biases are not the file's"
+
+
+def net_ints(weight, fq):
+    """The INT8 values the simulator stores for ``weight`` under QuantParam ``fq``."""
+    from labkit.runtime.pycnml_sim import quantize
+    return quantize(np.asarray(weight, np.float32).ravel(), fq.position, fq.scale).astype(
+        np.int64)

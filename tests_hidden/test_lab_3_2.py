@@ -3,22 +3,38 @@ simulator here) classifies the full-size fixture's cat like the float CPU refere
 
 Only the original interface is used: ``VGG19()``, ``build_model(param_path,
 quant_param_path)``, ``load_model()``, ``load_image(path)``, ``forward()`` (its return value
-is not used: the original returns nothing) and ``net.getOutputData()``; ``get_top5(label)``
-must run forward itself. The reference is computed here, not by the student's vgg_cpu.py,
-so a missing exp 3.1 costs nothing in exp 3.2.
+is not used: the original returns nothing) and ``get_top5(label)``, which must run forward
+itself. The student's module gets the grader's pycnml (lab_support.DlpRecorder): the nets it
+builds live here, and what they computed is read from them, not from the student's objects.
+The reference is computed here, not by the student's vgg_cpu.py, so a missing exp 3.1 costs
+nothing in exp 3.2.
 """
 import numpy as np
 import pytest
 
 from labkit.runtime.student import stu
-from lab_support import deferred, unwrap
+from lab_support import check_dlp_net, deferred, install_dlp_recorder, unwrap
 
 MIN_CORRELATION = 0.99
 
 
 @pytest.fixture(scope="module")
 def net(full_fixture):
-    return deferred(_build, full_fixture)   # handed to the tests (unwrap)
+    try:
+        recorder, restore = install_dlp_recorder(stu.vgg19_demo.module)
+    except Exception as exc:        # no vgg19_demo.py, or it does not import
+        yield exc
+        return
+    try:
+        yield deferred(_build, full_fixture), recorder   # handed to the tests (unwrap)
+    finally:
+        restore()
+
+
+@pytest.fixture(scope="module")
+def file_weights(full_fixture):
+    from labkit.runtime.matfile import load_vgg19_mat
+    return load_vgg19_mat(full_fixture["mat"])
 
 
 def _build(full_fixture):
@@ -29,10 +45,18 @@ def _build(full_fixture):
     return vgg
 
 
-def test_dlp_classifies_like_the_cpu(net, full_fixture):
-    net = unwrap(net)
-    net.forward()
-    prob = np.asarray(net.net.getOutputData(), dtype=np.float64).ravel()
+def _unwrap(net):
+    vgg, recorder = unwrap(net)
+    return unwrap(vgg), recorder
+
+
+def test_dlp_classifies_like_the_cpu(net, full_fixture, file_weights):
+    vgg, recorder = _unwrap(net)
+    before = recorder.counts()
+    vgg.forward()
+    dlp = recorder.net_that_ran(before, "forward()")
+    check_dlp_net(dlp, file_weights)
+    prob = np.asarray(dlp.getOutputData(), dtype=np.float64).ravel()
     ref = full_fixture["prob"].ravel()
     assert prob.shape == ref.shape, f"{prob.size} outputs, expected {ref.size}"
     corr = float(np.corrcoef(prob, ref)[0, 1])
@@ -43,14 +67,14 @@ def test_dlp_classifies_like_the_cpu(net, full_fixture):
                                    f"{MIN_CORRELATION} (check the fc6 layout)"
 
 
-def test_get_top5_runs_forward_itself(net, full_fixture):
-    net = unwrap(net)
-    before = net.net.forward_count      # the simulator counts its forward() calls
+def test_get_top5_runs_forward_itself(net, full_fixture, file_weights):
+    vgg, recorder = _unwrap(net)
+    before = recorder.counts()
     label = int(full_fixture["prob"].argmax())
-    result = net.get_top5(label)
-    assert net.net.forward_count > before, \
-        "get_top5(label) must run forward() itself (the original kit's protocol)"
-    out = np.asarray(net.net.getOutputData(), dtype=np.float64).ravel()
+    result = vgg.get_top5(label)
+    dlp = recorder.net_that_ran(before, f"get_top5({label})")   # the original kit's protocol
+    check_dlp_net(dlp, file_weights)
+    out = np.asarray(dlp.getOutputData(), dtype=np.float64).ravel()
     order = list(np.argsort(-out, kind="stable"))
     top1, top5 = result[-2:]      # the original returns (time, top1, top5)
     assert (bool(top1), bool(top5)) == (order[0] == label, label in order[:5]), \

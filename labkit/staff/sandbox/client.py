@@ -561,6 +561,17 @@ class WorkerModule(types.ModuleType):
             object.__setattr__(value, "_path", (short, attr))
         return value
 
+    def __setattr__(self, attr, value):
+        """A module global set in the worker (a test handing student code a grader object:
+        ``module.pycnml = to_student(...)``); dunder names, and the submodules the import
+        system binds to the package (``stu_upload.layer_1``), stay on this stand-in."""
+        if attr.startswith("__") and attr.endswith("__") or isinstance(value, types.ModuleType):
+            return super().__setattr__(attr, value)
+        s, short = self.__dict__["_session"], self.__dict__["_short"]
+        tree, blobs = s.encode(value)
+        s.request("setattr", target=_module_handle(s, short), name=attr, value=tree,
+                  blobs=blobs)
+
 
 class _Finder:
     """Meta-path finder: ``import stu_upload.x`` in the grader makes a WorkerModule (the
