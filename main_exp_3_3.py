@@ -34,7 +34,7 @@ def engine_available():
     return True
 
 
-FEATURE_LAYER_NAMES = spec.FILE_LAYER_NAMES[:37]      # conv1_1 ... pool5
+FEATURE_LAYER_NAMES = spec.FEATURE_LAYER_NAMES      # conv1_1 ... pool5
 
 
 class _Parser(argparse.ArgumentParser):

@@ -13,7 +13,7 @@ from labkit.runtime.matfile import load_vgg19_mat
 from stu_upload.layer_1 import ReLULayer
 from stu_upload.layer_2 import ConvolutionalLayer, MaxPoolingLayer
 
-FEATURE_LAYER_NAMES = spec.FILE_LAYER_NAMES[:37]      # conv1_1 ... pool5
+FEATURE_LAYER_NAMES = spec.FEATURE_LAYER_NAMES      # conv1_1 ... pool5
 
 
 class VGG19:
@@ -156,7 +156,6 @@ class VGG19:
         rgb = deprocess(image.reshape((1, 3) + image.shape[-2:]), self.mean_pixel)
         if len(image_shape) in (2, 3) and tuple(image_shape[:2]) != rgb.shape[:2]:
             rgb = resize_bilinear(rgb, int(image_shape[0]), int(image_shape[1]))
-            rgb = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
         save_rgb(rgb, image_dir)
         return rgb
 

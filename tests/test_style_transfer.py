@@ -17,7 +17,7 @@ from labkit.runtime.transfer import Objective, run_transfer, tv_loss
 from labkit.runtime import vgg19_spec as spec
 from labkit.runtime.student import seed_numpy, stu
 
-FEATURE_LAYER_NAMES = spec.FILE_LAYER_NAMES[:37]
+FEATURE_LAYER_NAMES = spec.FEATURE_LAYER_NAMES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STYLE = {"relu1_1": 1, "relu2_1": 1, "relu3_1": 1, "relu4_1": 1, "relu5_1": 1}

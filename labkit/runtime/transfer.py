@@ -16,7 +16,7 @@ import numpy as np
 from labkit.runtime import vgg19_spec as _spec
 from labkit.runtime.student import stu
 
-FEATURE_LAYER_NAMES = _spec.FILE_LAYER_NAMES[:37]      # conv1_1 ... pool5
+FEATURE_LAYER_NAMES = _spec.FEATURE_LAYER_NAMES      # conv1_1 ... pool5
 
 
 def ContentLossLayer():
@@ -25,6 +25,41 @@ def ContentLossLayer():
 
 def StyleLossLayer():
     return stu.layer_3.StyleLossLayer()
+
+
+class _WeightedStyleLoss:
+    """The student's StyleLossLayer with its gradient times ``scale`` (the objective's
+    beta * w_l): the interface of the tuned engine's style losses."""
+
+    def __init__(self, layer, scale):
+        self.layer, self.scale = layer, scale
+
+    @property
+    def gram_style(self):
+        return self.layer.gram_style
+
+    @gram_style.setter
+    def gram_style(self, value):
+        self.layer.gram_style = value
+
+    def forward(self, input_layer):
+        return self.layer.forward(input_layer)
+
+    def backward(self, input_layer):
+        return self.scale * self.layer.backward(input_layer)
+
+
+class StudentLosses:
+    """The objective's default loss layers: the student's layer_3 layers (``content()``;
+    ``style(scale)``, whose gradient comes back times ``scale``)."""
+
+    @staticmethod
+    def content():
+        return ContentLossLayer()
+
+    @staticmethod
+    def style(scale):
+        return _WeightedStyleLoss(StyleLossLayer(), scale)
 
 
 def AdamOptimizer(lr, diff_shape):
@@ -104,9 +139,9 @@ class Objective:
     ``loss_layers`` (optional): other loss layers with the same maths, e.g. the tuned
     engine's: an object with ``content()`` -> a layer like ContentLossLayer and
     ``style(scale)`` -> a layer with ``gram_style``, ``forward(x)`` and a ``backward(x)``
-    that returns ``scale`` x the gradient (None: the student's layer_3 layers).
+    that returns ``scale`` x the gradient (None: ``StudentLosses``, the student's layer_3
+    layers).
     """
-    loss_layers = None
 
     def __init__(self, vgg, content_image, style_image, content_layer, style_weights,
                  alpha=1.0, beta=500.0, tv_weight=0.0, parallel_map=None, style_blend=None,
@@ -118,8 +153,8 @@ class Objective:
         self.alpha, self.beta, self.tv_weight = float(alpha), float(beta), float(tv_weight)
         self.layer_list = sorted({content_layer, *self.style_weights},
                                  key=FEATURE_LAYER_NAMES.index)
-        self.loss_layers = loss_layers
-        self.content_loss = loss_layers.content() if loss_layers else ContentLossLayer()
+        loss_layers = loss_layers or StudentLosses
+        self.content_loss = loss_layers.content()
         content_feats = vgg.forward(content_image, self.layer_list)
         self.content_target = content_feats[content_layer]
         styles = style_image if isinstance(style_image, (list, tuple)) else [style_image]
@@ -128,8 +163,7 @@ class Objective:
                                 style_blend)
         self.style_loss = {}
         for name in self.style_weights:
-            self.style_loss[name] = (loss_layers.style(self.beta * self.style_weights[name])
-                                     if loss_layers else StyleLossLayer())
+            self.style_loss[name] = loss_layers.style(self.beta * self.style_weights[name])
             self.style_loss[name].gram_style = targets[name]    # the blended target A
         self.evaluations = 0
 
@@ -167,7 +201,7 @@ class Objective:
             weight = self.style_weights[name]
             parts[f"style_{name}"] = loss
             total += self.beta * weight * loss
-            add(name, grad if self.loss_layers else (self.beta * weight) * grad)
+            add(name, grad)         # the loss layer weighted it (its ``scale``)
         grad = self.vgg.backward(dlosses)
         parts["tv"] = 0.0
         if self.tv_weight:

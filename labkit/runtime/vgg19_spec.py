@@ -25,6 +25,9 @@ FILE_LAYER_NAMES = [name for name, _, _ in FILE_LAYERS]
 CONV_NAMES = [name for name, kind, _ in FILE_LAYERS if kind == "conv"]   # 19 incl. fc6-8
 FEATURE_CONV_NAMES = CONV_NAMES[:16]
 
+# Exp 3.3's feature network: the file's layers up to pool5 (no fc layers).
+FEATURE_LAYER_NAMES = FILE_LAYER_NAMES[:37]      # conv1_1 ... pool5
+
 # The lab's 44-name list (original vgg_cpu.py): flatten after pool5, softmax called "softmax".
 LAB_LAYER_NAMES = FILE_LAYER_NAMES[:37] + ["flatten"] + FILE_LAYER_NAMES[37:42] + ["softmax"]
 
