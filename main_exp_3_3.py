@@ -609,6 +609,19 @@ def run_and_save(args, vgg, objective, image, content_rgb, hook=None, context=No
     x = image
     bar = tqdm(total=total_steps, initial=step, unit="step", disable=args.no_progress,
                dynamic_ncols=True)
+    def save(img, name):
+        path = f"{stem}_{name}.jpg"
+        with guard.critical():
+            save_rgb(render(img, vgg.mean_pixel, content_rgb, args.preserve_colors), path)
+        return path
+
+    def checkpoint(img, at_step, state):
+        with guard.critical():
+            save_checkpoint(stem + SUFFIX, img, at_step, settings,
+                            rng.bit_generator.state if rng is not None else None,
+                            state if args.optimizer == "adam" else None)
+
+    lows = -np.asarray(vgg.mean_pixel, np.float64)
     live = {}
     log = None
     result = None
@@ -629,18 +642,6 @@ def run_and_save(args, vgg, objective, image, content_rgb, hook=None, context=No
                   + f", alpha {args.alpha:g}, beta {args.beta:g}, tv {args.tv_weight:g}"
                   + (f"; resumed at step {step}" if resume else ""))
 
-        def save(img, name):
-            path = f"{stem}_{name}.jpg"
-            with guard.critical():
-                save_rgb(render(img, vgg.mean_pixel, content_rgb, args.preserve_colors), path)
-            return path
-
-        def checkpoint(img, at_step, state):
-            with guard.critical():
-                save_checkpoint(stem + SUFFIX, img, at_step, settings,
-                                rng.bit_generator.state if rng is not None else None,
-                                state if args.optimizer == "adam" else None)
-
         def on_step(k, img, record):
             log.write(record)
             bar.update(1)
@@ -652,7 +653,6 @@ def run_and_save(args, vgg, objective, image, content_rgb, hook=None, context=No
             if hook is not None:
                 hook(k, img, record)
 
-        lows = -np.asarray(vgg.mean_pixel, np.float64)
         ctx = context() if callable(context) else context
         result = run_transfer(obj, x, start + n - step, args.optimizer, args.lr,
                               bounds=(lows, lows + 255.0), on_step=on_step, context=ctx,
@@ -667,9 +667,9 @@ def run_and_save(args, vgg, objective, image, content_rgb, hook=None, context=No
         name = {"done": "final", "interrupted": f"interrupted_step{result.image_step:04d}",
                 "nonfinite": f"lastgood_step{result.image_step:04d}"}[result.status]
         if result.status == "nonfinite":      # images saved after the last good one go
-            for path in glob.glob(f"{stem}_step*.jpg"):
-                if int(path[len(stem) + 5:-4]) > result.image_step:
-                    os.remove(path)
+            for k in saved_steps(stem):
+                if k > result.image_step:
+                    os.remove(f"{stem}_step{k:04d}.jpg")
         image_path = save(result.image, name)
         checkpoint(result.image, result.image_step, result.optimizer_state)
         plot_path = plot_losses(history, stem + "_loss.png")
@@ -696,6 +696,12 @@ def run_and_save(args, vgg, objective, image, content_rgb, hook=None, context=No
     return 0
 
 
+def saved_steps(stem):
+    """The steps of the <stem>_stepNNNN.jpg images on disk, in order."""
+    paths = glob.glob(glob.escape(stem) + "_step*.jpg")
+    return sorted(int(p[len(stem) + 5:-4]) for p in paths if p[len(stem) + 5:-4].isdigit())
+
+
 def write_sheet(stem, content_rgb, style_rgbs, style_labels, history, end_path, end_label,
                 title):
     """<stem>_sheet.png: content, style(s), every saved step image and the end image, each
@@ -706,8 +712,7 @@ def write_sheet(stem, content_rgb, style_rgbs, style_labels, history, end_path, 
     losses = {r["step"]: r["total"] for r in history}
     tiles = [(content_rgb, ["content"])]
     tiles += [(rgb, [label]) for rgb, label in zip(style_rgbs, style_labels)]
-    steps = sorted(int(p[len(stem) + 5:-4]) for p in glob.glob(f"{stem}_step*.jpg"))
-    for k in steps:
+    for k in saved_steps(stem):
         loss = losses.get(k + 1, losses.get(k))
         tiles.append((load_rgb(f"{stem}_step{k:04d}.jpg"),
                       [f"step {k}", f"loss {loss:.4g}" if loss is not None else ""]))
