@@ -16,7 +16,7 @@ Two ways to keep the content photo's colours while keeping the style's texture:
 import numpy as np
 from PIL import Image
 
-from labkit.runtime.images import resize_bilinear
+from labkit.runtime.images import deprocess, resize_bilinear
 
 COLOUR_MODES = ("luminance", "histogram")
 
@@ -73,10 +73,9 @@ def to_rgb_float(image, mean_pixel):
 def render(image, mean_pixel, content_rgb=None, mode=None):
     """The picture saved for a network image: (1, 3, H, W) -> (H, W, 3) uint8, with the
     content's colours when ``mode`` is 'luminance' or 'histogram' (None: as optimised)."""
-    rgb = to_rgb_float(image, mean_pixel)
     if mode == "histogram":
-        return histogram_transfer(content_rgb, rgb)
-    plain = np.clip(np.round(rgb), 0, 255).astype(np.uint8)
+        return histogram_transfer(content_rgb, to_rgb_float(image, mean_pixel))
+    plain = deprocess(image, mean_pixel)
     if mode == "luminance":
         return luminance_transfer(content_rgb, plain)
     if mode is not None:

@@ -180,7 +180,3 @@ def install():
         if name in sys.modules:
             hook(sys.modules[name])
     return True
-
-
-def is_installed():
-    return _installed
