@@ -40,6 +40,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 from bench_style_step import STYLE, full_size_weights          # noqa: E402
 from labkit.runtime import vgg19_spec as spec                          # noqa: E402
+from labkit.runtime.cli import atomic_path                             # noqa: E402
 from labkit.engine.attach import EngineConvolution, tune               # noqa: E402
 from labkit.engine.conv_engine import choose_method                   # noqa: E402
 from labkit.engine import costs                                          # noqa: E402
@@ -632,10 +633,8 @@ def main(argv=None):
         print(f"\nPeak memory of a 512x512 style-transfer run (3 steps): {peak / 2**30:.2f} GiB")
     results["seconds"] = time.time() - t0
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    tmp = args.json + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic_path(args.json, mode=0o666) as tmp, open(tmp, "w") as f:
         json.dump(results, f, indent=1)
-    os.replace(tmp, args.json)
     print(f"\n{results['seconds']:.0f} s; results written to {args.json}")
 
 

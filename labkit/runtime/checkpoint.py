@@ -16,6 +16,8 @@ import os
 
 import numpy as np
 
+from labkit.runtime.cli import atomic_path
+
 SUFFIX = "_checkpoint.npz"
 VERSION = 1
 
@@ -32,16 +34,11 @@ def save_checkpoint(path, image, step, settings, rng_state=None, optimizer_state
         arrays.update(adam_mt=np.asarray(optimizer_state["mt"]),
                       adam_vt=np.asarray(optimizer_state["vt"]),
                       adam_step=np.array(int(optimizer_state["step"])))
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
+    with atomic_path(path, mode=0o666) as tmp:      # the permissions open() would give
+        with open(tmp, "wb") as f:                  # a file object: np.savez adds no suffix
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

@@ -110,32 +110,68 @@ def check_output_dir(folder, flag, shown=None):
     return folder
 
 
+def _umask():
+    """The process's umask, read without changing it where Linux allows (no window in
+    which another thread would create files with a zero umask)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_path(path, mode=None):
+    """``with atomic_path(path) as tmp:`` write the file ``tmp``; when the block ends without
+    an error it is renamed onto exactly ``path``, on any error (or Ctrl-C) it is removed and
+    ``path`` is left as it was. Errors pass through unchanged; the folder must exist.
+
+    ``tmp`` is a new empty file made by ``mkstemp`` in ``path``'s folder (so the rename is
+    atomic and concurrent writers never share it), named ``.<name>.tmp-XXXXXXXX.part<ext>``:
+    ``path``'s extension stays last, because Pillow picks the format from it and SciPy's
+    ``savemat`` appends ``.mat`` when it is missing. Its permissions are mkstemp's (0600,
+    owner only) unless ``mode`` is given: ``mode=0o666`` gives what ``open()`` would,
+    ``mode & ~umask``."""
+    path = os.fspath(path)
+    name = os.path.basename(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.tmp-", suffix=".part" + os.path.splitext(name)[1],
+                               dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        os.close(fd)
+        if mode is not None:
+            os.chmod(tmp, mode & ~_umask())
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 @contextlib.contextmanager
 def atomic_output(path, flag="output"):
     """``with atomic_output(path) as tmp:`` write to the file ``tmp``; on success it is renamed
     to exactly ``path`` (same folder, so the rename is atomic), on any failure it is removed
-    and ``path`` is left as it was. An OSError (full disk, no permission) becomes a
-    UserError naming ``flag`` and ``path``."""
+    and ``path`` is left as it was (see :func:`atomic_path`); the folder is created. An
+    OSError (full disk, no permission) becomes a UserError naming ``flag`` and ``path``."""
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
+    started = False
     try:
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".part",
-                                   dir=folder)
-        os.close(fd)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with atomic_path(path) as tmp:
+            started = True
+            yield tmp
     except OSError as exc:
-        raise UserError(f"{flag}: cannot write {path}: {exc.strerror or exc}. Choose a "
-                        f"folder you can write to.") from None
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except OSError as exc:
+        if not started:
+            raise UserError(f"{flag}: cannot write {path}: {exc.strerror or exc}. Choose a "
+                            f"folder you can write to.") from None
         raise UserError(f"{flag}: writing {path} failed: {exc.strerror or exc} (nothing was "
                         f"left behind; a full disk?). Free space or choose another "
                         f"folder.") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def reader_errors():

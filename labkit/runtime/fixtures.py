@@ -8,12 +8,12 @@ The weights are He-initialised so activations neither vanish nor explode; the ne
 random, so its "classes" mean nothing.
 """
 import os
-import tempfile
 
 import numpy as np
 import scipy.io
 
 from labkit.runtime import vgg19_spec as spec
+from labkit.runtime.cli import atomic_path
 
 LEGACY_FIELDS = {
     "conv": ("weights", "pad", "type", "name", "stride"),
@@ -97,14 +97,8 @@ def write_demo_vgg19(folder, num_classes=1000):
     renamed, so a concurrent run reads either the old complete file or the new one."""
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, f"demo_vgg19_random_width8_{num_classes}classes.mat")
-    fd, tmp = tempfile.mkstemp(prefix=".demo_vgg19.", suffix=".part.mat", dir=folder)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         write_vgg19_mat(tmp, layout="legacy", width_div=8, num_classes=num_classes, seed=0)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

@@ -7,11 +7,12 @@ one, becomes an :class:`ImageLoadError` naming the file and the fix.
 """
 import os
 import sys
-import uuid
 import warnings
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from labkit.runtime.cli import atomic_path
 
 MAX_PIXELS = 20_000 * 20_000     # accept big photos, refuse absurd ones cleanly
 MAX_UPSCALE = 4                  # preprocess() warns when it enlarges an image more than this
@@ -149,14 +150,8 @@ def save_rgb(rgb, path, quality=95):
     folder = os.path.dirname(path)
     if folder:
         os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}."
-                               f"{uuid.uuid4().hex[:8]}.part{os.path.splitext(path)[1]}")
-    try:
+    with atomic_path(path, mode=0o666) as tmp:      # the permissions open() would give
         Image.fromarray(_rgb_array(rgb)).save(tmp, quality=quality)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def make_demo_image(height=224, width=224, seed=0):

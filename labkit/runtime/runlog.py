@@ -8,6 +8,8 @@ import time
 import numpy as np
 from PIL import Image, ImageDraw
 
+from labkit.runtime.cli import atomic_path
+
 
 def make_run_id(folder, seed, now=None):
     """``YYYYmmdd-HHMMSS_seed<seed>``, with ``_2``, ``_3``... if files with it already exist."""
@@ -20,22 +22,11 @@ def make_run_id(folder, seed, now=None):
     return run_id
 
 
-def temp_path(path):
-    """A temporary name next to ``path`` with the same extension (Pillow picks the format
-    from it); written first, then ``os.replace``d onto ``path``."""
-    root, ext = os.path.splitext(os.fspath(path))
-    return f"{root}.tmp{os.getpid()}{ext}"
-
-
 def save_image_atomic(img, path, **kw):
-    """``PIL.Image.save`` to a temporary name, then rename: never a half-written file."""
-    tmp = temp_path(path)
-    try:
+    """``PIL.Image.save`` to a temporary name (same extension: Pillow picks the format from
+    it), then rename: never a half-written file."""
+    with atomic_path(path, mode=0o666) as tmp:      # the permissions open() would give
         img.save(tmp, **kw)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 
@@ -59,13 +50,11 @@ class CsvLog:
         self.path = path
         self.columns = ["step", "total"] + list(part_names) + ["seconds"]
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        tmp = temp_path(path)
-        with open(tmp, "w", newline="") as f:
+        with atomic_path(path, mode=0o666) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(self.columns)
             for record in keep:
                 writer.writerow(self._row(record))
-        os.replace(tmp, path)
         self.file = open(path, "a", newline="")
         self.writer = csv.writer(self.file)
 
