@@ -826,11 +826,7 @@ def run_grading(stu_dir, json_path, extra=(), hidden=None, manifest=None, timeou
                env=env, start_new_session=True) as p:
         try:
             out, err = p.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _kill_group(p)
-            _end_submission(info)
-            raise
-        finally:
+        finally:            # also on TimeoutExpired, which then propagates
             _kill_group(p)
             _end_submission(info)
     proc = subprocess.CompletedProcess(cmd, p.returncode, out, err)
@@ -842,10 +838,8 @@ def run_grading(stu_dir, json_path, extra=(), hidden=None, manifest=None, timeou
 
 
 def _kill_group(p):
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(p.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        p.wait(timeout=10)
+    from labkit.staff.sandbox import process
+    process.kill_group(p)
 
 
 def _end_submission(info_path):
@@ -856,17 +850,8 @@ def _end_submission(info_path):
             info = json.load(f)
     except (OSError, ValueError):
         return 0
-    found = 0
-    for _ in range(50):
-        pids = (process.processes_of_uid(info["uid"]) if info.get("uid") is not None
-                else process.processes_with_token(info["token"]))
-        if not pids:
-            break
-        found += len(pids)
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.02)
+    uid = info.get("uid")
+    found = process.kill_processes(uid, info["token"] if uid is None else None)
     scratch = info.get("scratch", "")
     if os.path.basename(scratch).startswith("labkit_sbx_"):
         import shutil
