@@ -750,9 +750,9 @@ def _sandbox_drivers(session):
     """Run the drivers that tests start (``python main_exp_3_x.py ...``) in the sandbox:
     the scratch copy of the driver and the submission, its limits and scrubbed environment;
     they may write in the tests' temporary folder only."""
+    from labkit.staff.sandbox.process import DRIVERS
     sandbox = session.sandbox
-    drivers = {os.path.realpath(os.path.join(ROOT, n)): n for n in
-               ("main_exp_3_1.py", "main_exp_3_2.py", "main_exp_3_3.py")}
+    drivers = {os.path.realpath(os.path.join(ROOT, n)): n for n in DRIVERS}
     base = subprocess.Popen
     if getattr(base, "_labkit_sandboxed", False):
         base = base._labkit_base
@@ -769,13 +769,10 @@ def _sandbox_drivers(session):
                 cwd = os.path.realpath(str(kw.get("cwd") or os.getcwd()))
                 if not (cwd == tmp or cwd.startswith(tmp + os.sep)):
                     cwd = sandbox.scratch.work
-                sandbox.scratch.give(tmp)
-                for d in (os.path.dirname(tmp),):
-                    os.chmod(d, 0o711)
+                sandbox.scratch.give(tmp)       # (its parent, the scratch folder: 0o711)
                 inner = sandbox.python() + [os.path.join(sandbox.scratch.code, name),
                                             *map(str, argv[2:])]
-                kw.update(cwd=cwd, env=sandbox.env(), preexec_fn=sandbox._preexec,
-                          start_new_session=True)
+                kw.update(sandbox.start_kwargs(cwd))
                 args = sandbox.command(inner, cwd, rw=[tmp])
                 self._labkit_uid = sandbox.uid
             super().__init__(args, *a, **kw)
@@ -794,9 +791,6 @@ def _sandbox_drivers(session):
                     os.kill(pid, sig)
                 except ProcessLookupError:
                     pass
-
-        def terminate(self):
-            self.send_signal(signal.SIGTERM)
 
     subprocess.Popen = SandboxedPopen
 

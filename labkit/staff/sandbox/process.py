@@ -411,15 +411,20 @@ class Sandbox:
                 "setpriv", f"--reuid={self.uid}", f"--regid={self.uid}", "--clear-groups",
                 "--inh-caps=-all", "--bounding-set=-all", "--", *argv]
 
+    def start_kwargs(self, cwd, env=None):
+        """Popen's keywords for a sandboxed process: ``cwd``, the scrubbed environment
+        (``env``: extra variables), the limits (and the uid, mode ``uid``), its own session."""
+        return dict(cwd=cwd, env=self.env(env), preexec_fn=self._preexec,
+                    start_new_session=True)
+
     def popen(self, argv, cwd=None, rw=(), env=None, **kw):
         cwd = cwd or self.scratch.work
         log = open(self.scratch.log, "ab")
         try:
             kw.setdefault("stdout", log)
             kw.setdefault("stderr", log)
-            return subprocess.Popen(self.command(argv, cwd, rw), cwd=cwd,
-                                    env=self.env(env), preexec_fn=self._preexec,
-                                    start_new_session=True, stdin=subprocess.DEVNULL, **kw)
+            return subprocess.Popen(self.command(argv, cwd, rw), **self.start_kwargs(cwd, env),
+                                    stdin=subprocess.DEVNULL, **kw)
         finally:
             log.close()
 
