@@ -289,6 +289,7 @@ class Grader:
         self.timeout = config.getoption("test_timeout") or 0
         self.results, self.collect_errors, self.deselected = {}, {}, set()
         self.init_error = None
+        self._keyword = None        # (-k expression, compiled or None if it does not compile)
         stu = config.getoption("stu_dir")
         try:
             self.stu_pkg = find_stu_package(stu) if stu else os.path.join(self.root, PACKAGE)
@@ -478,11 +479,11 @@ class Grader:
         if self.selected_args:
             full_id = test_id
             ok = False
+            inv = str(self.config.invocation_params.dir)
+            mpath = os.path.normpath(os.path.join(self.root, module))
             for arg in self.selected_args:
                 path, sep, rest = str(arg).partition("::")
-                apath = os.path.normpath(os.path.join(str(self.config.invocation_params.dir),
-                                                      path))
-                mpath = os.path.normpath(os.path.join(self.root, module))
+                apath = os.path.normpath(os.path.join(inv, path))
                 if sep:
                     rel = os.path.relpath(apath, self.root).replace(os.sep, "/")
                     ok = ok or full_id.startswith(rel + "::" + rest)
@@ -492,9 +493,16 @@ class Grader:
                 return False
         keyword = self.config.getoption("keyword")
         if keyword:
+            if self._keyword is None or self._keyword[0] != keyword:
+                try:            # compiled once; one that does not compile selects every test
+                    from _pytest.mark.expression import Expression
+                    self._keyword = (keyword, Expression.compile(keyword))
+                except Exception:
+                    self._keyword = (keyword, None)
+            expr = self._keyword[1]
+            if expr is None:
+                return True
             try:
-                from _pytest.mark.expression import Expression
-                expr = Expression.compile(keyword)
                 parts = re.split(r"::|/|\[|\]", test_id.lower())
                 return expr.evaluate(lambda s: any(s.lower() in p for p in parts))
             except Exception:
