@@ -289,6 +289,7 @@ class Grader:
         self.timeout = config.getoption("test_timeout") or 0
         self.results, self.collect_errors, self.deselected = {}, {}, set()
         self.init_error = None
+        self._keyword = None        # (-k expression, compiled or None if it does not compile)
         stu = config.getoption("stu_dir")
         try:
             self.stu_pkg = find_stu_package(stu) if stu else os.path.join(self.root, PACKAGE)
@@ -478,11 +479,11 @@ class Grader:
         if self.selected_args:
             full_id = test_id
             ok = False
+            inv = str(self.config.invocation_params.dir)
+            mpath = os.path.normpath(os.path.join(self.root, module))
             for arg in self.selected_args:
                 path, sep, rest = str(arg).partition("::")
-                apath = os.path.normpath(os.path.join(str(self.config.invocation_params.dir),
-                                                      path))
-                mpath = os.path.normpath(os.path.join(self.root, module))
+                apath = os.path.normpath(os.path.join(inv, path))
                 if sep:
                     rel = os.path.relpath(apath, self.root).replace(os.sep, "/")
                     ok = ok or full_id.startswith(rel + "::" + rest)
@@ -492,9 +493,16 @@ class Grader:
                 return False
         keyword = self.config.getoption("keyword")
         if keyword:
+            if self._keyword is None or self._keyword[0] != keyword:
+                try:            # compiled once; one that does not compile selects every test
+                    from _pytest.mark.expression import Expression
+                    self._keyword = (keyword, Expression.compile(keyword))
+                except Exception:
+                    self._keyword = (keyword, None)
+            expr = self._keyword[1]
+            if expr is None:
+                return True
             try:
-                from _pytest.mark.expression import Expression
-                expr = Expression.compile(keyword)
                 parts = re.split(r"::|/|\[|\]", test_id.lower())
                 return expr.evaluate(lambda s: any(s.lower() in p for p in parts))
             except Exception:
@@ -750,9 +758,9 @@ def _sandbox_drivers(session):
     """Run the drivers that tests start (``python main_exp_3_x.py ...``) in the sandbox:
     the scratch copy of the driver and the submission, its limits and scrubbed environment;
     they may write in the tests' temporary folder only."""
+    from labkit.staff.sandbox.process import DRIVERS
     sandbox = session.sandbox
-    drivers = {os.path.realpath(os.path.join(ROOT, n)): n for n in
-               ("main_exp_3_1.py", "main_exp_3_2.py", "main_exp_3_3.py")}
+    drivers = {os.path.realpath(os.path.join(ROOT, n)): n for n in DRIVERS}
     base = subprocess.Popen
     if getattr(base, "_labkit_sandboxed", False):
         base = base._labkit_base
@@ -769,13 +777,10 @@ def _sandbox_drivers(session):
                 cwd = os.path.realpath(str(kw.get("cwd") or os.getcwd()))
                 if not (cwd == tmp or cwd.startswith(tmp + os.sep)):
                     cwd = sandbox.scratch.work
-                sandbox.scratch.give(tmp)
-                for d in (os.path.dirname(tmp),):
-                    os.chmod(d, 0o711)
+                sandbox.scratch.give(tmp)       # (its parent, the scratch folder: 0o711)
                 inner = sandbox.python() + [os.path.join(sandbox.scratch.code, name),
                                             *map(str, argv[2:])]
-                kw.update(cwd=cwd, env=sandbox.env(), preexec_fn=sandbox._preexec,
-                          start_new_session=True)
+                kw.update(sandbox.start_kwargs(cwd))
                 args = sandbox.command(inner, cwd, rw=[tmp])
                 self._labkit_uid = sandbox.uid
             super().__init__(args, *a, **kw)
@@ -794,9 +799,6 @@ def _sandbox_drivers(session):
                     os.kill(pid, sig)
                 except ProcessLookupError:
                     pass
-
-        def terminate(self):
-            self.send_signal(signal.SIGTERM)
 
     subprocess.Popen = SandboxedPopen
 
@@ -826,11 +828,7 @@ def run_grading(stu_dir, json_path, extra=(), hidden=None, manifest=None, timeou
                env=env, start_new_session=True) as p:
         try:
             out, err = p.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _kill_group(p)
-            _end_submission(info)
-            raise
-        finally:
+        finally:            # also on TimeoutExpired, which then propagates
             _kill_group(p)
             _end_submission(info)
     proc = subprocess.CompletedProcess(cmd, p.returncode, out, err)
@@ -842,10 +840,8 @@ def run_grading(stu_dir, json_path, extra=(), hidden=None, manifest=None, timeou
 
 
 def _kill_group(p):
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(p.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        p.wait(timeout=10)
+    from labkit.staff.sandbox import process
+    process.kill_group(p)
 
 
 def _end_submission(info_path):
@@ -856,17 +852,8 @@ def _end_submission(info_path):
             info = json.load(f)
     except (OSError, ValueError):
         return 0
-    found = 0
-    for _ in range(50):
-        pids = (process.processes_of_uid(info["uid"]) if info.get("uid") is not None
-                else process.processes_with_token(info["token"]))
-        if not pids:
-            break
-        found += len(pids)
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.02)
+    uid = info.get("uid")
+    found = process.kill_processes(uid, info["token"] if uid is None else None)
     scratch = info.get("scratch", "")
     if os.path.basename(scratch).startswith("labkit_sbx_"):
         import shutil

@@ -27,6 +27,7 @@ calls every function the kit holds with each graded task's inputs and compares).
 """
 import argparse
 import ast
+import io
 import json
 import os
 import py_compile
@@ -180,6 +181,11 @@ def stub_source(source, regions):
     return "".join(out)
 
 
+def _read(path):
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
 def stu_files(root=ROOT):
     folder = os.path.join(root, STU_PACKAGE)
     return sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".py"))
@@ -317,24 +323,10 @@ def _norm(line):
     return line.strip()
 
 
-def verify_kit(out, regions=None, root=ROOT, check_import=True):
-    """[problem] of the kit in ``out``: markers or solution lines left, stubs that do not
-    compile or import. Empty when the kit is good."""
-    regions = collect_regions(root) if regions is None else regions
-    problems = []
-    for dirpath, dirnames, filenames in os.walk(out):
-        dirnames[:] = [d for d in dirnames if d != "__pycache__"]
-        for name in filenames:
-            if not name.endswith(".py"):
-                continue
-            path = os.path.join(dirpath, name)
-            with open(path, encoding="utf-8") as f:
-                for no, line in enumerate(f, 1):
-                    if BEGIN_RE.match(line) or END_RE.match(line):
-                        problems.append(f"{os.path.relpath(path, out)}:{no}: marker line left: "
-                                        f"{line.strip()}")
-    # solution lines: removed ones that are still there (unless the reference also has the
-    # same line outside every region, e.g. a shared idiom)
+def removed_solution_lines(regions):
+    """{normalised line: task} of the lines removed from the student regions (``regions``:
+    {file path: [Region]}, as ``collect_regions`` gives) that are not trivial and that the
+    reference does not also have outside every region (e.g. a shared idiom)."""
     outside, removed = set(), {}
     for path, file_regions in regions.items():
         with open(path, encoding="utf-8") as f:
@@ -345,7 +337,28 @@ def verify_kit(out, regions=None, root=ROOT, check_import=True):
             for s in r.solution:
                 removed.setdefault(_norm(s), f"{r.task}")
         outside.update(_norm(l) for no, l in enumerate(lines, 1) if no not in inside)
-    suspicious = {l: t for l, t in removed.items() if l not in TRIVIAL_LINES and l not in outside}
+    return {l: t for l, t in removed.items() if l not in TRIVIAL_LINES and l not in outside}
+
+
+def verify_kit(out, regions=None, root=ROOT, check_import=True):
+    """[problem] of the kit in ``out``: markers or solution lines left, stubs that do not
+    compile or import. Empty when the kit is good."""
+    regions = collect_regions(root) if regions is None else regions
+    problems, texts = [], {}        # texts: {path: text} of the kit's .py files, read once
+    for dirpath, dirnames, filenames in os.walk(out):
+        dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+        for name in filenames:
+            if not name.endswith(".py"):
+                continue
+            path = os.path.join(dirpath, name)
+            texts[path] = _read(path)
+            for no, line in enumerate(io.StringIO(texts[path]), 1):
+                if BEGIN_RE.match(line) or END_RE.match(line):
+                    problems.append(f"{os.path.relpath(path, out)}:{no}: marker line left: "
+                                    f"{line.strip()}")
+    # solution lines: removed ones that are still there (unless the reference also has the
+    # same line outside every region, e.g. a shared idiom)
+    suspicious = removed_solution_lines(regions)
     kit_pkg = os.path.join(out, STU_PACKAGE)
     stub_modules = []
     for name in sorted(os.listdir(kit_pkg)):
@@ -353,12 +366,13 @@ def verify_kit(out, regions=None, root=ROOT, check_import=True):
             continue
         path = os.path.join(kit_pkg, name)
         rel = os.path.relpath(path, out)
-        with open(path, encoding="utf-8") as f:
-            for no, line in enumerate(f, 1):
-                task = suspicious.get(_norm(line))
-                if task:
-                    problems.append(f"{rel}:{no}: solution line of task '{task}' left: "
-                                    f"{line.strip()}")
+        if path not in texts:
+            texts[path] = _read(path)
+        for no, line in enumerate(io.StringIO(texts[path]), 1):
+            task = suspicious.get(_norm(line))
+            if task:
+                problems.append(f"{rel}:{no}: solution line of task '{task}' left: "
+                                f"{line.strip()}")
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 py_compile.compile(path, cfile=os.path.join(tmp, "x.pyc"), doraise=True)
@@ -367,17 +381,14 @@ def verify_kit(out, regions=None, root=ROOT, check_import=True):
         if name != "__init__.py":
             stub_modules.append(f"{STU_PACKAGE}.{name[:-3]}")
     expected = {r.task for rs in regions.values() for r in rs}
-    text = ""
-    for name in os.listdir(kit_pkg):
-        if name.endswith(".py"):
-            with open(os.path.join(kit_pkg, name), encoding="utf-8") as f:
-                text += f.read()
+    text = "".join(texts[os.path.join(kit_pkg, name)] for name in os.listdir(kit_pkg)
+                   if name.endswith(".py"))
     for task in sorted(expected):
         if f"raise NotImplementedError('{task}: " not in text:
             problems.append(f"task '{task}' has no NotImplementedError stub in the kit")
     if check_import and not problems:
         from labkit.staff.leaks import find_leaks
-        problems += find_leaks(out, root)
+        problems += find_leaks(out, root, regions=regions)
     if check_import and not problems:
         code = "import importlib, sys\nfor m in sys.argv[1:]:\n    importlib.import_module(m)\n"
         r = subprocess.run([sys.executable, "-c", code, *stub_modules], cwd=out,

@@ -197,20 +197,14 @@ print(json.dumps({"found": found, "calls": calls}))
 '''
 
 
-def _solution_lines(root):
-    """{normalised line: task} of removed student lines that the reference has nowhere else."""
-    from labkit.staff.kit import TRIVIAL_LINES, collect_regions
-    outside, removed = set(), {}
-    for path, regions in collect_regions(root).items():
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-        inside = {n for r in regions for n in range(r.begin, r.end + 1)}
-        for r in regions:
-            for s in r.solution:
-                removed.setdefault(s.strip(), r.task)
-        outside.update(l.strip() for n, l in enumerate(lines, 1) if n not in inside)
-    return {l: t for l, t in removed.items() if l not in TRIVIAL_LINES and l not in outside
-            and len(l) > 8 and not l.startswith(CONTROL)}
+def _solution_lines(root, regions=None):
+    """{normalised line: task} of removed student lines that the reference has nowhere else
+    (``regions``: the reference's, as ``collect_regions(root)`` gives; None: collect them)."""
+    from labkit.staff.kit import collect_regions, removed_solution_lines
+    if regions is None:
+        regions = collect_regions(root)
+    return {l: t for l, t in removed_solution_lines(regions).items()
+            if len(l) > 8 and not l.startswith(CONTROL)}
 
 
 # lines that only steer (a loop header, a branch) are shared idioms, not answers
@@ -228,9 +222,10 @@ def kit_py_files(kit):
     return found
 
 
-def scan_lines(kit, root=ROOT):
-    """[problem]: a removed solution line found in any .py file of the kit."""
-    lines, problems = _solution_lines(root), []
+def scan_lines(kit, root=ROOT, regions=None):
+    """[problem]: a removed solution line found in any .py file of the kit (``regions``:
+    the reference's, None: collected from ``root``)."""
+    lines, problems = _solution_lines(root, regions), []
     for rel in kit_py_files(kit):
         with open(os.path.join(kit, rel), encoding="utf-8", errors="replace") as f:
             for no, line in enumerate(f, 1):
@@ -274,9 +269,10 @@ def probe_calls(kit, root=ROOT, timeout=600):
             result["calls"]
 
 
-def find_leaks(kit, root=ROOT):
-    """Every problem of the three checks (empty: no leak found)."""
-    problems = scan_folders(kit) + scan_lines(kit, root)
+def find_leaks(kit, root=ROOT, regions=None):
+    """Every problem of the three checks (empty: no leak found); ``regions``: the
+    reference's, as ``collect_regions(root)`` gives (None: collected here)."""
+    problems = scan_folders(kit) + scan_lines(kit, root, regions)
     found, _ = probe_calls(kit, root)
     return problems + found
 

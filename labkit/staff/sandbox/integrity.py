@@ -4,7 +4,7 @@ import os
 import site
 import sys
 
-from labkit.staff.sandbox.process import ROOT
+from labkit.staff.sandbox.process import DRIVERS, ROOT
 
 
 def _files(path):
@@ -28,8 +28,7 @@ def protected_paths(root=ROOT, hidden=None):
     """tests, tests_hidden, the manifest (in tests/), the reference stu_upload, labkit, the
     drivers, pytest.ini, and the Python environment's start-up hooks (.pth, sitecustomize)."""
     paths = [os.path.join(root, p) for p in ("tests", "stu_upload", "labkit", "pytest.ini",
-                                             "main_exp_3_1.py", "main_exp_3_2.py",
-                                             "main_exp_3_3.py", "tests_staff")]
+                                             *DRIVERS, "tests_staff")]
     if hidden:
         paths.append(hidden)
     return [p for p in paths if os.path.exists(p)]

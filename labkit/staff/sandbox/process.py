@@ -136,6 +136,38 @@ def processes_with_token(token):
     return pids
 
 
+def kill_group(proc):
+    """SIGKILL ``proc``'s process group (it was started with ``start_new_session``), then
+    wait for ``proc`` (at most 10 s)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def kill_processes(uid, token):
+    """SIGKILL every process of ``uid`` (when not None) or else every process whose
+    environment holds ``LABKIT_SANDBOX_TOKEN=token``, until none is left (50 rounds at
+    most). Returns how many were found."""
+    found = 0
+    for _ in range(50):
+        pids = processes_of_uid(uid) if uid is not None else processes_with_token(token)
+        if not pids:
+            break
+        found += len(pids)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        time.sleep(0.02)
+    return found
+
+
 # ------------------------------------------------------------------------------- scratch
 def copy_submission(src, dest, limit=MAX_SUBMISSION_BYTES):
     """Copy regular files of ``src`` into ``dest``: no links (skipped, never followed), no
@@ -379,15 +411,20 @@ class Sandbox:
                 "setpriv", f"--reuid={self.uid}", f"--regid={self.uid}", "--clear-groups",
                 "--inh-caps=-all", "--bounding-set=-all", "--", *argv]
 
+    def start_kwargs(self, cwd, env=None):
+        """Popen's keywords for a sandboxed process: ``cwd``, the scrubbed environment
+        (``env``: extra variables), the limits (and the uid, mode ``uid``), its own session."""
+        return dict(cwd=cwd, env=self.env(env), preexec_fn=self._preexec,
+                    start_new_session=True)
+
     def popen(self, argv, cwd=None, rw=(), env=None, **kw):
         cwd = cwd or self.scratch.work
         log = open(self.scratch.log, "ab")
         try:
             kw.setdefault("stdout", log)
             kw.setdefault("stderr", log)
-            return subprocess.Popen(self.command(argv, cwd, rw), cwd=cwd,
-                                    env=self.env(env), preexec_fn=self._preexec,
-                                    start_new_session=True, stdin=subprocess.DEVNULL, **kw)
+            return subprocess.Popen(self.command(argv, cwd, rw), **self.start_kwargs(cwd, env),
+                                    stdin=subprocess.DEVNULL, **kw)
         finally:
             log.close()
 
@@ -399,31 +436,11 @@ class Sandbox:
         """Kill ``proc``'s process group and every process of this submission (by uid, or by
         the environment token in mode ``none``). Returns how many stragglers were found."""
         if proc is not None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
+            kill_group(proc)
         return self.kill_stragglers()
 
     def kill_stragglers(self):
-        found = 0
-        for _ in range(50):
-            pids = (processes_of_uid(self.uid) if self.uid is not None
-                    else processes_with_token(self.token))
-            if not pids:
-                break
-            found += len(pids)
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-            time.sleep(0.02)
-        return found
+        return kill_processes(self.uid, self.token)
 
     def close(self):
         n = self.kill_stragglers()
