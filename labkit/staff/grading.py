@@ -302,7 +302,6 @@ class Grader:
         self.experiments_present = (experiments_present(self.stu_pkg)
                                     if os.path.isdir(self.stu_pkg) else {})
         self.session = None
-        self.student_modules = None
         self.sandbox_mode = "off" if stu else None
         self.integrity_before = None
         hidden_opt = config.getoption("hidden")
@@ -348,7 +347,6 @@ class Grader:
 
     def _start_sandbox(self, config, hidden):
         from labkit.staff.sandbox import integrity
-        from labkit.runtime.student import StudentModules
         from labkit.staff.sandbox.client import Session, install_proxy_package
         from labkit.staff.sandbox.process import GIB, Limits, SandboxError
         memory = config.getoption("sandbox_memory")
@@ -374,7 +372,6 @@ class Grader:
         use_package_dir(self.stu_pkg)       # file names only: which naming, which experiments
         use_seed_hook(self.session.seed_numpy)      # np.random.seed in the worker too
         use_export_hook(self.session.export)        # a test's layers/functions for student code
-        self.student_modules = StudentModules()
         if not config.option.basetemp:          # the tests' files: where drivers may write
             config.option.basetemp = os.path.join(self.session.sandbox.scratch.tmp, "t")
         scratch = self.session.sandbox.scratch  # ... and the student's code reads and writes
