@@ -15,7 +15,8 @@ from labkit.staff.sandbox import integrity
 from labkit.staff.sandbox.process import detect_mode
 from tests_staff.hostile.attacks import CASES
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")]
 HIDDEN = os.path.join(ROOT, "tests_hidden")
 SELECT = ["tests/test_layer_1.py", "--test-timeout=3", "--sandbox-memory=1",
           "-k", "not test_lab_3"]     # layer_1 and the hidden layer samples

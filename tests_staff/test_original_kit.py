@@ -30,6 +30,8 @@ HIDDEN = os.path.join(ROOT, "tests_hidden")
 sys.path.insert(0, HIDDEN)
 from lab_support import fixture_folder, make_full_fixture  # noqa: E402
 
+pytestmark = pytest.mark.slow     # long: run with `python -m pytest -q -m slow`
+
 
 @pytest.fixture(scope="module")
 def full(tmp_path_factory):

@@ -20,6 +20,8 @@ from labkit.staff import kit as kitmod
 from labkit.staff.grading import HIDDEN_PREFIX, MANIFEST_NAME, points_for, run_grading
 from labkit.staff.kit import KitError, parse_regions, write_kit
 
+pytestmark = pytest.mark.slow     # long: run with `python -m pytest -q -m slow`
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HIDDEN = os.path.join(ROOT, "tests_hidden")
 SUBSET = ["tests/test_layer_1.py", "tests/test_layer_2.py"]
