@@ -4,23 +4,22 @@
     python main_exp_3_1.py --demo                            # no weights: random small VGG19
     python main_exp_3_1.py --image cat.jpg --layers raw      # the 4-loop layers (slow)
 """
-import argparse
 import os
 import sys
 
 import numpy as np
 
 from labkit.runtime import vgg19_spec as spec
-from labkit.runtime.cli import (DEFAULT_WEIGHTS, NO_LEGACY_FLAG, NO_LEGACY_HELP, UserError,
-                                 check_output_dir, check_output_path,
+from labkit.runtime.cli import (DEFAULT_WEIGHTS, NO_LEGACY_FLAG, NO_LEGACY_HELP, LabParser,
+                                UserError, check_output_dir, check_output_path,
                                 default_output_dir, download_weights, find_default, run_main)
 from labkit.runtime.npyfile import write_pool5
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description="Exp 3.1: VGG19 image classification on the CPU, pure NumPy.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = LabParser(
+        prog="python main_exp_3_1.py",
+        description="Exp 3.1: VGG19 image classification on the CPU, pure NumPy.")
     p.add_argument(NO_LEGACY_FLAG, action="store_true", help=NO_LEGACY_HELP)
     p.add_argument("--weights", default=DEFAULT_WEIGHTS,
                    help=f"MatConvNet {spec.REAL_FILE_NAME} (legacy or meta layout)")

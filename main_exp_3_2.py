@@ -8,7 +8,6 @@ simulator of the MLU's INT8/fp16 arithmetic; the output says which backend ran.
     python main_exp_3_2.py --evaluate val_list.txt              # lines "image_path label"
     python -m labkit.runtime.calibrate --weights W.mat --images photos/ # makes the quant file
 """
-import argparse
 import os
 import sys
 import time
@@ -16,19 +15,19 @@ import time
 import numpy as np
 
 from labkit.runtime.calibrate import DEFAULT_QUANT, calibrate_vgg19, demo_images, read_quant_pairs
-from labkit.runtime.cli import (DEFAULT_WEIGHTS, NO_LEGACY_FLAG, NO_LEGACY_HELP, UserError,
-                                check_output_dir, default_output_dir,
+from labkit.runtime.cli import (DEFAULT_WEIGHTS, NO_LEGACY_FLAG, NO_LEGACY_HELP, LabParser,
+                                UserError, check_output_dir, default_output_dir,
                                 find_default, run_main)
 
 DEMO_FOLDER = os.path.join(default_output_dir(), "demo_dlp")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
+    p = LabParser(
+        prog="python main_exp_3_2.py",
         description="Exp 3.2: VGG19 image classification on the DLP (Cambricon MLU270) "
         "through pycnml, or on the NumPy pycnml simulator where there is no DLP; then a "
-        "comparison with the float CPU network of exp 3.1.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "comparison with the float CPU network of exp 3.1.")
     p.add_argument(NO_LEGACY_FLAG, action="store_true", help=NO_LEGACY_HELP)
     p.add_argument("--weights", default=DEFAULT_WEIGHTS,
                    help="MatConvNet imagenet-vgg-verydeep-19.mat (legacy or meta layout)")

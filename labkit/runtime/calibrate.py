@@ -14,15 +14,14 @@ calibration images, records max |x| of the *input* of each of the 19 quantised l
 ``read_quant_pairs`` reads such a file back as plain ``(position, scale)`` pairs, so that
 ``stu_upload/vgg19_demo.py`` can build the QuantParams of whichever pycnml is installed.
 """
-import argparse
 import os
 import sys
 
 import numpy as np
 
 from labkit.runtime import vgg19_spec as spec
-from labkit.runtime.cli import (DEFAULT_WEIGHTS, UserError, atomic_output, check_output_path,
-                                find_default, run_main)
+from labkit.runtime.cli import (DEFAULT_WEIGHTS, LabParser, UserError, atomic_output,
+                                check_output_path, find_default, run_main)
 
 DEFAULT_QUANT = os.path.join("models", "vgg19_quant_param_new.npz")
 QUANT_LAYERS = list(spec.CONV_NAMES)          # 19: conv1_1 ... conv5_4, fc6, fc7, fc8
@@ -182,11 +181,10 @@ def write_quant_npz(out_path, inputs, filters, flag="--out"):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
+    p = LabParser(
         prog="python -m labkit.runtime.calibrate",
         description="Make the INT8 quantisation file for exp 3.2 (VGG19 on the DLP) from float "
-        "CPU runs of VGG19 over calibration images.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "CPU runs of VGG19 over calibration images.")
     p.add_argument("--weights", default=DEFAULT_WEIGHTS,
                    help="MatConvNet VGG19 .mat file (the same one the DLP net will load)")
     p.add_argument("--images", nargs="+", default=[], metavar="FILE_OR_FOLDER",

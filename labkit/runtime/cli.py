@@ -6,9 +6,11 @@ what is wrong and what to do (:class:`UserError` and the readers' errors, printe
 :func:`run_main`); outputs are written atomically (:func:`atomic_output`), so a failure
 leaves the old file or the new one, never half of one; the path printed is the path written.
 """
+import argparse
 import contextlib
 import hashlib
 import os
+import re
 import sys
 import tempfile
 import urllib.error
@@ -23,6 +25,66 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 
 class UserError(Exception):
     """An error caused by input the user can fix; the drivers print it without a traceback."""
+
+
+def print_error(message, stream=None):
+    """Print ``message`` as the kit's ONE error line: ``error: <first line>``, any further
+    lines indented by two spaces (so no other line starts with ``error:``)."""
+    lines = str(message).splitlines() or [""]
+    text = "error: " + lines[0] + "".join(
+        "\n" + (line if line.startswith("  ") or not line.strip() else "  " + line)
+        for line in lines[1:])
+    stream = sys.stderr if stream is None else stream
+    try:
+        print(text, file=stream, flush=True)
+    except (OSError, ValueError):        # stderr closed or a broken pipe: nothing to tell
+        pass
+
+
+_ARG_RE = re.compile(r"^argument ([^:]+): (.*)$", re.S)
+
+
+def usage_message(message, prog="the command"):
+    """argparse's message -> one sentence naming the option, what is wrong and what to do."""
+    helps = f"`{prog} --help` lists the options"
+    m = _ARG_RE.match(message)
+    if m:
+        option, what = m.group(1).split("/")[-1], m.group(2)
+        v = re.match(r"invalid (int|float) value: (.*)$", what)
+        if v:
+            kind = "a whole number" if v.group(1) == "int" else "a number"
+            return f"{option} {v.group(2)}: not {kind}; give {kind} after {option} ({helps})."
+        v = re.match(r"invalid choice: (.*?) \(choose from (.*)\)$", what, re.S)
+        if v:
+            return f"{option} {v.group(1)}: not a valid choice; choose one of {v.group(2)}."
+        if what.startswith("expected"):
+            return (f"{option} needs a value ({what[len('expected '):]}): write it after "
+                    f"{option}, e.g. {option} VALUE ({helps}).")
+        if "not allowed with argument" in what:
+            return f"{option}: {what}; give only one of the two."
+        return f"{option}: {what} ({helps})."
+    if message.startswith("unrecognized arguments:"):
+        return (f"unknown option or extra value: {message.split(':', 1)[1].strip()}; check "
+                f"the spelling ({helps}).")
+    if message.startswith("the following arguments are required:"):
+        return f"missing {message.split(':', 1)[1].strip()}: give it ({helps})."
+    if message.startswith("ambiguous option:"):
+        return f"{message}; write the option in full."
+    return f"{message.rstrip().rstrip('.')} ({helps})."
+
+
+class LabParser(argparse.ArgumentParser):
+    """The kit's argparse: a bad command line prints ONE ``error:`` line naming the option,
+    what is wrong and what to do (:func:`usage_message`), and exits with code 2; no usage
+    block (``--help`` still prints the full help). Defaults are shown in ``--help``."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        print_error(usage_message(message, self.prog))
+        sys.exit(2)
 
 
 NO_LEGACY_FLAG = "--no-legacy"
@@ -190,7 +252,7 @@ def run_main(main):
     try:
         return main()
     except errors as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(exc)
         sys.exit(2)
     except KeyboardInterrupt:
         print("\ninterrupted.", file=sys.stderr)

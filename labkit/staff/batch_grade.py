@@ -21,7 +21,6 @@ submission that crashes or times out keeps the points of the tests that complete
 ``--gradebook`` writes one row per student (total, per-experiment points, lab/beyond totals,
 status), ``--gradescope DIR`` one Gradescope ``results.json`` per student.
 """
-import argparse
 import csv
 import json
 import os
@@ -33,6 +32,7 @@ import tempfile
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
+from labkit.runtime.cli import LabParser
 from labkit.staff.grading import (HIDDEN_PREFIX, ROOT, _atomic, _write_json, points_for,
                                   run_grading)
 from labkit.staff.sandbox import integrity
@@ -278,8 +278,9 @@ def main(argv=None):
     if "--" in argv:
         i = argv.index("--")
         argv, pytest_args = argv[:i], argv[i + 1:]
-    p = argparse.ArgumentParser(description="Grade every submission (sub-folder or .zip) of a "
-                                "folder; write one CSV sorted by student.")
+    p = LabParser(prog="python -m labkit.batch_grade",
+                  description="Grade every submission (sub-folder or .zip) of a folder; write "
+                  "one CSV sorted by student.")
     p.add_argument("submissions", help="folder of submissions")
     p.add_argument("--out", required=True, help="CSV file to write")
     p.add_argument("--hidden", help="hidden tests folder (e.g. tests_hidden)")
