@@ -24,179 +24,34 @@ worker (``labkit/staff/sandbox/``, ``--sandbox``), the tests get proxies (``impo
 and the ``stu`` fixture), the drivers the tests start run in the sandbox too, the staff files
 are fingerprinted before and after, and the grade is written here, atomically.
 """
-import argparse
 import contextlib
-import csv
-import fnmatch
 import json
 import os
-import re
 import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 
 import pytest
 
 from labkit.staff._stu_site.sitecustomize import PACKAGE, install
+# the split modules' names, re-exported: every ``from labkit.staff.grading import X`` keeps working
+from labkit.staff.feedback import (NOT_IMPLEMENTED_RE, _first_line,  # noqa: F401
+                                   collect_error_message, teaching_message)
+from labkit.staff.grading_cli import (_end_submission, _kill_group,  # noqa: F401
+                                      _manifest_points, build_manifest, main, run_grading)
+from labkit.staff.points import (CATEGORIES, DEFAULT_POINTS, DEFAULT_TIMEOUT,  # noqa: F401
+                                 HIDDEN_PREFIX, LAB_RUBRIC, MANIFEST_NAME, MODULE_EXPERIMENT,
+                                 NOT_SUBMITTED, POINTS, ROOT, STAFF_TESTS, Points, category_for,
+                                 experiment_for, find_stu_package, lab_row, points_for)
+from labkit.staff.reports import _atomic, _write_json, print_grade, write_grade_csv  # noqa: F401
+from labkit.staff.sandbox.drivers import _descendants, _sandbox_drivers, _uid_of  # noqa: F401
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SITE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_stu_site")
-MANIFEST_NAME = os.path.join("tests", "grading_manifest.json")
-STAFF_TESTS = "tests_staff"
-HIDDEN_PREFIX = "hidden/"
-DEFAULT_TIMEOUT = 60.0
-
-# The rubric. Every graded test is "lab" (what the handout and the original kit require,
-# graded through the original interface: tests_hidden/test_lab_*.py) or "beyond" (this kit's
-# extensions: dtype preservation, helper functions, need_param_grad, one-pass backward, error
-# types and wording, the drivers' options). A lab row's points are shared by the tests it
-# matches, so a task weighs what the lab weighs it (exp 3.1 as the original course: conv and
-# pool forward 60, pool5 20, the class 20), not its number of parametrised cases. The README's
-# rubric table is this table. Rows: (node-id pattern, experiment, points); first match wins.
-LAB_RUBRIC = [
-    ("hidden/test_lab_3_1.py::test_conv_forward*", "3.1", 30),
-    ("hidden/test_lab_3_1.py::test_pool_forward*", "3.1", 30),
-    ("hidden/test_lab_3_1.py::test_pool5_matches_the_reference", "3.1", 20),
-    ("hidden/test_lab_3_1.py::test_classifies_the_cat", "3.1", 20),
-    ("hidden/test_lab_3_2.py::test_dlp_classifies_like_the_cpu", "3.2", 90),
-    ("hidden/test_lab_3_2.py::test_get_top5_runs_forward_itself", "3.2", 10),
-    ("hidden/test_lab_3_3.py::test_conv_speedup*", "3.3", 20),
-    ("hidden/test_lab_3_3.py::test_conv_backward_raw*", "3.3", 10),
-    ("hidden/test_lab_3_3.py::test_pool_backward*", "3.3", 10),
-    ("hidden/test_lab_3_3.py::test_relu_backward", "3.3", 5),
-    ("hidden/test_lab_3_3.py::test_content_loss", "3.3", 10),
-    ("hidden/test_lab_3_3.py::test_style_loss", "3.3", 15),
-    ("hidden/test_lab_3_3.py::test_adam", "3.3", 10),
-    ("hidden/test_lab_3_3.py::test_feature_network_forward_backward", "3.3", 20),
-]
-# beyond: points per test (first matching pattern, default 1)
-POINTS = [
-    ("tests/test_vgg_cpu.py::test_raw_and_fast_paths_agree_float64", 3),
-    ("tests/test_vgg_cpu.py::test_classifies_end_to_end*", 2),
-    ("tests/test_vgg_cpu.py::test_cli_classifies_and_checks_pool5", 2),
-    ("tests/test_layer_2.py::test_conv_gradients*", 2),
-]
-DEFAULT_POINTS = 1
-# beyond tests' experiment, by test module (a module not listed belongs to none)
-MODULE_EXPERIMENT = {
-    "tests/test_layer_1.py": "3.1", "tests/test_layer_2.py": "3.1",
-    "tests/test_vgg_cpu.py": "3.1", "hidden/test_hidden_layers.py": "3.1",
-    "tests/test_vgg19_demo.py": "3.2",
-    "tests/test_layer_3.py": "3.3", "tests/test_style_transfer.py": "3.3",
-    "hidden/test_lab_3_1.py": "3.1", "hidden/test_lab_3_2.py": "3.2",
-    "hidden/test_lab_3_3.py": "3.3",
-}
-CATEGORIES = ("lab", "beyond")
-
-
-def lab_row(test_id):
-    """The LAB_RUBRIC row (pattern, experiment, points) that ``test_id`` falls in, or None."""
-    for row in LAB_RUBRIC:
-        if fnmatch.fnmatchcase(test_id, row[0]):
-            return row
-    return None
-
-
-def category_for(test_id):
-    return "lab" if lab_row(test_id) else "beyond"
-
-
-def experiment_for(test_id):
-    row = lab_row(test_id)
-    if row:
-        return row[1]
-    return MODULE_EXPERIMENT.get(test_id.partition("::")[0])
-
-
-def points_for(test_id, graded_ids=None):
-    """Points of one graded test: a lab row's points shared by the graded tests it matches
-    (``graded_ids``: the graded test ids; default: the test alone), or POINTS for beyond."""
-    row = lab_row(test_id)
-    if row:
-        share = sum(fnmatch.fnmatchcase(t, row[0]) for t in graded_ids) if graded_ids else 1
-        return row[2] / max(share, 1)
-    for pattern, points in POINTS:
-        if fnmatch.fnmatchcase(test_id, pattern):
-            return points
-    return DEFAULT_POINTS
-
-
-NOT_SUBMITTED = "not submitted"
 
 
 class TestTimeout(BaseException):
     """The per-test time limit ran out (a BaseException: ``except Exception`` won't hide it)."""
-
-
-def find_stu_package(path):
-    """The ``stu_upload`` folder that ``path`` names: the folder itself, or its
-    ``stu_upload`` sub-folder. Raises ValueError."""
-    path = os.path.abspath(path)
-    if os.path.isdir(os.path.join(path, PACKAGE)):
-        return os.path.join(path, PACKAGE)
-    if os.path.isdir(path) and (os.path.basename(path) == PACKAGE or
-                                any(n.endswith(".py") for n in os.listdir(path))):
-        return path
-    raise ValueError(f"--stu-dir {path}: neither a {PACKAGE} folder nor a folder containing "
-                     f"one")
-
-
-# ------------------------------------------------------------------------------- messages
-NOT_IMPLEMENTED_RE = re.compile(r"NotImplementedError: ([A-Za-z_][A-Za-z0-9_]*):")
-
-
-def _first_line(text, limit=300):
-    line = (text or "").strip().splitlines()[0] if (text or "").strip() else ""
-    return line if len(line) <= limit else line[:limit - 3] + "..."
-
-
-def teaching_message(report, timeout):
-    """One line that says why the test failed: the task not implemented yet, the time limit,
-    or the first line of the assertion (which tensor, relative error, threshold)."""
-    text = report.longreprtext or ""
-    crash = getattr(getattr(report.longrepr, "reprcrash", None), "message", "") or ""
-    tasks = NOT_IMPLEMENTED_RE.findall(crash) or NOT_IMPLEMENTED_RE.findall(text)
-    if tasks:
-        return "not implemented yet: " + ", ".join(dict.fromkeys(tasks))
-    if "TestTimeout" in crash or "TestTimeout" in text:
-        return f"time limit of {timeout:g} s exceeded (an endless loop, or far too slow)"
-    for name, prefix in (("StudentTimeout", ""), ("StudentMemoryError", ""),
-                         ("StudentCrash", "crashed: ")):
-        m = re.search(name + r": (.*)", crash) or re.search(name + r": (.*)", text)
-        if m:
-            return prefix + _first_line(m.group(1))
-    if report.skipped:
-        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else text
-        return "skipped: " + _first_line(str(reason)).replace("Skipped: ", "")
-    if not crash:
-        return _first_line(text)
-    syntax = re.search(r"^\s*((?:Syntax|Indentation|Tab)Error\b.*)$", crash, re.M)
-    where = re.search(r'File "([^"]+)", line (\d+)', crash)
-    if syntax and where:        # a student file that does not compile (resolved lazily)
-        return f"{syntax.group(1).strip()} ({os.path.basename(where.group(1))}, line " \
-               f"{where.group(2)})"
-    crash = re.sub(r"^(?:[A-Za-z_][\w]*\.)+(?=\w+(?:Error|Exception|Warning)\b)", "", crash)
-    line = _first_line(crash)
-    if line.startswith("assert ") or line in ("AssertionError", "assert False"):
-        sources = [l[1:].strip() for l in text.splitlines() if l.startswith(">")]
-        if sources:
-            return f"assertion failed: {sources[-1]}"
-    return line
-
-
-def collect_error_message(text):
-    """'SyntaxError: invalid syntax (layer_2.py, line 40)' from a collection error report."""
-    lines = [l[1:].strip() for l in text.splitlines() if l.startswith("E ")]
-    errors = [l for l in lines if re.match(r"[\w.]*(Error|Exception)\b", l)]
-    msg = errors[-1] if errors else _first_line(text)
-    where = re.findall(r'File "([^"]+)", line (\d+)', text)
-    where = [w for w in where if f"{os.sep}{PACKAGE}" in w[0] or PACKAGE + "/" in w[0]]
-    if where:
-        msg += f" ({PACKAGE}/{os.path.basename(where[-1][0])}, line {where[-1][1]})"
-    return "could not import the test module: " + msg
 
 
 # ------------------------------------------------------------------------------- plugin
@@ -282,7 +137,7 @@ def _check_rootdir(config):
         f"({root}); write the option with '=', e.g. {spaced[0]}=PATH, or add -c pytest.ini")
 
 
-class Grader:
+class Grader(Points):
     def __init__(self, config):
         self.config = config
         self.root = str(config.rootpath)
@@ -467,129 +322,6 @@ class Grader:
             grade["verdict"] = "grading did not finish: " + self.verdict(grade)
             _write_json(self.config.getoption("grade_json"), grade)
 
-    # -- the grade ------------------------------------------------------------------------
-    def _selected(self, test_id, module):
-        """Whether a manifest test belongs to this run (paths given on the command line,
-        -k); hidden tests only with --hidden."""
-        if test_id.startswith(HIDDEN_PREFIX):
-            return self.hidden_dir is not None
-        if self.selected_args:
-            full_id = test_id
-            ok = False
-            inv = str(self.config.invocation_params.dir)
-            mpath = os.path.normpath(os.path.join(self.root, module))
-            for arg in self.selected_args:
-                path, sep, rest = str(arg).partition("::")
-                apath = os.path.normpath(os.path.join(inv, path))
-                if sep:
-                    rel = os.path.relpath(apath, self.root).replace(os.sep, "/")
-                    ok = ok or full_id.startswith(rel + "::" + rest)
-                elif mpath == apath or mpath.startswith(apath + os.sep):
-                    ok = True
-            if not ok:
-                return False
-        keyword = self.config.getoption("keyword")
-        if keyword:
-            if self._keyword is None or self._keyword[0] != keyword:
-                try:            # compiled once; one that does not compile selects every test
-                    from _pytest.mark.expression import Expression
-                    self._keyword = (keyword, Expression.compile(keyword))
-                except Exception:
-                    self._keyword = (keyword, None)
-            expr = self._keyword[1]
-            if expr is None:
-                return True
-            try:
-                parts = re.split(r"::|/|\[|\]", test_id.lower())
-                return expr.evaluate(lambda s: any(s.lower() in p for p in parts))
-            except Exception:
-                return True
-        return True
-
-    def _graded_ids(self):
-        """The graded tests of the manifest (or of this run without one): a lab row's points
-        are shared among them."""
-        if self.manifest is not None:
-            return [t for t, v in self.manifest.get("tests", {}).items()
-                    if v.get("graded", True)]
-        return list(self.results)
-
-    def compute(self):
-        rows = []
-        manifest_tests = (self.manifest or {}).get("tests", {})
-        graded_ids = self._graded_ids()
-        present = self.experiments_present
-        seen = set()
-        for test_id, info in sorted(manifest_tests.items()):
-            if test_id in self.deselected or not self._selected(test_id, info["module"]):
-                continue
-            seen.add(test_id)
-            graded = info.get("graded", True)
-            max_points = points_for(test_id, graded_ids) if graded else 0
-            res = self.results.get(test_id)
-            if res is None:
-                err = self.collect_errors.get(info["module"])
-                res = ({"result": "error", "message": err} if err else
-                       {"result": "missing", "message": "not run: missing from this run"})
-            rows.append(self._row(test_id, graded, max_points, res, info.get("hidden"), present))
-        for test_id, res in sorted(self.results.items()):
-            if test_id in seen:
-                continue
-            if self.manifest is None:
-                rows.append(self._row(test_id, True, points_for(test_id, graded_ids), res,
-                                      test_id.startswith(HIDDEN_PREFIX), present))
-            else:
-                res = dict(res, message=(res["message"] + "; " if res["message"] else "") +
-                           "not in the grading manifest: 0 points (rebuild it with 'python -m "
-                           "labkit.staff.grading manifest')")
-                rows.append(self._row(test_id, False, 0, res, test_id.startswith(HIDDEN_PREFIX),
-                                      present))
-        for module, err in sorted(self.collect_errors.items()):
-            if not any(r["module"] == module for r in rows):
-                rows.append(self._row(module, self.manifest is None, 0,
-                                      {"result": "error", "message": err},
-                                      module.startswith(HIDDEN_PREFIX), present))
-        hidden_all = {k for k, v in manifest_tests.items() if v.get("hidden")}
-        hidden_count = len(hidden_all) or (self.manifest or {}).get(
-            "hidden_summary", {}).get("count", 0)
-        graded = [r for r in rows if r["graded"]]
-        counted = [r for r in graded if r["result"] != NOT_SUBMITTED]
-
-        def total(rows_, key):
-            return round(sum(r[key] for r in rows_), 2)
-
-        points, max_points = total(counted, "points"), total(counted, "max_points")
-        by_cat = {c: [r for r in counted if r["category"] == c] for c in CATEGORIES}
-        experiments = {}
-        for exp in sorted(present):
-            mine = [r for r in counted if r["experiment"] == exp]
-            experiments[exp] = {"submitted": present[exp], **{
-                f"{c}_{k}": total([r for r in mine if r["category"] == c], key)
-                for c in CATEGORIES for k, key in (("points", "points"),
-                                                   ("max_points", "max_points"))}}
-        return {
-            "stu_dir": self.stu_pkg,
-            "points": points, "max_points": max_points,
-            "percent": round(100.0 * points / max_points, 1) if max_points else 0.0,
-            "lab_points": total(by_cat["lab"], "points"),
-            "lab_max_points": total(by_cat["lab"], "max_points"),
-            "beyond_points": total(by_cat["beyond"], "points"),
-            "beyond_max_points": total(by_cat["beyond"], "max_points"),
-            "experiments": experiments,
-            "graded_tests": len(counted),
-            "passed": sum(r["result"] == "passed" for r in counted),
-            "failed": sum(r["result"] != "passed" for r in counted),
-            "not_submitted": len(graded) - len(counted),
-            "hidden_run": self.hidden_dir is not None,
-            "hidden_tests_not_run": 0 if self.hidden_dir else hidden_count,
-            "manifest": self.manifest is not None,
-            "init_error": (self.session.init_error if self.session is not None
-                           else self.init_error),
-            "sandbox": self._sandbox_info(),
-            "collection_errors": dict(sorted(self.collect_errors.items())),
-            "tests": rows,
-        }
-
     def _sandbox_info(self):
         if self.session is None:
             return {"mode": self.sandbox_mode}
@@ -610,35 +342,6 @@ class Grader:
         self.integrity_changes = integrity.changes(self.integrity_before, after)
         return self.integrity_changes
 
-    @staticmethod
-    def _row(test_id, graded, max_points, res, hidden, present=None):
-        experiment = experiment_for(test_id)
-        if graded and experiment and present is not None and not present.get(experiment, True):
-            res = {"result": NOT_SUBMITTED, "message": f"exp {experiment} not submitted (none "
-                   f"of its files is in {PACKAGE}): not counted"}
-            max_points = 0
-        passed = res["result"] == "passed"
-        return {"test": test_id, "module": test_id.partition("::")[0], "graded": graded,
-                "category": category_for(test_id), "experiment": experiment,
-                "hidden": bool(hidden), "points": max_points if passed else 0,
-                "max_points": max_points, "result": res["result"], "message": res["message"]}
-
-    @staticmethod
-    def verdict(grade):
-        if grade["hidden_run"]:
-            scope = " (public and hidden tests)"
-        elif grade["hidden_tests_not_run"]:
-            scope = (f"; public tests only, hidden tests not run "
-                     f"({grade['hidden_tests_not_run']} hidden tests)")
-        else:
-            scope = "; public tests only, hidden tests not run"
-        if grade["graded_tests"] and not grade["failed"]:
-            what = ("all graded tests passed" if grade["hidden_run"]
-                    else "all graded public tests passed")
-        else:
-            what = f"{grade['passed']} of {grade['graded_tests']} graded tests passed"
-        return what + scope
-
     @pytest.hookimpl(hookwrapper=True, tryfirst=True)
     def pytest_terminal_summary(self, terminalreporter):
         yield                               # after pytest's own summary: the grade comes last
@@ -654,275 +357,11 @@ class Grader:
                                 f"{self.stu_pkg}: " + "; ".join(changed[:5]))
         if self.session is not None:
             grade["worker_output"] = getattr(self, "worker_output", "")
-        tr = terminalreporter
-        tr.write_sep("=", "grade")
-        graded = [r for r in grade["tests"] if r["graded"]]
-        ungraded = [r for r in grade["tests"] if not r["graded"]]
-        width = min(max([len(r["test"]) for r in graded] + [4]), 70)
-        tr.write_line(f"{'test':<{width}}  cat.    points     result   message")
-        for r in graded:
-            name = r["test"] if len(r["test"]) <= width else "..." + r["test"][-(width - 3):]
-            msg = r["message"] if len(r["message"]) <= 110 else r["message"][:107] + "..."
-            tr.write_line(f"{name:<{width}}  {r['category']:<6}  {r['points']:>4.3g}/"
-                          f"{r['max_points']:<5.3g} {r['result'].upper():<8} {msg}".rstrip())
-        bad = [r for r in ungraded if r["result"] not in ("passed", "skipped")]
-        tr.write_line(f"ungraded checks (no student task affects them): {len(ungraded)}, "
-                      f"{len(ungraded) - len(bad)} passed or skipped")
-        for r in bad:
-            tr.write_line(f"  {r['test']}: {r['result'].upper()} {r['message']}")
-        if grade["init_error"]:
-            tr.write_line(f"{PACKAGE}/__init__.py failed: {grade['init_error']}")
-        tr.write_line(f"{PACKAGE}: {grade['stu_dir']}")
-        tr.write_line(f"sandbox: {grade['sandbox']['mode']}"
-                      + (f" ({grade['sandbox']['limits']})" if "limits" in grade["sandbox"]
-                         else ""))
-        if changed:
-            tr.write_sep("!", "GRADING ERROR", red=True)
-            for line in changed[:20]:
-                tr.write_line(f"  {line}", red=True)
-        for exp, e in grade["experiments"].items():
-            if not e["submitted"]:
-                tr.write_line(f"exp {exp}: not submitted (not counted)")
-                continue
-            tr.write_line(f"exp {exp}: lab {e['lab_points']:g}/{e['lab_max_points']:g}, beyond "
-                          f"{e['beyond_points']:g}/{e['beyond_max_points']:g}")
-        tr.write_line(f"LAB: {grade['lab_points']:g} / {grade['lab_max_points']:g} points; "
-                      f"BEYOND: {grade['beyond_points']:g} / {grade['beyond_max_points']:g}")
-        tr.write_line(f"GRADE: {grade['points']:g} / {grade['max_points']:g} points "
-                      f"({grade['percent']:.1f}%): {grade['verdict']}", bold=True)
+        print_grade(terminalreporter, grade, changed)
         if self.config.getoption("grade_json"):
             _write_json(self.config.getoption("grade_json"), grade)
         if self.config.getoption("grade_csv"):
-            with _atomic(self.config.getoption("grade_csv"), newline="") as f:
-                w = csv.writer(f)
-                w.writerow(["test", "category", "experiment", "points", "max_points", "result",
-                            "graded", "hidden", "message"])
-                for r in grade["tests"]:
-                    w.writerow([r["test"], r["category"], r["experiment"] or "",
-                                f"{r['points']:g}", f"{r['max_points']:g}", r["result"],
-                                int(r["graded"]), int(r["hidden"]), r["message"]])
-
-
-@contextlib.contextmanager
-def _atomic(path, newline=None):
-    """Write ``path`` through a temporary file in the same folder, then os.replace."""
-    path = os.path.abspath(path)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".",
-                               dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline=newline) as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _write_json(path, data):
-    with _atomic(path) as f:
-        json.dump(data, f, indent=1)
-        f.write("\n")
-
-
-def _descendants(pid):
-    """The processes started (directly or not) by ``pid``, from /proc."""
-    children = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat", "rb") as f:
-                    ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(name))
-    out, stack = [], [pid]
-    while stack:
-        for c in children.get(stack.pop(), []):
-            out.append(c)
-            stack.append(c)
-    return out
-
-
-def _uid_of(pid):
-    try:
-        return os.stat(f"/proc/{pid}").st_uid
-    except OSError:
-        return None
-
-
-def _sandbox_drivers(session):
-    """Run the drivers that tests start (``python main_exp_3_x.py ...``) in the sandbox:
-    the scratch copy of the driver and the submission, its limits and scrubbed environment;
-    they may write in the tests' temporary folder only."""
-    from labkit.staff.sandbox.process import DRIVERS
-    sandbox = session.sandbox
-    drivers = {os.path.realpath(os.path.join(ROOT, n)): n for n in DRIVERS}
-    base = subprocess.Popen
-    if getattr(base, "_labkit_sandboxed", False):
-        base = base._labkit_base
-
-    class SandboxedPopen(base):
-        _labkit_sandboxed = True
-        _labkit_base = base
-
-        def __init__(self, args, *a, **kw):
-            argv = list(args) if isinstance(args, (list, tuple)) else None
-            if argv and len(argv) >= 2 and os.path.realpath(str(argv[1])) in drivers:
-                name = drivers[os.path.realpath(str(argv[1]))]
-                tmp = sandbox.scratch.tmp
-                cwd = os.path.realpath(str(kw.get("cwd") or os.getcwd()))
-                if not (cwd == tmp or cwd.startswith(tmp + os.sep)):
-                    cwd = sandbox.scratch.work
-                sandbox.scratch.give(tmp)       # (its parent, the scratch folder: 0o711)
-                inner = sandbox.python() + [os.path.join(sandbox.scratch.code, name),
-                                            *map(str, argv[2:])]
-                kw.update(sandbox.start_kwargs(cwd))
-                args = sandbox.command(inner, cwd, rw=[tmp])
-                self._labkit_uid = sandbox.uid
-            super().__init__(args, *a, **kw)
-
-        def send_signal(self, sig):
-            """A signal for the driver reaches the driver (not bubblewrap, which would die
-            of it): every process of this sandbox's uid started under this one."""
-            uid = getattr(self, "_labkit_uid", None)
-            if uid is None or self.poll() is not None:
-                return super().send_signal(sig)
-            targets = [pid for pid in _descendants(self.pid) if _uid_of(pid) == uid]
-            if not targets:
-                return super().send_signal(sig)
-            for pid in targets:
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-
-    subprocess.Popen = SandboxedPopen
-
-
-# ------------------------------------------------------------------------------- manifest
-def run_grading(stu_dir, json_path, extra=(), hidden=None, manifest=None, timeout=None,
-                cwd=ROOT, sandbox=None):
-    """Grade ``stu_dir`` in a fresh ``python -m pytest``; returns (report or None, process).
-    On ``timeout`` the grader's process group and the submission's processes are killed and
-    ``subprocess.TimeoutExpired`` is raised (a partial report may be at ``json_path``)."""
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-           "-c", os.path.join(cwd, "pytest.ini"), f"--rootdir={cwd}",
-           f"--stu-dir={stu_dir}", f"--grade-json={json_path}"]
-    if hidden:
-        cmd += [f"--hidden={hidden}"]
-    if manifest:
-        cmd += [f"--grade-manifest={manifest}"]
-    if sandbox:
-        cmd += [f"--sandbox={sandbox}"]
-    cmd += list(extra)
-    info = json_path + ".sandbox"
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PYTEST_", "LABKIT_STU_DIR", "LABKIT_SANDBOX"))}
-    env.update(PYTHONDONTWRITEBYTECODE="1", LABKIT_SANDBOX_INFO=info)
-    popen = getattr(subprocess.Popen, "_labkit_base", subprocess.Popen)
-    with popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-               env=env, start_new_session=True) as p:
-        try:
-            out, err = p.communicate(timeout=timeout)
-        finally:            # also on TimeoutExpired, which then propagates
-            _kill_group(p)
-            _end_submission(info)
-    proc = subprocess.CompletedProcess(cmd, p.returncode, out, err)
-    report = None
-    if os.path.exists(json_path):
-        with open(json_path, encoding="utf-8") as f:
-            report = json.load(f)
-    return report, proc
-
-
-def _kill_group(p):
-    from labkit.staff.sandbox import process
-    process.kill_group(p)
-
-
-def _end_submission(info_path):
-    """Kill what a (killed) grader's submission left running: its uid's or token's processes."""
-    from labkit.staff.sandbox import process
-    try:
-        with open(info_path, encoding="utf-8") as f:
-            info = json.load(f)
-    except (OSError, ValueError):
-        return 0
-    uid = info.get("uid")
-    found = process.kill_processes(uid, info["token"] if uid is None else None)
-    scratch = info.get("scratch", "")
-    if os.path.basename(scratch).startswith("labkit_sbx_"):
-        import shutil
-        shutil.rmtree(scratch, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        os.unlink(info_path)
-    return found
-
-
-def build_manifest(hidden=None, out=None, root=ROOT):
-    """Grade the reference and a fresh kit with every test graded; keep the tests that pass
-    on the reference, graded when they fail on the kit."""
-    from labkit.staff.kit import write_kit
-    out = out or os.path.join(root, MANIFEST_NAME)
-    with tempfile.TemporaryDirectory() as tmp:
-        kit = os.path.join(tmp, "kit")
-        write_kit(kit, root=root)
-        reports = {}
-        for name, stu in (("reference", os.path.join(root, PACKAGE)),
-                          ("kit", os.path.join(kit, PACKAGE))):
-            print(f"running the suite on the {name} ...", flush=True)
-            report, proc = run_grading(stu, os.path.join(tmp, name + ".json"), hidden=hidden,
-                                       manifest="none", cwd=root, sandbox="off")
-            if report is None:
-                raise SystemExit(f"the {name} run wrote no report:\n{proc.stdout[-3000:]}"
-                                 f"\n{proc.stderr[-3000:]}")
-            reports[name] = {r["test"]: r for r in report["tests"]}
-    ref, kit = reports["reference"], reports["kit"]
-    broken = [f"{t}: {r['result']} {r['message']}" for t, r in ref.items()
-              if r["result"] not in ("passed", "skipped")]
-    if broken:
-        raise SystemExit("the reference does not pass its own tests:\n  " + "\n  ".join(broken))
-    tests = {}
-    for test_id, r in sorted(ref.items()):
-        k = kit.get(test_id, {"result": "missing", "message": ""})
-        graded = r["result"] == "passed" and k["result"] != "passed"
-        tasks = re.findall(r"[A-Za-z_]\w*", k["message"].split("not implemented yet:", 1)[1]) \
-            if "not implemented yet:" in k["message"] else []
-        tests[test_id] = {"module": r["module"], "graded": graded, "hidden": r["hidden"],
-                          "tasks": tasks, "category": category_for(test_id),
-                          "experiment": experiment_for(test_id)}
-    manifest = {"about": "tests that must exist when grading, and which are graded (pass on "
-                "the reference, fail on the blank kit). Rebuild: python -m labkit.staff.grading "
-                "manifest [--hidden DIR]", "tests": tests}
-    with open(out, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=1, sort_keys=True)
-        f.write("\n")
-    n_graded = sum(v["graded"] for v in tests.values())
-    print(f"{out}: {len(tests)} tests, {n_graded} graded "
-          f"({sum(v['hidden'] for v in tests.values())} hidden), "
-          f"{_manifest_points(tests)} points")
-    return manifest
-
-
-def _manifest_points(tests):
-    graded = [t for t, v in tests.items() if v["graded"]]
-    lab = sum(points_for(t, graded) for t in graded if category_for(t) == "lab")
-    beyond = sum(points_for(t, graded) for t in graded if category_for(t) == "beyond")
-    return f"lab {lab:g} + beyond {beyond:g}"
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description="Grading tools for course staff.")
-    sub = p.add_subparsers(dest="command", required=True)
-    m = sub.add_parser("manifest", help="rebuild tests/grading_manifest.json from the "
-                       "reference and a fresh kit (runs the suite twice)")
-    m.add_argument("--hidden", help="hidden tests folder to include (e.g. tests_hidden)")
-    m.add_argument("--out", help=f"where to write it (default {MANIFEST_NAME})")
-    args = p.parse_args(argv)
-    if args.command == "manifest":
-        build_manifest(args.hidden and os.path.abspath(args.hidden), args.out)
-    return 0
+            write_grade_csv(self.config.getoption("grade_csv"), grade)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,138 @@
+"""The grading CLI and the grader run in a subprocess: ``run_grading`` (used by batch grading
+and the benchmarks) and ``python -m labkit.staff.grading manifest``."""
+import argparse
+import contextlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+from labkit.staff._stu_site.sitecustomize import PACKAGE
+from labkit.staff.points import MANIFEST_NAME, ROOT, category_for, experiment_for, points_for
+
+
+# ------------------------------------------------------------------------------- manifest
+def run_grading(stu_dir, json_path, extra=(), hidden=None, manifest=None, timeout=None,
+                cwd=ROOT, sandbox=None):
+    """Grade ``stu_dir`` in a fresh ``python -m pytest``; returns (report or None, process).
+    On ``timeout`` the grader's process group and the submission's processes are killed and
+    ``subprocess.TimeoutExpired`` is raised (a partial report may be at ``json_path``)."""
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+           "-c", os.path.join(cwd, "pytest.ini"), f"--rootdir={cwd}",
+           f"--stu-dir={stu_dir}", f"--grade-json={json_path}"]
+    if hidden:
+        cmd += [f"--hidden={hidden}"]
+    if manifest:
+        cmd += [f"--grade-manifest={manifest}"]
+    if sandbox:
+        cmd += [f"--sandbox={sandbox}"]
+    cmd += list(extra)
+    info = json_path + ".sandbox"
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PYTEST_", "LABKIT_STU_DIR", "LABKIT_SANDBOX"))}
+    env.update(PYTHONDONTWRITEBYTECODE="1", LABKIT_SANDBOX_INFO=info)
+    popen = getattr(subprocess.Popen, "_labkit_base", subprocess.Popen)
+    with popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+               env=env, start_new_session=True) as p:
+        try:
+            out, err = p.communicate(timeout=timeout)
+        finally:            # also on TimeoutExpired, which then propagates
+            _kill_group(p)
+            _end_submission(info)
+    proc = subprocess.CompletedProcess(cmd, p.returncode, out, err)
+    report = None
+    if os.path.exists(json_path):
+        with open(json_path, encoding="utf-8") as f:
+            report = json.load(f)
+    return report, proc
+
+
+def _kill_group(p):
+    from labkit.staff.sandbox import process
+    process.kill_group(p)
+
+
+def _end_submission(info_path):
+    """Kill what a (killed) grader's submission left running: its uid's or token's processes."""
+    from labkit.staff.sandbox import process
+    try:
+        with open(info_path, encoding="utf-8") as f:
+            info = json.load(f)
+    except (OSError, ValueError):
+        return 0
+    uid = info.get("uid")
+    found = process.kill_processes(uid, info["token"] if uid is None else None)
+    scratch = info.get("scratch", "")
+    if os.path.basename(scratch).startswith("labkit_sbx_"):
+        import shutil
+        shutil.rmtree(scratch, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        os.unlink(info_path)
+    return found
+
+
+def build_manifest(hidden=None, out=None, root=ROOT):
+    """Grade the reference and a fresh kit with every test graded; keep the tests that pass
+    on the reference, graded when they fail on the kit."""
+    from labkit.staff.kit import write_kit
+    out = out or os.path.join(root, MANIFEST_NAME)
+    with tempfile.TemporaryDirectory() as tmp:
+        kit = os.path.join(tmp, "kit")
+        write_kit(kit, root=root)
+        reports = {}
+        for name, stu in (("reference", os.path.join(root, PACKAGE)),
+                          ("kit", os.path.join(kit, PACKAGE))):
+            print(f"running the suite on the {name} ...", flush=True)
+            report, proc = run_grading(stu, os.path.join(tmp, name + ".json"), hidden=hidden,
+                                       manifest="none", cwd=root, sandbox="off")
+            if report is None:
+                raise SystemExit(f"the {name} run wrote no report:\n{proc.stdout[-3000:]}"
+                                 f"\n{proc.stderr[-3000:]}")
+            reports[name] = {r["test"]: r for r in report["tests"]}
+    ref, kit = reports["reference"], reports["kit"]
+    broken = [f"{t}: {r['result']} {r['message']}" for t, r in ref.items()
+              if r["result"] not in ("passed", "skipped")]
+    if broken:
+        raise SystemExit("the reference does not pass its own tests:\n  " + "\n  ".join(broken))
+    tests = {}
+    for test_id, r in sorted(ref.items()):
+        k = kit.get(test_id, {"result": "missing", "message": ""})
+        graded = r["result"] == "passed" and k["result"] != "passed"
+        tasks = re.findall(r"[A-Za-z_]\w*", k["message"].split("not implemented yet:", 1)[1]) \
+            if "not implemented yet:" in k["message"] else []
+        tests[test_id] = {"module": r["module"], "graded": graded, "hidden": r["hidden"],
+                          "tasks": tasks, "category": category_for(test_id),
+                          "experiment": experiment_for(test_id)}
+    manifest = {"about": "tests that must exist when grading, and which are graded (pass on "
+                "the reference, fail on the blank kit). Rebuild: python -m labkit.staff.grading "
+                "manifest [--hidden DIR]", "tests": tests}
+    with open(out, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=1, sort_keys=True)
+        f.write("\n")
+    n_graded = sum(v["graded"] for v in tests.values())
+    print(f"{out}: {len(tests)} tests, {n_graded} graded "
+          f"({sum(v['hidden'] for v in tests.values())} hidden), "
+          f"{_manifest_points(tests)} points")
+    return manifest
+
+
+def _manifest_points(tests):
+    graded = [t for t, v in tests.items() if v["graded"]]
+    lab = sum(points_for(t, graded) for t in graded if category_for(t) == "lab")
+    beyond = sum(points_for(t, graded) for t in graded if category_for(t) == "beyond")
+    return f"lab {lab:g} + beyond {beyond:g}"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Grading tools for course staff.")
+    sub = p.add_subparsers(dest="command", required=True)
+    m = sub.add_parser("manifest", help="rebuild tests/grading_manifest.json from the "
+                       "reference and a fresh kit (runs the suite twice)")
+    m.add_argument("--hidden", help="hidden tests folder to include (e.g. tests_hidden)")
+    m.add_argument("--out", help=f"where to write it (default {MANIFEST_NAME})")
+    args = p.parse_args(argv)
+    if args.command == "manifest":
+        build_manifest(args.hidden and os.path.abspath(args.hidden), args.out)
+    return 0
