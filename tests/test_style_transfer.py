@@ -146,15 +146,15 @@ def test_nonfinite_loss_keeps_last_good_image(tiny_mat):
 
 
 def driver_args(out, **kw):
-    import main_exp_3_3 as drv
-    args = drv.parse_args(["--output-dir", str(out), "--no-progress", "--save-every", "2"])
+    from labkit.runtime.transfer_options import parse_args
+    args = parse_args(["--output-dir", str(out), "--no-progress", "--save-every", "2"])
     for k, v in kw.items():
         setattr(args, k, v)
     return args
 
 
 def test_ctrl_c_saves_image_and_log(tiny_mat, tmp_path):
-    import main_exp_3_3 as drv
+    from labkit.runtime.transfer_run import run_and_save
     vgg = build(tiny_mat, dtype=np.float32, last_layer="relu3_1")
     content, style = images(vgg)
     obj = Objective(vgg, content, style, "relu3_1", {"relu1_1": 1, "relu2_1": 1})
@@ -164,7 +164,7 @@ def test_ctrl_c_saves_image_and_log(tiny_mat, tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        drv.run_and_save(driver_args(tmp_path, steps=10), vgg, obj, content.copy(),
+        run_and_save(driver_args(tmp_path, steps=10), vgg, obj, content.copy(),
                          make_demo_image(32, 48), hook=hook)
     assert len(glob.glob(str(tmp_path / "*_interrupted_step0003.jpg"))) == 1
     assert len(glob.glob(str(tmp_path / "*_step0002.jpg"))) == 1
@@ -228,12 +228,12 @@ def test_preserve_colors_keeps_content_chroma():
 
 
 def test_parse_style_layers():
-    import main_exp_3_3 as drv
     from labkit.runtime.cli import UserError
-    assert drv.parse_style_layers("relu1_1:1,relu2_1:0.5,relu3_1") == \
+    from labkit.runtime.transfer_options import parse_style_layers
+    assert parse_style_layers("relu1_1:1,relu2_1:0.5,relu3_1") == \
         {"relu1_1": 1.0, "relu2_1": 0.5, "relu3_1": 1.0}
     with pytest.raises(UserError, match="unknown layer"):
-        drv.parse_style_layers("relu9_1")
+        parse_style_layers("relu9_1")
 
 
 def run_cli(*argv, cwd):
@@ -268,7 +268,7 @@ def test_cli_clear_errors(tiny_mat, tmp_path):
 
 
 def test_driver_nonfinite_saves_last_good_image(tiny_mat, tmp_path, capsys):
-    import main_exp_3_3 as drv
+    from labkit.runtime.transfer_run import run_and_save
     vgg = build(tiny_mat, dtype=np.float32, last_layer="relu3_1")
     content, style = images(vgg)
     obj = Objective(vgg, content, style, "relu3_1", {"relu1_1": 1})
@@ -281,7 +281,7 @@ def test_driver_nonfinite_saves_last_good_image(tiny_mat, tmp_path, capsys):
             total, grad, parts = obj(image)
             return (float("inf") if obj.evaluations == 3 else total), grad, parts
 
-    rc = drv.run_and_save(driver_args(tmp_path, steps=10), vgg, Broken(), content.copy(),
+    rc = run_and_save(driver_args(tmp_path, steps=10), vgg, Broken(), content.copy(),
                           make_demo_image(32, 48))
     assert rc == 1 and "finite" in capsys.readouterr().err
     assert len(glob.glob(str(tmp_path / "*_lastgood_step0001.jpg"))) == 1

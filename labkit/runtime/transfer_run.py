@@ -1,0 +1,263 @@
+"""Running exp 3.3's transfer (not a student file): the demo's inputs, the tuned engine under
+the student's network, the objective of each stage, the start image, and ``run_and_save``:
+the optimisation with a progress bar, the log, intermediate images, checkpoints (exact
+``--resume``), Ctrl-C/SIGTERM and a diverging loss handled, and the contact sheet.
+"""
+import os
+import sys
+
+import numpy as np
+
+from labkit.runtime.cli import UserError
+from labkit.runtime.signals import StopSignals
+from labkit.runtime.transfer_options import (RESUME_FLAGS, START_IMAGES, build_parser,
+                                              settings_of, style_size)
+from labkit.runtime.transfer_sheet import saved_steps, style_labels, write_sheet
+
+
+def prepare_demo(folder, height, width):
+    from labkit.runtime.fixtures import write_demo_vgg19
+    from labkit.runtime.images import make_demo_image, save_rgb
+    weights = write_demo_vgg19(folder, num_classes=10)
+    content, style = (os.path.join(folder, f"demo_{n}.png") for n in ("content", "style"))
+    save_rgb(make_demo_image(height, width, seed=0), content)
+    save_rgb(make_demo_image(height, width, seed=7)[:, ::-1], style)
+    return weights, content, style
+
+
+
+
+def make_demo_inputs(args, inputs):
+    """--demo: write the random-weight VGG19 and the synthetic pictures (after every check
+    passed), point ``args`` at them and read them into ``inputs``."""
+    from labkit.runtime.images import load_rgb
+    weights, content, style = prepare_demo(os.path.join(args.output_dir, "demo"),
+                                           *inputs.content_shape[:2])
+    args.weights = weights
+    args.content = args.content or content
+    args.style = args.style or [style]
+    print("DEMO: random-weight VGG19 (real layout, channel widths / 8) and synthetic "
+          "images; the result shows the code path works, it is not art.")
+    inputs.content_rgb = load_rgb(args.content)
+    inputs.style_rgbs = [load_rgb(p) for p in args.style]
+    if args.init not in START_IMAGES:
+        inputs.init_rgb = load_rgb(args.init)
+
+
+def attach_engine(vgg, args):
+    """--pooling avg swaps the pooling layers; --conv other than lab puts the tuned engine's
+    layers (the same weights) under the student's network. Returns the engine's run object
+    (loss layers, threads) or None."""
+    from labkit.runtime.pooling import use_avg_pooling
+    if args.pooling == "avg":
+        use_avg_pooling(vgg)        # before tune(): the engine swaps max-pooling layers only
+    if args.conv == "lab":
+        return None
+    from labkit.engine.attach import tune
+    from labkit.engine.perf import reuse_large_allocations
+    reuse_large_allocations()
+    return tune(vgg, method=args.conv, need_param_grad=False,
+                keep=[args.content_layer, *args.style_weights])   # outputs the losses read
+
+
+def objective_maker(args, vgg, inputs, engine=None):
+    """``make(h, w)``: the Objective (content and style targets, loss layers) at a working
+    size: the content at h x w, the style image(s) at --style-scale times it."""
+    from labkit.runtime.images import preprocess
+    from labkit.runtime.transfer import Objective
+    dtype, mean = np.dtype(args.dtype), vgg.mean_pixel
+
+    def make(h, w):
+        content = preprocess(inputs.content_rgb, mean, h, w, dtype)
+        styles = [preprocess(rgb, mean, *style_size(args, h, w), dtype)
+                  for rgb in inputs.style_rgbs]
+        return Objective(vgg, content, styles, args.content_layer, args.style_weights,
+                         args.alpha, args.beta, args.tv_weight,
+                         loss_layers=engine.loss_layers if engine else None,
+                         parallel_map=engine.parallel_map if engine else None,
+                         style_blend=args.style_blend)
+    return make
+
+
+def start_image(args, vgg, inputs, get_random_img, ckpt=None):
+    """The first stage's start image and the run's random generator: the checkpoint's image
+    (--resume), the content, get_random_img's noise blend (the original's start), or a
+    picture (--init PATH)."""
+    from labkit.runtime.images import preprocess
+    dtype, mean = np.dtype(args.dtype), vgg.mean_pixel
+    rng = np.random.default_rng(args.seed)
+    h0, w0 = inputs.stages[0][2]
+    if ckpt is not None:
+        if ckpt["rng_state"]:
+            rng.bit_generator.state = ckpt["rng_state"]
+        return ckpt["image"], rng
+    if args.init in START_IMAGES:
+        content = preprocess(inputs.content_rgb, mean, h0, w0, dtype)
+        if args.init == "content":
+            return content, rng
+        return get_random_img(content, 1.0 if args.init == "noise" else args.noise, rng), rng
+    return preprocess(inputs.init_rgb, mean, h0, w0, dtype), rng
+
+
+def resume_args(args):
+    """--resume: the saved run's arguments (+ --steps etc. given now) and its checkpoint."""
+    from labkit.runtime.checkpoint import CheckpointError, load_checkpoint, resolve
+    try:
+        path = resolve(args.resume)
+        ckpt = load_checkpoint(path)
+    except CheckpointError as exc:
+        raise UserError(str(exc)) from None
+    other = sorted(args.explicit - RESUME_FLAGS)
+    if other:
+        raise UserError("--resume continues a run with its saved settings; drop "
+                        + ", ".join("--" + n.replace("_", "-") for n in other)
+                        + " (allowed with --resume: --steps, --no-progress, "
+                          "--skip-speed-test, --force-memory).")
+    saved = ckpt["settings"]
+    new = build_parser().parse_args([])
+    for key, value in saved.items():
+        if key != "run_id":
+            setattr(new, key, value)
+    new.explicit, new.resume, new.force_memory = args.explicit, args.resume, args.force_memory
+    new.no_progress, new.skip_speed_test = args.no_progress, args.skip_speed_test
+    new.speed_test_only = False
+    new.output_dir = os.path.dirname(os.path.abspath(path))
+    if "steps" in args.explicit:
+        if saved.get("scales") and args.steps != saved["steps"]:
+            raise UserError("--steps cannot change when resuming a multi-scale run (the "
+                            "steps are split across --scales).")
+        new.steps = args.steps
+    if ckpt["step"] >= new.steps:
+        raise UserError(f"run {saved['run_id']} has already done {ckpt['step']} of its "
+                        f"{new.steps} steps; pass --steps with a larger number to go further.")
+    ckpt["run_id"], ckpt["path"] = saved["run_id"], path
+    return new, ckpt
+
+
+
+
+def run_and_save(args, vgg, objective, image, content_rgb, hook=None, context=None,
+                 stages=None, style_rgbs=(), resume=None, rng=None, guard=None):
+    """Optimise with a progress bar; write <run id>_log.csv, _loss.png, _stepNNNN.jpg and
+    _checkpoint.npz every --save-every steps, then _final.jpg, the checkpoint and
+    _sheet.png. Ctrl-C / SIGTERM: saves _interrupted_stepNNNN.jpg, the log and the
+    checkpoint, then re-raises KeyboardInterrupt; a non-finite loss saves
+    _lastgood_stepNNNN.jpg (and removes the images saved after that step), returns 1.
+
+    ``objective``: an Objective, or ``make_objective(h, w)`` for each stage of ``stages``
+    ([(start step, steps, (h, w))], multiscale.schedule; default one stage of --steps).
+    ``resume``: a loaded checkpoint (+ run_id) to continue from. ``context``: a context
+    manager, or a function returning one, to run the steps in (the engine's threads).
+    ``hook(step, image, record)`` runs after each step (tests inject failures with it)."""
+    from tqdm import tqdm
+    from labkit.runtime.checkpoint import SUFFIX, save_checkpoint
+    from labkit.runtime.colour import render
+    from labkit.runtime.images import save_rgb
+    from labkit.runtime.multiscale import resize_bilinear_nchw
+    from labkit.runtime.runlog import CsvLog, make_run_id, plot_losses, read_log
+    from labkit.runtime.transfer import run_transfer
+    guard = guard or StopSignals()
+    if stages is None:
+        stages = [(0, args.steps, tuple(image.shape[2:]))]
+    make = objective if not hasattr(objective, "part_names") else (lambda h, w: objective)
+    os.makedirs(args.output_dir, exist_ok=True)
+    run_id = resume["run_id"] if resume else make_run_id(args.output_dir, args.seed)
+    stem = os.path.join(args.output_dir, run_id)
+    settings = {**settings_of(args), "run_id": run_id}
+    step = resume["step"] if resume else 0
+    opt_state = resume["optimizer_state"] if resume else None
+    if resume and args.optimizer == "lbfgs":
+        opt_state = None
+    total_steps = stages[-1][0] + stages[-1][1]
+    kept = read_log(stem + "_log.csv", upto=step) if resume else []
+    history = list(kept)
+    x = image
+    bar = tqdm(total=total_steps, initial=step, unit="step", disable=args.no_progress,
+               dynamic_ncols=True)
+    def save(img, name):
+        path = f"{stem}_{name}.jpg"
+        with guard.critical():
+            save_rgb(render(img, vgg.mean_pixel, content_rgb, args.preserve_colors), path)
+        return path
+
+    def checkpoint(img, at_step, state):
+        with guard.critical():
+            save_checkpoint(stem + SUFFIX, img, at_step, settings,
+                            rng.bit_generator.state if rng is not None else None,
+                            state if args.optimizer == "adam" else None)
+
+    lows = -np.asarray(vgg.mean_pixel, np.float64)
+    live = {}
+    log = None
+    result = None
+    for start, n, (h, w) in stages:
+        if step >= start + n:
+            continue
+        if step == start:                      # a new stage: fresh Adam at this size
+            opt_state = None
+            if tuple(x.shape[2:]) != (h, w):
+                x = resize_bilinear_nchw(x, h, w)
+        obj = make(h, w)
+        if log is None:
+            log = CsvLog(stem + "_log.csv", obj.part_names(), keep=kept)
+            print(f"Run {run_id}: {args.optimizer}, {total_steps} steps, image "
+                  + " -> ".join(f"{hh}x{ww}" for _, _, (hh, ww) in stages)
+                  + f" {x.dtype}, content {obj.content_layer}, style "
+                  + ", ".join(f"{nm}:{wt:.3g}" for nm, wt in obj.style_weights.items())
+                  + f", alpha {args.alpha:g}, beta {args.beta:g}, tv {args.tv_weight:g}"
+                  + (f"; resumed at step {step}" if resume else ""))
+
+        def on_step(k, img, record):
+            log.write(record)
+            bar.update(1)
+            bar.set_postfix_str(f"loss {record['total']:.4g} content {record['content']:.3g} "
+                                f"style {record['style']:.3g} {record['seconds']:.2f}s/step")
+            if args.save_every and k % args.save_every == 0 and k < total_steps:
+                save(img, f"step{k:04d}")
+                checkpoint(img, k, live.get("optimizer"))
+            if hook is not None:
+                hook(k, img, record)
+
+        ctx = context() if callable(context) else context
+        result = run_transfer(obj, x, start + n - step, args.optimizer, args.lr,
+                              bounds=(lows, lows + 255.0), on_step=on_step, context=ctx,
+                              start_step=step, optimizer_state=opt_state, live=live)
+        history += result.history
+        if result.status != "done":
+            break
+        x, step, opt_state = result.image, result.steps, result.optimizer_state
+    bar.close()
+    log.close()
+    with guard.critical(drop=True):
+        name = {"done": "final", "interrupted": f"interrupted_step{result.image_step:04d}",
+                "nonfinite": f"lastgood_step{result.image_step:04d}"}[result.status]
+        if result.status == "nonfinite":      # images saved after the last good one go
+            for k in saved_steps(stem):
+                if k > result.image_step:
+                    os.remove(f"{stem}_step{k:04d}.jpg")
+        image_path = save(result.image, name)
+        checkpoint(result.image, result.image_step, result.optimizer_state)
+        plot_path = plot_losses(history, stem + "_loss.png")
+        labels = style_labels(args.style_blend, len(style_rgbs)) if style_rgbs else []
+        sheet_path = write_sheet(stem, content_rgb, style_rgbs, labels, history, image_path,
+                                 f"{name.split('_')[0]} step {result.image_step}",
+                                 f"run {run_id}")
+    seconds = [r["seconds"] for r in history[len(kept):]]
+    if seconds:
+        print(f"Mean step time: {np.mean(seconds):.3f} s over {len(seconds)} steps")
+    if history:
+        last = history[-1]
+        print(f"Last loss: total {last['total']:.6g}, content {last['content']:.6g}, "
+              f"style {last['style']:.6g}")
+    print(f"Saved {image_path}\n      {log.path}\n      {plot_path}\n      {sheet_path}\n"
+          f"      {stem + SUFFIX} (resume with --resume {stem})")
+    if result.status == "interrupted":
+        print(f"Interrupted after {result.steps} steps; the current image, the log and the "
+              f"checkpoint are saved (continue with --resume {stem}).", file=sys.stderr)
+        raise KeyboardInterrupt
+    if result.status == "nonfinite":
+        print(f"error: {result.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
