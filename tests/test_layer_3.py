@@ -28,8 +28,10 @@ def test_content_loss_matches_formula(case):
 
 
 def test_content_gradient_numeric(rng):
-    x, y = feats(rng), feats(rng)
+    d = REC["content/1"]                 # recorded: the forward value is checked first
+    x, y = d["x"], d["y"]
     layer = ContentLossLayer()
+    assert layer.forward(x, y) == pytest.approx(float(d["loss"]), rel=1e-12)
     w = float(rng.standard_normal())     # random upstream scalar
     check_vjp("content dX", lambda v: np.array(layer.forward(v, y)),
               lambda dy: layer.backward(x, y) * dy, x, dy=np.array(w))
@@ -60,9 +62,11 @@ def test_style_loss_and_gradient_match_formulas(case):
 
 
 def test_style_gradient_numeric(rng):
-    x, y = feats(rng), feats(rng)
+    d = REC["style/1"]                   # recorded: the forward value is checked first
+    x, y = d["x"], d["y"]
     layer = StyleLossLayer()
     layer.set_target(y)
+    assert layer.forward(x) == pytest.approx(float(d["loss"]), rel=1e-12)
     w = float(rng.standard_normal())
     check_vjp("style dX", lambda v: np.array(layer.forward(v)),
               lambda dy: layer.backward(x.copy()) * dy, x, dy=np.array(w))

@@ -8,6 +8,9 @@ float64 throughout; ``init_param()`` before ``load_param()``; backward after for
 same arrays (the original's StyleLossLayer keeps its Gram matrices from forward). The
 network test swaps the engine's convolution/pooling and a reference ReLU into the student's
 network, so it credits only the network's own code (build, load, forward, backward order).
+Every test checks a forward value before it credits a gradient; the network's backward is
+checked along random directions with the forward compared with the reference at every point
+used (``check_directional``), so a forward that answers probes from a cache fails.
 """
 import os
 import types
@@ -17,6 +20,7 @@ import pytest
 
 from labkit.engine.conv_algos import (conv2d_input_grad_reference, conv2d_reference,
                                       conv2d_weight_grad_reference)
+from labkit.runtime.gradcheck import check_directional
 from labkit.runtime.student import seed_numpy, stu, to_student
 from lab_support import RefReLU, rel_err, deferred, unwrap
 
@@ -50,6 +54,7 @@ def test_conv_backward_raw(shape, k, cout, p, s):
     x, w, b = conv_case(41, shape, k, cout)
     layer = conv_layer(k, shape[1], cout, p, s, w, b, type=0)
     y = layer.forward(x)
+    check("conv forward_raw (eq. 3.4)", y, conv2d_reference(x, w, b, p, s))
     dy = np.random.default_rng(42).standard_normal(np.shape(y))
     dx = layer.backward(dy.copy())
     check("conv backward_raw bottom_diff (eq. 3.6)", dx,
@@ -93,6 +98,8 @@ def test_pool_backward(type):
     x = rng.standard_normal((2, 3, 6, 8))
     layer = stu.layer_2.MaxPoolingLayer(2, 2, type)
     y = layer.forward(x)
+    check(f"max-pool (type={type}) forward", y,
+          x.reshape(2, 3, 3, 2, 4, 2).max(axis=(3, 5)))
     dy = rng.standard_normal(np.shape(y))
     check(f"max-pool (type={type}) bottom_diff", layer.backward(dy.copy()), ref_pool_grad(x, dy, 2))
 
@@ -103,7 +110,7 @@ def test_relu_backward():
     x = rng.standard_normal((3, 4, 5))
     x[0, 0, :3] = 0.0
     relu = stu.layer_1.ReLULayer()
-    relu.forward(x)
+    check("ReLU forward", relu.forward(x), np.maximum(x, 0), 1e-15)
     dy = rng.standard_normal(x.shape)
     dx = np.asarray(relu.backward(dy.copy()))
     assert dx.shape == x.shape
@@ -194,30 +201,28 @@ def test_feature_network_forward_backward(feature_net, full_fixture, tmp_path):
     # the reference: the same weights from the file, the definition of each layer
     from labkit.runtime.matfile import load_vgg19_mat
     weights = load_vgg19_mat(full_fixture["mat"])
-    ref = x
-    for layer in weights.layers[:weights.layers.index(weights.layer("relu3_1")) + 1]:
-        if layer.type == "conv":
-            ref = conv2d_reference(ref, np.transpose(layer.weight, [2, 0, 1, 3]).astype(np.float64),
-                                   layer.bias.reshape(-1).astype(np.float64), 1, 1)
-        elif layer.type == "relu":
-            ref = np.maximum(ref, 0)
-        else:
-            n, c, h, w = ref.shape
-            ref = ref.reshape(n, c, h // 2, 2, w // 2, 2).max(axis=(3, 5))
-    check("features of relu3_1", feats["relu3_1"], ref, 1e-5)
-    # backward from relu3_1: a directional derivative of <features, dloss>
+    layers = weights.layers[:weights.layers.index(weights.layer("relu3_1")) + 1]
+
+    def reference(z):
+        for layer in layers:
+            if layer.type == "conv":
+                z = conv2d_reference(z, np.transpose(layer.weight, [2, 0, 1, 3]).astype(np.float64),
+                                     layer.bias.reshape(-1).astype(np.float64), 1, 1)
+            elif layer.type == "relu":
+                z = np.maximum(z, 0)
+            else:
+                n, c, h, w = z.shape
+                z = z.reshape(n, c, h // 2, 2, w // 2, 2).max(axis=(3, 5))
+        return z
+    check("features of relu3_1", feats["relu3_1"], reference(x), 1e-5)
+    # backward from relu3_1: directional derivatives of <features, dloss>, the forward
+    # checked against the reference at every point used (no answer from a cache)
     dloss = rng.standard_normal(np.shape(feats["relu3_1"]))
     grad = np.asarray(vgg.backward(dloss.copy(), "relu3_1"))
     assert grad.shape == x.shape
-    d = rng.standard_normal(x.shape)
-    eps = 1e-5
-
-    def f(z):
-        return float(np.sum(vgg.forward(z, ["relu3_1"])["relu3_1"] * dloss))
-    numeric = (f(x + eps * d) - f(x - eps * d)) / (2 * eps)
-    analytic = float(np.sum(grad * d))
-    assert abs(numeric - analytic) <= 1e-5 * abs(numeric), \
-        f"backward to the image: <grad, d> = {analytic:.6g}, numerically {numeric:.6g}"
+    check_directional("backward to the image", lambda z: vgg.forward(z, ["relu3_1"])["relu3_1"],
+                      grad, x, dloss, directions=2, eps=1e-5, seed=51, threshold=1e-5,
+                      reference=reference, forward_threshold=1e-9)
     # save_image resizes back to the picture's shape
     out = str(tmp_path / "out.jpg")
     vgg.save_image(x, shape, out)

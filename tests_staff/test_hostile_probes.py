@@ -1,0 +1,51 @@
+"""Probe-answering submissions graded through the sandbox (issue 19, item 3): the reference
+solution whose forwards answer inputs within 1e-3 of the last one from a cache and whose
+backwards return zeros (tests_staff/hostile/probe_attacks.py) gains no test over the same
+submission without the cache (the control): before the fix the cache bought 26 points (7
+tests, the 20-point lab row "backward to the image" among them). The reference still
+scores full marks on the same selection."""
+import os
+import sys
+
+import pytest
+
+from labkit.staff.grading import ROOT, run_grading
+from tests_staff.hostile.probe_attacks import submission
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")]
+HIDDEN = os.path.join(ROOT, "tests_hidden")
+SELECT = ["tests/test_layer_1.py", "tests/test_layer_2.py", "tests/test_layer_3.py",
+          "tests/test_style_transfer.py", "-k", "not test_lab_3_1 and not test_lab_3_2",
+          "--test-timeout=300"]
+FEATURE_ROW = "hidden/test_lab_3_3.py::test_feature_network_forward_backward"
+
+
+def grade(stu, tmp_path, name):
+    json_path = str(tmp_path / f"{name}.json")
+    report, proc = run_grading(stu, json_path, extra=SELECT, hidden=HIDDEN, timeout=900)
+    assert report is not None, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert report["status"] == "graded", report["status"]
+    return report
+
+
+def passed(report):
+    return {r["test"]: r["points"] for r in report["tests"]
+            if r["graded"] and r["result"] == "passed"}
+
+
+def test_answering_probes_from_a_cache_gains_nothing(tmp_path):
+    ref = os.path.join(ROOT, "stu_upload")
+    attack = grade(submission(ref, str(tmp_path / "attack"), cache=True), tmp_path, "attack")
+    control = grade(submission(ref, str(tmp_path / "control"), cache=False), tmp_path,
+                    "control")
+    reference = grade(ref, tmp_path, "reference")
+    gained = {t: p for t, p in passed(attack).items() if t not in passed(control)}
+    print(f"PROBES attack {attack['points']:g}/{attack['max_points']:g}, control "
+          f"{control['points']:g}, reference {reference['points']:g}; gained "
+          f"{sum(gained.values()):g} mode={attack['sandbox']['mode']}")
+    assert gained == {}, f"the cache bought {sum(gained.values()):g} points: {sorted(gained)}"
+    assert reference["points"] == reference["max_points"] > 0
+    rows = {r["test"]: r for r in attack["tests"]}
+    assert rows[FEATURE_ROW]["result"] != "passed"
+    assert rows[FEATURE_ROW]["max_points"] >= 20
