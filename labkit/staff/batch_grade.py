@@ -536,7 +536,7 @@ def write_results(folder, results, shard, everyone, changed):
     """One JSON per shard in ``folder``: its rows and reports, which shard of which list."""
     os.makedirs(folder, exist_ok=True)
     k, n = shard
-    _write_json(os.path.join(folder, f"shard-{k:04d}-of-{n:04d}.json"), {
+    _write_json(os.path.join(folder, f"shard-{k}-of-{n}.json"), {
         "format": RESULTS_FORMAT, "shard": [k, n], "submissions": len(everyone),
         "names": _names_digest(everyone), "integrity_changes": changed[:50],
         "results": [{"row": row, "report": report} for row, report in results]})
