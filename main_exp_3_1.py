@@ -9,10 +9,14 @@ import sys
 
 import numpy as np
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:           # python -I (no script folder on the path): find labkit
+    sys.path.insert(0, HERE)
+
 from labkit.runtime import vgg19_spec as spec
 from labkit.runtime.cli import (DEFAULT_WEIGHTS, NO_LEGACY_FLAG, NO_LEGACY_HELP, LabParser,
                                 UserError, check_output_dir, check_output_path,
-                                default_output_dir, download_weights, find_default, run_main)
+                                default_output_dir, download_weights, run_main)
 from labkit.runtime.npyfile import write_pool5
 
 
@@ -68,17 +72,12 @@ def check_inputs(args):
     """Every path the user gave, checked before the weights load (seconds) and the
     inference (seconds to minutes): a bad one stops the run here with one message."""
     from labkit.runtime.images import load_rgb
-    from labkit.runtime.matfile import WeightsFileError, missing_file_message
+    from labkit.runtime.matfile import check_weights_path
     from labkit.runtime.npyfile import read_pool5
     if not args.image:
         raise UserError("no image given: pass --image PATH (or --demo to run without weights).")
     load_rgb(args.image)                    # missing, a folder, not an image: ImageLoadError
-    if os.path.normpath(args.weights) == os.path.normpath(DEFAULT_WEIGHTS):
-        args.weights = find_default(args.weights)
-    if os.path.isdir(args.weights):
-        raise WeightsFileError(f"--weights {args.weights} is a folder; pass the .mat file.")
-    if not os.path.exists(args.weights) and not args.download:
-        raise WeightsFileError(missing_file_message(args.weights))
+    args.weights = check_weights_path(args.weights, download=args.download)
     reference = read_pool5(args.check_pool5) if args.check_pool5 else None
     if args.dump_pool5:
         check_output_path(args.dump_pool5, "--dump-pool5")

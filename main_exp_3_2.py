@@ -14,10 +14,14 @@ import time
 
 import numpy as np
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:           # python -I (no script folder on the path): find labkit
+    sys.path.insert(0, HERE)
+
 from labkit.runtime.calibrate import DEFAULT_QUANT, calibrate_vgg19, demo_images, read_quant_pairs
 from labkit.runtime.cli import (DEFAULT_WEIGHTS, NO_LEGACY_FLAG, NO_LEGACY_HELP, LabParser,
                                 UserError, check_output_dir, default_output_dir,
-                                find_default, run_main)
+                                find_default, input_problem, run_main)
 
 DEMO_FOLDER = os.path.join(default_output_dir(), "demo_dlp")
 
@@ -73,31 +77,37 @@ def read_file_list(path):
     """``FILE_LIST`` -> [(image path, label)]: lines "image_path label" (blank lines and
     ``#`` comments skipped; paths relative to the list's folder unless found from the
     current one). Every image must exist; raises UserError naming the line."""
-    if not os.path.isfile(path):
-        what = "is a folder" if os.path.isdir(path) else "not found"
-        raise UserError(f"--evaluate: file list {path} {what} (a text file of lines "
+    problem = input_problem(path)
+    if problem:
+        raise UserError(f"--evaluate: file list {path} {problem} (a text file of lines "
                         f"'image_path label').")
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:     # a BOM (a spreadsheet's) is fine
             lines = f.read().splitlines()
-    except (UnicodeDecodeError, OSError) as exc:
-        raise UserError(f"--evaluate: cannot read {path} as a text file ({exc}); it must hold "
-                        f"lines 'image_path label'.") from None
+    except UnicodeDecodeError:
+        raise UserError(f"--evaluate: cannot read {path} as UTF-8 text (a binary file, or "
+                        f"another encoding); it must hold lines 'image_path label'. Save it "
+                        f"as UTF-8 text.") from None
+    except OSError as exc:
+        raise UserError(f"--evaluate: cannot read {path}: {exc.strerror or exc}.") from None
     base = os.path.dirname(os.path.abspath(path))
     entries = []
     for number, line in enumerate(lines, 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         parts = line.split()
-        if len(parts) != 2 or not parts[1].isdigit():
+        if len(parts) != 2 or not (parts[1].isascii() and parts[1].isdigit()):
             raise UserError(f"--evaluate: {path} line {number}: {line.strip()!r} is not "
                             f"'image_path label' (label a class index >= 0).")
         image = parts[0]
         if not os.path.isabs(image) and not os.path.exists(image):
             image = os.path.join(base, image)
-        if not os.path.isfile(image):
+        if not os.path.lexists(image):
             raise UserError(f"--evaluate: {path} line {number}: image {parts[0]} not found "
                             f"(looked for {os.path.abspath(parts[0])} and {image}).")
+        problem = input_problem(image)
+        if problem:
+            raise UserError(f"--evaluate: {path} line {number}: image {image} {problem}.")
         entries.append((image, int(parts[1])))
     if not entries:
         raise UserError(f"--evaluate: {path} lists no images (lines 'image_path label').")
@@ -107,7 +117,7 @@ def read_file_list(path):
 def check_inputs(args):
     """Every path the user gave, checked before the weights load and the runs."""
     from labkit.runtime.images import load_rgb
-    from labkit.runtime.matfile import WeightsFileError, missing_file_message
+    from labkit.runtime.matfile import check_weights_path
     if not args.image and not args.evaluate:
         raise UserError("no image given: pass --image PATH or --evaluate FILE_LIST "
                         "(or --demo to run without weights).")
@@ -115,12 +125,7 @@ def check_inputs(args):
         load_rgb(args.image)
     if args.evaluate:
         read_file_list(args.evaluate)
-    if os.path.normpath(args.weights) == os.path.normpath(DEFAULT_WEIGHTS):
-        args.weights = find_default(args.weights)
-    if os.path.isdir(args.weights):
-        raise WeightsFileError(f"--weights {args.weights} is a folder; pass the .mat file.")
-    if not os.path.exists(args.weights):
-        raise WeightsFileError(missing_file_message(args.weights))
+    args.weights = check_weights_path(args.weights)
     if os.path.normpath(args.quant) == os.path.normpath(DEFAULT_QUANT):
         args.quant = find_default(args.quant)
     read_quant_pairs(args.quant, args.weights)
@@ -176,6 +181,8 @@ def main(argv=None):
     vgg.load_model()
     print(f"Weights: {args.weights} ({vgg.file.layout} layout, {vgg.file.num_classes} classes);"
           f" quantisation: {args.quant}")
+    entries = (check_labels(read_file_list(args.evaluate), args.evaluate,
+                            vgg.file.num_classes) if args.evaluate else None)
     if args.image:
         vgg.load_image(args.image)
         times = []
@@ -193,8 +200,29 @@ def main(argv=None):
         if not args.no_compare:
             compare_with_cpu(vgg, args.image, min(args.top_k, vgg.file.num_classes))
     if args.evaluate:
-        vgg.evaluate(args.evaluate)
+        evaluate(vgg, args.evaluate, entries)
     return 0
+
+
+def check_labels(entries, file_list, classes):
+    """Every label of the --evaluate list must be a class of the loaded network."""
+    for image, label in entries:
+        if label >= classes:
+            raise UserError(f"--evaluate: {file_list}: label {label} of {image} is not a class "
+                            f"of this network ({classes} classes: 0 to {classes - 1}); fix the "
+                            f"list or use the weights it was made for.")
+    return entries
+
+
+def evaluate(vgg, file_list, entries):
+    """``vgg.evaluate`` on the checked list: the student's method gets a clean copy of it
+    (absolute image paths, no BOM, no comments)."""
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="evaluate_") as folder:
+        clean = os.path.join(folder, os.path.basename(file_list))
+        with open(clean, "w", encoding="utf-8") as f:
+            f.writelines(f"{os.path.abspath(image)} {label}\n" for image, label in entries)
+        return vgg.evaluate(clean)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import numpy as np
 
 from labkit.runtime import vgg19_spec as spec
 from labkit.runtime.cli import (DEFAULT_WEIGHTS, LabParser, UserError, atomic_output,
-                                check_output_path, find_default, run_main)
+                                check_output_path, run_main)
 
 DEFAULT_QUANT = os.path.join("models", "vgg19_quant_param_new.npz")
 QUANT_LAYERS = list(spec.CONV_NAMES)          # 19: conv1_1 ... conv5_4, fc6, fc7, fc8
@@ -45,17 +45,20 @@ def read_quant_pairs(path, weights=DEFAULT_WEIGHTS):
     problem (missing, not an .npz, truncated, wrong keys, strings, wrong counts, bad values)
     raises :class:`QuantFileError` naming the file, the problem and the calibration command.
     """
-    from labkit.runtime.cli import find_default, looked_in
+    from labkit.runtime.cli import find_default, input_problem, looked_in
     path = os.fspath(path)
     if os.path.normpath(path) == os.path.normpath(DEFAULT_QUANT):
         path = find_default(path)
     how = f"make one with:\n    {calibration_command(weights, path)}"
-    if not os.path.isfile(path):
+    problem = input_problem(path)
+    if problem and (not os.path.lexists(path) or os.path.isdir(path)):
         where = looked_in(path) if os.path.normpath(path) == os.path.normpath(DEFAULT_QUANT) \
             else f"looked for {os.path.abspath(path)}"
         what = "is a folder, not a file" if os.path.isdir(path) else f"not found ({where})"
         raise QuantFileError(f"quantisation parameter file {path} {what}.\n  The DLP net "
                              f"needs the INT8 positions/scales of its 19 conv/fc layers; {how}")
+    if problem:
+        raise QuantFileError(f"quantisation parameter file {path} {problem}; {how}")
     try:
         data = np.load(path, allow_pickle=False)
     except Exception as exc:    # not a NumPy file at all, or a damaged one
@@ -200,13 +203,8 @@ def parse_args(argv=None):
 def check_inputs(args):
     """Everything a user gave, checked before the network is loaded or run."""
     from labkit.runtime.images import load_rgb
-    from labkit.runtime.matfile import WeightsFileError, missing_file_message
-    if os.path.normpath(args.weights) == os.path.normpath(DEFAULT_WEIGHTS):
-        args.weights = find_default(args.weights)
-    if not os.path.isfile(args.weights):
-        raise WeightsFileError(missing_file_message(args.weights) if not
-                               os.path.isdir(args.weights) else
-                               f"--weights {args.weights} is a folder; pass the .mat file.")
+    from labkit.runtime.matfile import check_weights_path
+    args.weights = check_weights_path(args.weights)
     check_output_path(args.out, "--out")
     images = [] if args.demo and not args.images else find_images(args.images)
     for path in images:

@@ -8,9 +8,12 @@ leaves the old file or the new one, never half of one; the path printed is the p
 """
 import argparse
 import contextlib
+import errno
 import hashlib
 import os
 import re
+import signal
+import stat
 import sys
 import tempfile
 import urllib.error
@@ -139,13 +142,16 @@ def default_output_dir(name="output"):
 
 
 def check_output_path(path, flag):
-    """Fail fast (before any slow work) when ``path`` cannot be written: its folder is
-    created if missing and probed with a temporary file. Raises UserError naming ``flag``."""
+    """Fail fast (before any slow work) when ``path`` cannot be written: something that is
+    not a regular file in the way (:func:`output_target`), or a folder that cannot be
+    created or written (probed with a temporary file). Raises UserError naming ``flag``."""
     path = os.fspath(path)
     if os.path.isdir(path):
-        raise UserError(f"{flag} {path} is a folder; give a file name (e.g. {path}/out.npz).")
-    folder = os.path.dirname(os.path.abspath(path))
-    check_output_dir(folder, flag, shown=os.path.dirname(path) or ".")
+        raise OutputError(f"{flag} {path} is a folder; give a file name (e.g. "
+                          f"{os.path.join(path, 'out' + (os.path.splitext(path)[1] or '.out'))}).")
+    target, _ = output_target(path, flag)
+    folder = os.path.dirname(os.path.abspath(target))
+    check_output_dir(folder, flag, shown=os.path.dirname(target) or ".")
     return path
 
 
@@ -187,72 +193,254 @@ def _umask():
     return mask
 
 
-@contextlib.contextmanager
-def atomic_path(path, mode=None):
-    """``with atomic_path(path) as tmp:`` write the file ``tmp``; when the block ends without
-    an error it is renamed onto exactly ``path``, on any error (or Ctrl-C) it is removed and
-    ``path`` is left as it was. Errors pass through unchanged; the folder must exist.
+class OutputError(UserError):
+    """An output that cannot be written: something that is not a regular file in the way
+    (a folder, device, FIFO, socket), no permission, a full disk. One message, exit 2."""
 
-    ``tmp`` is a new empty file made by ``mkstemp`` in ``path``'s folder (so the rename is
-    atomic and concurrent writers never share it), named ``.<name>.tmp-XXXXXXXX.part<ext>``:
-    ``path``'s extension stays last, because Pillow picks the format from it and SciPy's
-    ``savemat`` appends ``.mat`` when it is missing. Its permissions are mkstemp's (0600,
-    owner only) unless ``mode`` is given: ``mode=0o666`` gives what ``open()`` would,
-    ``mode & ~umask``."""
+
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"),
+          (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"))
+
+
+def file_kind(mode):
+    """'a folder', 'a device', ... for an ``st_mode`` that is not a regular file."""
+    for test, name in _KINDS:
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def output_target(path, flag="output"):
+    """The file that writing ``path`` replaces, and its permission bits (None if new).
+
+    A symbolic link is written THROUGH: the target is the file it points to (the link
+    stays). A target that exists and is not a regular file (a folder, a device such as
+    ``/dev/null``, a FIFO, a socket) is refused with an :class:`OutputError`: the kit never
+    replaces one with a regular file."""
     path = os.fspath(path)
-    name = os.path.basename(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.tmp-", suffix=".part" + os.path.splitext(name)[1],
-                               dir=os.path.dirname(os.path.abspath(path)))
+    target = os.path.realpath(path) if os.path.islink(path) else path
+    shown = path if target == path else f"{path} (a link to {target})"
     try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        return target, None
+    except OSError as exc:
+        raise OutputError(f"{flag}: cannot write {shown}: {exc.strerror or exc}. Choose "
+                          f"another path.") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise OutputError(f"{flag} {shown} is {file_kind(st.st_mode)}, not a regular file; "
+                          f"it was left as it is. Give the path of a file to write.")
+    return target, stat.S_IMODE(st.st_mode)
+
+
+def write_failure(flag, path, exc):
+    """One message for an OSError while writing ``path``."""
+    code = getattr(exc, "errno", None)
+    reason = exc.strerror or str(exc)
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return (f"{flag}: writing {path} failed: no space left on the device (disk full or "
+                f"over quota). The previous file, if any, is unchanged and no partial file was "
+                f"left; free some space or choose another folder.")
+    if code == errno.EFBIG:
+        return (f"{flag}: writing {path} failed: the file is larger than allowed (a file-size "
+                f"limit). The previous file, if any, is unchanged; choose another folder or "
+                f"raise the limit.")
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (f"{flag}: cannot write {path}: {reason}. Choose a folder you can write to.")
+    return (f"{flag}: writing {path} failed: {reason}. The previous file, if any, is "
+            f"unchanged; choose another folder.")
+
+
+@contextlib.contextmanager
+def atomic_path(path, mode=0o666, flag="output"):
+    """THE writer of every output: ``with atomic_path(path) as tmp:`` write the file
+    ``tmp``; when the block ends without an error it is renamed onto the target, on any
+    error (or Ctrl-C) it is removed and the target is left as it was.
+
+    * the target is ``path``, or the file a symbolic link ``path`` points to (written
+      through the link, which stays: :func:`output_target`); an existing target that is
+      not a regular file is refused (:class:`OutputError`) before anything is written;
+    * ``tmp`` is a new file made by ``mkstemp`` in the target's folder (so the rename is
+      atomic and concurrent writers never share it), named ``.<name>.tmp-XXXXXXXX.part<ext>``:
+      the extension stays last, because Pillow picks the format from it and SciPy's
+      ``savemat`` appends ``.mat`` when it is missing;
+    * permissions: a replaced file keeps its own; a new one gets ``mode & ~umask`` (what
+      ``open()`` gives: 0644 under the usual umask 022);
+    * an OSError (full disk, no permission, missing folder) becomes ONE
+      :class:`OutputError` naming ``flag`` and ``path``; no partial file is left."""
+    path = os.fspath(path)
+    target, old_mode = output_target(path, flag)
+    name = os.path.basename(target)
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.tmp-",
+                                   suffix=".part" + os.path.splitext(name)[1],
+                                   dir=os.path.dirname(os.path.abspath(target)))
         os.close(fd)
-        if mode is not None:
-            os.chmod(tmp, mode & ~_umask())
+        os.chmod(tmp, old_mode if old_mode is not None else mode & ~_umask())
         yield tmp
-        os.replace(tmp, path)
+        output_target(path, flag)       # nothing but a regular file appeared meanwhile
+        os.replace(tmp, target)
+        tmp = None
+    except OSError as exc:
+        raise OutputError(write_failure(flag, path, exc)) from None
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
 
 
 @contextlib.contextmanager
 def atomic_output(path, flag="output"):
-    """``with atomic_output(path) as tmp:`` write to the file ``tmp``; on success it is renamed
-    to exactly ``path`` (same folder, so the rename is atomic), on any failure it is removed
-    and ``path`` is left as it was (see :func:`atomic_path`); the folder is created. An
-    OSError (full disk, no permission) becomes a UserError naming ``flag`` and ``path``."""
+    """:func:`atomic_path` with the folder created first (an error naming ``flag`` if it
+    cannot be)."""
     path = os.fspath(path)
-    started = False
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with atomic_path(path) as tmp:
-            started = True
-            yield tmp
     except OSError as exc:
-        if not started:
-            raise UserError(f"{flag}: cannot write {path}: {exc.strerror or exc}. Choose a "
-                            f"folder you can write to.") from None
-        raise UserError(f"{flag}: writing {path} failed: {exc.strerror or exc} (nothing was "
-                        f"left behind; a full disk?). Free space or choose another "
-                        f"folder.") from None
+        raise OutputError(f"{flag}: cannot create the folder of {path}: "
+                          f"{exc.strerror or exc}. Choose a folder you can write to.") from None
+    with atomic_path(path, flag=flag) as tmp:
+        yield tmp
+
+
+def input_problem(path):
+    """What stops ``path`` from being read as an input file, as a phrase that follows the
+    path in a message ("... {path} {phrase}"), or None when it is a non-empty regular file
+    this process can open. Missing, unreachable, a folder, a device/FIFO/socket (never
+    opened: reading one could block or never end), unreadable (permissions) and empty are
+    told apart; whether the content is right is each reader's own check (damaged, wrong
+    kind)."""
+    path = os.fspath(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return ("not found (a link to a missing file)" if os.path.islink(path) else
+                f"not found (looked for {os.path.abspath(path)})")
+    except NotADirectoryError:
+        return "not found (a part of its path is a file, not a folder)"
+    except PermissionError:
+        return ("cannot be reached: permission denied on a folder of its path; fix the "
+                "folder's permissions or copy the file")
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror or exc}"
+    if stat.S_ISDIR(st.st_mode):
+        return "is a folder, not a file; pass the file itself"
+    if not stat.S_ISREG(st.st_mode):
+        return f"is {file_kind(st.st_mode)}, not a regular file; pass a file"
+    try:
+        with open(path, "rb"):
+            pass
+    except PermissionError:
+        return (f"cannot be read: permission denied (fix its permissions, e.g. chmod a+r "
+                f"{path}, or copy the file)")
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror or exc}"
+    if st.st_size == 0:
+        return "is empty (0 bytes)"
+    return None
+
+
+def check_input(path, flag, what="file", how="", error=None):
+    """Raise ``error`` (UserError by default) naming ``flag`` when :func:`input_problem`
+    finds one; ``how`` (what to do) is appended to the message."""
+    problem = input_problem(path)
+    if problem:
+        raise (error or UserError)(f"{flag}: {what} {path} {problem}{'; ' + how if how else ''}.")
+    return os.fspath(path)
 
 
 def reader_errors():
     """The exception types of the kit's readers, all printed as one message by run_main."""
+    from labkit.runtime.checkpoint import CheckpointError
     from labkit.runtime.images import ImageLoadError
     from labkit.runtime.matfile import WeightsFileError
-    return (UserError, WeightsFileError, ImageLoadError)
+    return (UserError, WeightsFileError, ImageLoadError, CheckpointError)
+
+
+# OSErrors of the machine rather than of the kit: printed as one message, exit 2
+ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM,
+                      errno.EROFS, errno.EIO, errno.EMFILE, errno.ENFILE)
+
+
+class PipeSafeStream:
+    """``sys.stdout``/``sys.stderr`` for the drivers: when the reader of a pipe goes away
+    (``python main_exp_3_3.py ... | head``), further output is dropped quietly instead of a
+    BrokenPipeError traceback, and the run goes on to save its files. The file descriptor
+    is pointed at /dev/null, so the interpreter's last flush is quiet too."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.broken = False
+
+    def _drop(self):
+        self.broken = True
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            fd = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(fd, self._stream.fileno())
+            os.close(fd)
+
+    def write(self, text):
+        if not self.broken:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._drop()
+        return len(text)
+
+    def flush(self):
+        if not self.broken:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._drop()
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def environment_message(exc):
+    """One message for an OSError of the machine that reached run_main."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return (f"{where}{exc.strerror} (a full disk, a quota or a file-size limit); the "
+                f"files written before are intact. Free some space or choose another folder.")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (f"{where}{exc.strerror}; fix the permissions or choose another path.")
+    return f"{where}{exc.strerror or exc}; check the disk and try again."
+
+
+def guard_streams():
+    """Wrap stdout and stderr in :class:`PipeSafeStream` (once); let a file-size limit
+    (RLIMIT_FSIZE) be an EFBIG error, reported like a full disk, instead of killing the
+    process (SIGXFSZ)."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, PipeSafeStream):
+            setattr(sys, name, PipeSafeStream(stream))
+    if hasattr(signal, "SIGXFSZ"):
+        with contextlib.suppress(ValueError, OSError):     # not the main thread
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
 
 def run_main(main):
     """Call ``main()``; print known user errors as one clear message and exit 2, and turn
     Ctrl-C into exit 130 (the drivers save their state before re-raising it). The legacy
-    shim is installed first (see ``install_legacy``)."""
+    shim is installed first (see ``install_legacy``); stdout/stderr survive a closed pipe
+    (:func:`guard_streams`); an OSError of the machine (full disk, permissions) that no
+    reader or writer turned into a message is still one message and exit 2."""
+    guard_streams()
     install_legacy()
     errors = reader_errors()
     try:
         return main()
     except errors as exc:
         print_error(exc)
+        sys.exit(2)
+    except OSError as exc:
+        if exc.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        print_error(environment_message(exc))
         sys.exit(2)
     except KeyboardInterrupt:
         print("\ninterrupted.", file=sys.stderr)

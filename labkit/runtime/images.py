@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from labkit.runtime.cli import atomic_path
+from labkit.runtime.cli import atomic_path, input_problem
 
 MAX_PIXELS = 20_000 * 20_000     # accept big photos, refuse absurd ones cleanly
 MAX_UPSCALE = 4                  # preprocess() warns when it enlarges an image more than this
@@ -56,15 +56,18 @@ def load_rgb(path):
     """Read ``path`` as an (H, W, 3) uint8 RGB array, upright by its EXIF orientation;
     raise ImageLoadError with a fix."""
     path = os.fspath(path)
-    if not os.path.exists(path):
+    if not os.path.lexists(path):
         raise ImageLoadError(f"image not found: {path}. Check the path (relative paths start "
                              f"from the folder you run the command in, "
                              f"{os.path.abspath(os.curdir)}).")
     if os.path.isdir(path):
         raise ImageLoadError(f"{path} is a folder, not an image; pass an image file "
                              f"(JPEG, PNG, ...).")
-    if os.path.getsize(path) == 0:
+    problem = input_problem(path)
+    if problem and problem.startswith("is empty"):
         raise ImageLoadError(f"{path} is empty (0 bytes); pass a JPEG or PNG image.")
+    if problem:
+        raise ImageLoadError(f"image {path} {problem}.")
     old_limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     try:

@@ -15,6 +15,7 @@ import numpy as np
 import scipy.io
 
 from labkit.runtime import vgg19_spec as spec
+from labkit.runtime.cli import input_problem
 from labkit.runtime.matcheck import MatStructureError, check_mat5
 
 
@@ -65,6 +66,28 @@ def missing_file_message(path):
         f"  Put it at models/{spec.REAL_FILE_NAME} or pass its path with --weights.\n"
         f"  No weights? `python main_exp_3_1.py --demo` runs the same code on a small "
         f"random-weight VGG19.")
+
+
+def check_weights_path(path, flag="--weights", download=False):
+    """The weights path a driver was given, checked before any slow work: the default
+    (``models/...``) is looked for in the current folder, then the repository; missing
+    (unless it is to be downloaded), a folder, a device or FIFO, unreadable or empty is a
+    :class:`WeightsFileError` naming ``flag``. Returns the path to use."""
+    from labkit.runtime.cli import DEFAULT_WEIGHTS, find_default
+    path = os.fspath(path)
+    if os.path.normpath(path) == os.path.normpath(DEFAULT_WEIGHTS):
+        path = find_default(path)
+    if not os.path.lexists(path) and not download:
+        raise WeightsFileError(missing_file_message(path))
+    if os.path.lexists(path):
+        problem = input_problem(path)
+        if problem and problem.startswith("is empty"):
+            raise WeightsFileError(f"{flag} {path} is empty (0 bytes): an interrupted "
+                                   f"download? Download it again; the legacy file's MD5 is "
+                                   f"{spec.LEGACY_MD5}.")
+        if problem:
+            raise WeightsFileError(f"{flag} {path} {problem}.")
+    return path
 
 
 def _str(value):
@@ -150,11 +173,14 @@ def load_vgg19_mat(path):
     path = os.fspath(path)
     if os.path.normpath(path) == os.path.normpath(DEFAULT_WEIGHTS):
         path = find_default(path)
-    if not os.path.exists(path):
+    if not os.path.lexists(path):
         raise WeightsFileError(missing_file_message(path))
     if os.path.isdir(path):
         raise WeightsFileError(f"{path} is a folder; pass the .mat file itself "
                                f"(e.g. {os.path.join(path, spec.REAL_FILE_NAME)}).")
+    problem = input_problem(path)
+    if problem and not problem.startswith("is empty"):
+        raise WeightsFileError(f"weights file {path} {problem}.")
     size = os.path.getsize(path)
     if size == 0:
         raise WeightsFileError(f"{path} is empty (0 bytes): an interrupted download? Download "

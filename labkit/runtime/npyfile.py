@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from labkit.runtime.cli import UserError, atomic_output
+from labkit.runtime.cli import UserError, atomic_output, input_problem
 
 
 class Pool5FileError(UserError):
@@ -21,11 +21,14 @@ def read_pool5(path, flag="--check-pool5"):
     """``path`` -> float64 array as stored; raise Pool5FileError with what to do."""
     path = os.fspath(path)
     how = "make one with: python main_exp_3_1.py --image IMAGE --dump-pool5 OUT.npy"
-    if not os.path.exists(path):
+    if not os.path.lexists(path):
         raise Pool5FileError(f"{flag}: pool5 reference not found: {path} (looked for "
                              f"{os.path.abspath(path)}); {how}.")
     if os.path.isdir(path):
         raise Pool5FileError(f"{flag}: {path} is a folder; pass the .npy file; {how}.")
+    problem = input_problem(path)
+    if problem:
+        raise Pool5FileError(f"{flag}: pool5 reference {path} {problem}; {how}.")
     with open(path, "rb") as f:
         magic = f.read(6)
     if magic != b"\x93NUMPY" and magic[:2] != b"PK":
