@@ -21,6 +21,10 @@ from labkit.runtime.transfer_checks import check_inputs
 from labkit.runtime.transfer_options import read_command_line
 from labkit.runtime import transfer_run
 
+try:        # the tuned engine: labkit/engine/ of the course repository, not in the student kit
+    from labkit.engine.attach import tune_for_transfer
+except ImportError:
+    tune_for_transfer = None
 
 def speed_test(seed=1234):
     """The original check: loops (type=0) vs img2col (type=1) on one 3x3, 256->256 conv;
@@ -76,7 +80,7 @@ def main(argv=None, hook=None):
 
 
 def transfer(argv, guard, hook=None):
-    args, checkpoint = read_command_line(argv)   # the original's settings are the defaults
+    args, checkpoint = read_command_line(argv, has_engine=tune_for_transfer is not None)
     if args.speed_test_only:
         speed_test(args.seed)
         return 0
@@ -92,7 +96,7 @@ def transfer(argv, guard, hook=None):
     vgg.build_model(last_layer=inputs.deepest)
     vgg.init_model()
     vgg.load_model()
-    engine = transfer_run.attach_engine(vgg, args)   # --conv auto: tuned layers, same weights
+    engine = transfer_run.attach_engine(vgg, args, tune_for_transfer)   # --conv auto: tuned
 
     # the targets: the content's features and the style's Gram matrices, at each scale;
     # the loss of an image is your transfer_loss (content + style, eqs. 3.10-3.16)

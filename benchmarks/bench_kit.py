@@ -388,8 +388,7 @@ def build_style(height, width, method="auto"):
     content = preprocess(make_demo_image(height, width, seed=0), mean, height, width, vgg.dtype)
     style = preprocess(make_demo_image(height, width, seed=7), mean, height, width, vgg.dtype)
     objective = Objective(vgg, content, style, CONTENT_LAYER, STYLE, 1.0, 500.0,   # as the driver
-                          loss_layers=run.loss_layers if run else None,
-                          parallel_map=run.parallel_map if run else None)
+                          loss_layers=run.loss_layers if run else None)
     image = get_random_img(content, 0.5, np.random.default_rng(1234))
     return objective, image
 

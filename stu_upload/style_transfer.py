@@ -1,9 +1,15 @@
-"""Exp 3.3: the VGG19 feature network of non-real-time style transfer.
+"""Exp 3.3: non-real-time style transfer: the VGG19 feature network, the transfer loss and
+the transfer loop.
 
 The network is VGG19's convolutional part (conv1_1 ... pool5, 37 layers) built with the
 img2col layers (``type=1``); its parameters are fixed, so the convolutions skip their
 parameter gradients (``need_param_grad = False``) and only the image gradient flows back.
 Shapes: image (1, 3, H, W) NCHW with the mean pixel subtracted; features (1, C, H', W').
+
+``transfer_loss`` is one pass of the original lab's loop body (handout eqs. 3.10-3.16: the
+content and style losses at their layers, each gradient back-propagated to the image, the
+weighted sum); ``style_transfer`` is its loop over the steps (Adam, eq. 3.17).
+``main_exp_3_3.py`` runs both.
 """
 import numpy as np
 
@@ -12,6 +18,7 @@ from labkit.runtime.images import deprocess, load_rgb, preprocess, resize_biline
 from labkit.runtime.matfile import load_vgg19_mat
 from stu_upload.layer_1 import ReLULayer
 from stu_upload.layer_2 import ConvolutionalLayer, MaxPoolingLayer
+from stu_upload.layer_3 import AdamOptimizer
 
 FEATURE_LAYER_NAMES = spec.FEATURE_LAYER_NAMES      # conv1_1 ... pool5
 
@@ -172,3 +179,81 @@ def get_random_img(content_image, noise, rng=None):
         noise_image = rng.uniform(-20, 20, content_image.shape)
     random_img = noise_image * noise + content_image * (1 - noise)
     return random_img.astype(content_image.dtype)
+
+
+def equal_weights(layers):
+    """{layer: 1/L}: every layer weighs the same (the original's mean over the layers)."""
+    layers = list(layers)
+    return {layer: 1.0 / len(layers) for layer in layers}
+
+
+def transfer_loss(vgg, image, content_targets, style_targets, content_loss_layer,
+                  style_loss_layers, alpha=1.0, beta=500.0, content_weights=None,
+                  style_weights=None):
+    """The total loss of ``image`` and its gradient (eq. 3.16):
+    total = alpha * sum_l w_l content_loss_l + beta * sum_l w_l style_loss_l.
+
+    ``vgg``: a built, loaded VGG19. ``content_targets``: {layer: the content image's
+    features at that layer} (the original's CONTENT_LOSS_LAYERS). ``style_targets``:
+    {layer: the style image's features at that layer, or None when that layer's loss
+    layer already holds its Gram target (``set_target``)}. ``content_loss_layer``: a
+    ContentLossLayer; ``style_loss_layers``: {layer: StyleLossLayer} (one per layer: each
+    keeps its own Gram matrices). ``content_weights`` / ``style_weights``: {layer: w_l}
+    (None: equal weights 1/L, the original's mean over the layers).
+
+    Returns ``(total_loss, image_diff, losses)``: the loss (float), its gradient with
+    respect to the image (the image's shape) and ``{"content": {layer: loss},
+    "style": {layer: loss}}`` (the unweighted loss of each layer).
+    """
+    content_weights = content_weights or equal_weights(content_targets)
+    style_weights = style_weights or equal_weights(style_targets)
+    features = vgg.forward(image, list(content_targets) + list(style_targets))
+    content_loss, style_loss = {}, {}
+    content_diff = 0.0      # the weighted sums of the image gradients (arrays once added to)
+    style_diff = 0.0
+    for layer in content_targets:
+        # === STUDENT BEGIN: loop_content ===
+        # hint: eqs. 3.10-3.11 at this layer: the loss (into content_loss[layer]) and its
+        # hint: gradient to the layer's features; back-propagate that gradient to the image
+        # hint: (vgg.backward) and add it, times content_weights[layer], to content_diff
+        current = features[layer]
+        content_loss[layer] = content_loss_layer.forward(current, content_targets[layer])
+        dloss = content_loss_layer.backward(current, content_targets[layer])
+        content_diff += content_weights[layer] * vgg.backward(dloss, layer)
+        # === STUDENT END ===
+    for layer in style_targets:
+        # === STUDENT BEGIN: loop_style ===
+        # hint: eqs. 3.12-3.15 at this layer, with this layer's own style_loss_layers[layer]:
+        # hint: the loss (into style_loss[layer]), its gradient, back-propagated to the
+        # hint: image and added, times style_weights[layer], to style_diff
+        current = features[layer]
+        style_loss[layer] = style_loss_layers[layer].forward(current, style_targets[layer])
+        dloss = style_loss_layers[layer].backward(current, style_targets[layer])
+        style_diff += style_weights[layer] * vgg.backward(dloss, layer)
+        # === STUDENT END ===
+    total_loss = (alpha * sum(content_weights[l] * content_loss[l] for l in content_targets)
+                  + beta * sum(style_weights[l] * style_loss[l] for l in style_targets))
+    image_diff = alpha * content_diff + beta * style_diff
+    return float(total_loss), image_diff, {"content": content_loss, "style": style_loss}
+
+
+def style_transfer(loss_fn, image, steps, lr=1.0, optimizer=None, on_step=None):
+    """The transfer loop: ``steps`` Adam updates of ``image`` (eq. 3.17) down the loss.
+
+    ``loss_fn(image) -> (total_loss, image_diff)``: the loss to minimise and its gradient
+    (``transfer_loss`` with the targets fixed). ``optimizer``: the AdamOptimizer to use
+    (None: a new one with learning rate ``lr``; pass one to continue a run).
+    ``on_step(step, image, total_loss)`` (optional) runs after each step: the step number
+    (from 1), the updated image and the loss of the image before that update.
+    Returns the final image.
+    """
+    adam = optimizer if optimizer is not None else AdamOptimizer(lr, np.shape(image))
+    for step in range(1, steps + 1):
+        total_loss, image_diff = loss_fn(image)
+        # === STUDENT BEGIN: loop_adam ===
+        # hint: eq. 3.17: one Adam step of the image along image_diff
+        image = adam.update(image, image_diff)
+        # === STUDENT END ===
+        if on_step is not None:
+            on_step(step, image, total_loss)
+    return image

@@ -141,7 +141,6 @@ def test_tuned_style_gradient_matches_the_students_layers(tiny_mat, content_laye
         content = preprocess(make_demo_image(32, 48, seed=0), vgg.mean_pixel, 32, 48)
         style = preprocess(make_demo_image(32, 48, seed=7), vgg.mean_pixel, 32, 48)
         obj = Objective(vgg, content, style, content_layer, styles,
-                        parallel_map=run.parallel_map if run and losses is not True else None,
                         loss_layers=run.loss_layers if run and losses else None)
         return obj, content, run
     lab, content, _ = objective(False)

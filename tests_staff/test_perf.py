@@ -6,10 +6,8 @@ import numpy as np
 import pytest
 
 from labkit.engine import conv_algos, perf
-from labkit.engine.attach import TunedRun
 from labkit.engine.conv_engine import ConvEngine
 from labkit.runtime.gradcheck import assert_close
-from labkit.runtime.transfer import Objective
 
 SAME = 1e-12      # threads only reorder independent work: results agree to rounding
 
@@ -113,65 +111,6 @@ def test_no_pool_on_the_pool_threads():
     """A worker must not wait for work queued behind itself."""
     with perf.engine_threads():
         assert perf.worker_pool().submit(perf.active_pool).result() is None
-
-
-class _Squares:
-    """A stand-in style loss (not student code): L = scale * sum(x^2), dL/dx = 2 scale x."""
-
-    def __init__(self, scale):
-        self.scale = scale
-
-    def forward(self, x):
-        return self.scale * float(np.sum(x * x))
-
-    def backward(self, x):
-        return 2 * self.scale * x
-
-
-class _FixedNet:
-    """A stand-in network: fixed features; backward returns the sum of each gradient's
-    mean, weighted by the layer's position, so a gradient sent to the wrong layer shows."""
-    names = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2", "relu5_1"]
-
-    def __init__(self, rng):
-        self.feats = {n: rng.standard_normal((1, 2 + i, 3, 3)) for i, n in enumerate(self.names)}
-
-    def forward(self, image, layer_list):
-        return {n: self.feats[n] * image.mean() for n in layer_list}
-
-    def backward(self, dlosses):
-        return np.full((1, 3, 4, 4), sum((i + 1) * dlosses[n].mean()
-                                         for i, n in enumerate(self.names) if n in dlosses))
-
-
-@needs_pool
-def test_objective_style_losses_on_threads_match_serial(rng):
-    """labkit.runtime.transfer.Objective runs the style losses on the pool inside engine_threads:
-    each layer's loss and gradient must still reach that layer (stand-in losses and network,
-    so no student code is involved)."""
-    obj = Objective.__new__(Objective)
-    obj.vgg = _FixedNet(rng)
-    obj.parallel_map = TunedRun.parallel_map
-    obj.content_layer, obj.alpha, obj.beta, obj.tv_weight = "relu4_2", 1.0, 500.0, 0.0
-    styles = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
-    obj.style_weights = {n: 0.2 for n in styles}
-    obj.layer_list = _FixedNet.names
-    obj.content_loss = _Squares(1.0)
-    obj.content_loss.forward = lambda x, target: float(np.sum((x - target) ** 2))
-    obj.content_loss.backward = lambda x, target: 2 * (x - target)
-    obj.content_target = np.zeros_like(obj.vgg.feats["relu4_2"])
-    obj.style_loss = {n: _Squares(10.0 ** i) for i, n in enumerate(styles)}
-    obj.evaluations = 0
-    image = np.full((1, 3, 4, 4), 1.5)
-    total, grad, parts = obj(image)
-    with perf.engine_threads():
-        total2, grad2, parts2 = obj(image)
-    assert total2 == pytest.approx(total, rel=SAME)
-    assert parts2 == pytest.approx(parts, rel=SAME)
-    assert_close("image gradient in engine_threads", grad2, grad, SAME)
-    for i, n in enumerate(styles):            # and each part is its own layer's loss
-        want = 10.0 ** i * float(np.sum((obj.vgg.feats[n] * 1.5) ** 2))
-        assert parts2[f"style_{n}"] == pytest.approx(want, rel=SAME)
 
 
 def test_labkit_threads_1_turns_the_pool_off(monkeypatch):

@@ -349,3 +349,12 @@ def untune(vgg):
         return
     for name, layer in vgg.__dict__.pop("_untuned_layers", {}).items():
         vgg.layers[name] = layer
+
+
+def tune_for_transfer(vgg, method="auto", keep=()):
+    """The style transfer's tune(): large buffers reused between steps, no parameter
+    gradients, the outputs the losses read (``keep``) left unfused. What
+    ``main_exp_3_3.py --conv`` calls (labkit.runtime never imports the engine)."""
+    from labkit.engine.perf import reuse_large_allocations
+    reuse_large_allocations()
+    return tune(vgg, method=method, need_param_grad=False, keep=keep)

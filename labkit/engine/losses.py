@@ -66,14 +66,19 @@ class ContentLoss:
 class StyleLoss:
     """L = 1/(4 N C^2 H^2 W^2) sum (G - A)^2 (eqs. 3.12-3.13); backward returns ``scale`` x
     dL/dX = scale/(N C^2 H^2 W^2) (G - A)^T X (eq. 3.15). ``gram_style`` = A (N, C, C), set
-    by the objective. Interface: forward(x) -> float, backward(x) -> array like x."""
+    by the objective. Interface: forward(x[, style_layer]) -> float, backward(x[, style_layer])
+    -> array like x (the student's StyleLossLayer's)."""
 
     def __init__(self, scale=1.0):
         self.scale = float(scale)
         self.gram_style = None
         self.input = self.gram_input = self.diff = None
 
-    def forward(self, input_layer):
+    def forward(self, input_layer, style_layer=None):
+        """-> the unweighted loss; ``style_layer`` (optional): the style features, whose
+        Gram matrix becomes the target (None: keep ``gram_style``)."""
+        if style_layer is not None:
+            self.gram_style = gram(style_layer, active_pool())
         if self.gram_style is None:
             raise RuntimeError("StyleLoss: set gram_style (the style target A) first.")
         n, c, h, w = input_layer.shape
@@ -84,9 +89,9 @@ class StyleLoss:
         self.diff = np.subtract(self.gram_input, self.gram_style, dtype=np.float64)  # G - A
         return float(np.vdot(self.diff, self.diff)) / (4 * n * c ** 2 * h ** 2 * w ** 2)
 
-    def backward(self, input_layer):
-        if input_layer is not self.input:
-            self.forward(input_layer)
+    def backward(self, input_layer, style_layer=None):
+        if input_layer is not self.input or style_layer is not None:
+            self.forward(input_layer, style_layer)
         n, c, h, w = input_layer.shape
         s = self.scale / (n * c ** 2 * h ** 2 * w ** 2)
         # E = s (G - A), C x C: every scalar applied here, not to the large gradient; the
@@ -115,12 +120,13 @@ class StyleLoss:
 
 class LossLayers:
     """The factories ``labkit.runtime.transfer.Objective(loss_layers=...)`` takes:
-    ``content()`` and ``style(scale)`` (a style layer whose gradient is already weighted)."""
+    ``content()`` and ``style(scale=1)`` (a style layer whose gradient comes back times
+    ``scale``; the objective's is 1: the student's transfer_loss weights it)."""
 
     @staticmethod
     def content():
         return ContentLoss()
 
     @staticmethod
-    def style(scale):
+    def style(scale=1.0):
         return StyleLoss(scale)

@@ -1,11 +1,14 @@
-"""Style-transfer objective and optimisation loop (not a student file).
+"""Around the student's style transfer (not a student file): the kit's extras wrap the
+student's code as ``tune()`` does the layers; no transfer loss or loop is computed here.
 
-``Objective`` combines the student's loss layers (layer_3.py) with the student's VGG19
-(style_transfer.py): total = alpha * content + beta * sum_l w_l style_l + tv_weight * tv,
-with the image gradient from ONE backward pass. The style target of each layer is the
-blend of the style images' Gram matrices (``style_targets``). ``run_transfer`` drives Adam
-or L-BFGS, calls ``on_step`` after every step, handles Ctrl-C and non-finite losses, and can
-continue from a saved optimiser state (exact resume).
+``Objective`` binds the student's ``transfer_loss`` (style_transfer.py: the loss layers of
+layer_3.py on the student's VGG19) to a run's targets: total = alpha * content +
+beta * sum_l w_l style_l (+ tv_weight * tv, this kit's extra). The style target of each
+layer is the blend of the style images' Gram matrices (``style_targets``); the loss layers'
+gradients go back in one pass (``OnePassNet``). ``run_transfer`` runs the student's
+``style_transfer`` loop (Adam) or SciPy's L-BFGS on the objective, calls ``on_step`` after
+every step, handles Ctrl-C and non-finite losses, and can continue from a saved optimiser
+state (exact resume).
 """
 import contextlib
 import time
@@ -27,43 +30,118 @@ def StyleLossLayer():
     return stu.layer_3.StyleLossLayer()
 
 
-class _WeightedStyleLoss:
-    """The student's StyleLossLayer with its gradient times ``scale`` (the objective's
-    beta * w_l): the interface of the tuned engine's style losses."""
-
-    def __init__(self, layer, scale):
-        self.layer, self.scale = layer, scale
-
-    @property
-    def gram_style(self):
-        return self.layer.gram_style
-
-    @gram_style.setter
-    def gram_style(self, value):
-        self.layer.gram_style = value
-
-    def forward(self, input_layer):
-        return self.layer.forward(input_layer)
-
-    def backward(self, input_layer):
-        return self.scale * self.layer.backward(input_layer)
-
-
 class StudentLosses:
-    """The objective's default loss layers: the student's layer_3 layers (``content()``;
-    ``style(scale)``, whose gradient comes back times ``scale``)."""
+    """The objective's default loss layers: the student's layer_3 layers (``content()``,
+    ``style()``)."""
 
     @staticmethod
     def content():
         return ContentLossLayer()
 
     @staticmethod
-    def style(scale):
-        return _WeightedStyleLoss(StyleLossLayer(), scale)
+    def style():
+        return StyleLossLayer()
 
 
 def AdamOptimizer(lr, diff_shape):
     return stu.layer_3.AdamOptimizer(lr, diff_shape)
+
+
+# ------------------------------------------------- one backward pass under the student's loss
+class NotLinear(TypeError):
+    """The student's transfer_loss did something with a pending image gradient other than
+    adding, subtracting or scaling it (the objective then runs it as written)."""
+
+
+class PendingGradient:
+    """An image gradient not computed yet: sum_k c_k * (the back-propagation of dloss_k from
+    layer_k) + ``dense``. ``OnePassNet.backward`` returns one; adding, subtracting and
+    scaling them is exact (back-propagation is linear), and ``resolve()`` computes the whole
+    sum with ONE backward pass (the network's ``backward({layer: dloss})``), not one per loss
+    layer. Anything else raises NotLinear (NumPy's operators defer to these methods)."""
+    __array_ufunc__ = None
+
+    def __init__(self, net, terms, dense=None):
+        self.net, self.terms, self.dense = net, terms, dense
+
+    @staticmethod
+    def _scalar(value):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+            raise NotLinear(f"a pending image gradient can only be scaled by a number, not "
+                            f"{type(value).__name__}")
+        return value
+
+    def _plus(self, other, sign):
+        if isinstance(other, PendingGradient):
+            terms = self.terms + [(sign * c, layer, d) for c, layer, d in other.terms]
+            extra = other.dense
+        else:
+            if not isinstance(other, (np.ndarray, int, float, np.number)):
+                raise NotLinear(f"cannot add {type(other).__name__} to a pending image gradient")
+            terms, extra = self.terms, other
+        if extra is not None and sign < 0:
+            extra = -extra
+        dense = extra if self.dense is None else (self.dense if extra is None
+                                                  else self.dense + extra)
+        return PendingGradient(self.net, terms, dense)
+
+    def __add__(self, other):
+        return self._plus(other, 1)
+
+    __radd__ = __add__
+
+    def __sub__(self, other):
+        return self._plus(other, -1)
+
+    def __rsub__(self, other):
+        return (-self)._plus(other, 1)
+
+    def __neg__(self):
+        return self * -1.0
+
+    def __mul__(self, factor):
+        factor = self._scalar(factor)
+        return PendingGradient(self.net, [(factor * c, layer, d) for c, layer, d in self.terms],
+                               None if self.dense is None else self.dense * factor)
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, divisor):
+        return self * (1.0 / self._scalar(divisor))
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise NotLinear(f"a pending image gradient has no .{name}")
+
+    def resolve(self):
+        """The gradient as an array: one backward pass for every term, plus ``dense``."""
+        dlosses = {}
+        for c, layer, d in self.terms:
+            part = d * c if c != 1 else d
+            dlosses[layer] = part if layer not in dlosses else dlosses[layer] + part
+        grad = self.net.backward(dlosses) if dlosses else None
+        if self.dense is None:
+            return grad
+        return self.dense if grad is None else grad + self.dense
+
+
+class OnePassNet:
+    """The network as the student's transfer_loss sees it under the objective: ``forward``
+    is the network's; ``backward(dloss, layer)`` returns a PendingGradient, so the loss
+    layers' gradients are back-propagated together, in one pass, when the objective resolves
+    the student's result (the original's one pass per loss layer made a step ~2x slower)."""
+
+    def __init__(self, net):
+        self._net = net
+
+    def backward(self, dloss, layer_name=None):
+        terms = ([(1.0, k, v) for k, v in dloss.items()] if isinstance(dloss, dict)
+                 else [(1.0, layer_name, dloss)])
+        return PendingGradient(self._net, terms)
+
+    def __getattr__(self, name):
+        return getattr(self._net, name)
 
 
 def tv_loss(image):
@@ -131,23 +209,27 @@ def style_targets(vgg, style_images, layers, reference_shapes, blend=None):
 
 
 class Objective:
-    """f(image) -> (total loss, dtotal/dimage, {part: loss}) for a built, loaded VGG19.
+    """f(image) -> (total loss, dtotal/dimage, {part: loss}) for a built, loaded VGG19: the
+    student's ``transfer_loss`` (style_transfer.py) with this run's targets, plus the
+    optional total-variation term.
 
     Targets are computed once here: the content features of ``content_image`` at
     ``content_layer`` and the style Gram matrices of ``style_image`` (set_target), or, for a
-    list of style images, their blend (``style_targets``; ``style_blend`` weights).
-    ``loss_layers`` (optional): other loss layers with the same maths, e.g. the tuned
-    engine's: an object with ``content()`` -> a layer like ContentLossLayer and
-    ``style(scale)`` -> a layer with ``gram_style``, ``forward(x)`` and a ``backward(x)``
-    that returns ``scale`` x the gradient (None: ``StudentLosses``, the student's layer_3
-    layers).
+    list of style images, their blend (``style_targets``; ``style_blend`` weights); each
+    style layer's loss layer holds its Gram target, so transfer_loss gets ``None`` as the
+    style features. ``loss_layers`` (optional): other loss layers with the same maths and
+    interface, e.g. the tuned engine's: an object with ``content()`` and ``style()``
+    (None: ``StudentLosses``, the student's layer_3 layers).
+    ``one_pass``: transfer_loss sees the network through ``OnePassNet``, so its loss
+    layers' gradients go back in ONE backward pass (exact: back-propagation is linear); a
+    transfer_loss that does more with them than add and scale runs as written instead.
     """
 
     def __init__(self, vgg, content_image, style_image, content_layer, style_weights,
-                 alpha=1.0, beta=500.0, tv_weight=0.0, parallel_map=None, style_blend=None,
-                 loss_layers=None):
+                 alpha=1.0, beta=500.0, tv_weight=0.0, style_blend=None, loss_layers=None,
+                 one_pass=True):
         self.vgg = vgg
-        self.parallel_map = parallel_map
+        self.one_pass = one_pass
         self.content_layer = content_layer
         self.style_weights = normalise_weights(style_weights)
         self.alpha, self.beta, self.tv_weight = float(alpha), float(beta), float(tv_weight)
@@ -163,7 +245,7 @@ class Objective:
                                 style_blend)
         self.style_loss = {}
         for name in self.style_weights:
-            self.style_loss[name] = loss_layers.style(self.beta * self.style_weights[name])
+            self.style_loss[name] = loss_layers.style()
             self.style_loss[name].gram_style = targets[name]    # the blended target A
         self.evaluations = 0
 
@@ -174,35 +256,33 @@ class Objective:
     def part_names(self):
         return ["content"] + [f"style_{n}" for n in self.style_weights] + ["tv"]
 
-    def _style_losses(self, feats):
-        """{layer: (loss, dloss/dfeatures)}; the layers are independent, so a
-        ``parallel_map(fn, items)`` given to the constructor (the tuned engine's) may run
-        them at the same time."""
-        def one(name):
-            layer = self.style_loss[name]
-            return layer.forward(feats[name]), layer.backward(feats[name])
-        names = list(self.style_weights)
-        results = (self.parallel_map or (lambda fn, items: [fn(i) for i in items]))(one, names)
-        return dict(zip(names, results))
+    def transfer_loss(self, image, net=None):
+        """The student's transfer_loss of ``image`` with this objective's targets, on ``net``
+        (default: the network): (total, image gradient, {"content": .., "style": ..})."""
+        return stu.style_transfer.transfer_loss(
+            self.vgg if net is None else net, image, {self.content_layer: self.content_target},
+            {name: None for name in self.style_weights}, self.content_loss, self.style_loss,
+            self.alpha, self.beta, {self.content_layer: 1.0}, dict(self.style_weights))
+
+    def _loss_and_gradient(self, image):
+        if self.one_pass:
+            try:
+                total, diff, losses = self.transfer_loss(image, OnePassNet(self.vgg))
+                grad = diff.resolve() if isinstance(diff, PendingGradient) else diff
+                if isinstance(grad, np.ndarray) and grad.dtype.kind == "f":
+                    return total, grad, losses
+            except Exception:       # not only adds and scales: run it as written (below);
+                pass                # an error of the student's own shows there again
+            self.one_pass = False
+        return self.transfer_loss(image)
 
     def __call__(self, image):
         self.evaluations += 1
-        feats = self.vgg.forward(image, self.layer_list)
-        parts, dlosses = {}, {}
-
-        def add(name, grad):
-            dlosses[name] = grad if name not in dlosses else dlosses[name] + grad
-
-        x = feats[self.content_layer]
-        parts["content"] = self.content_loss.forward(x, self.content_target)
-        add(self.content_layer, self.alpha * self.content_loss.backward(x, self.content_target))
-        total = self.alpha * parts["content"]
-        for name, (loss, grad) in self._style_losses(feats).items():
-            weight = self.style_weights[name]
-            parts[f"style_{name}"] = loss
-            total += self.beta * weight * loss
-            add(name, grad)         # the loss layer weighted it (its ``scale``)
-        grad = self.vgg.backward(dlosses)
+        total, grad, losses = self._loss_and_gradient(image)
+        grad = np.asarray(grad)
+        parts = {"content": float(losses["content"][self.content_layer])}
+        for name in self.style_weights:
+            parts[f"style_{name}"] = float(losses["style"][name])
         parts["tv"] = 0.0
         if self.tv_weight:
             parts["tv"], tv_grad = tv_loss(image)
@@ -300,20 +380,29 @@ def run_transfer(objective, image, steps, optimizer="adam", lr=1.0, bounds=None,
 
 
 def _run_adam(evaluate, record, image, steps, lr, optimizer_state=None):
+    """The student's loop (style_transfer.py's ``style_transfer``) with the student's Adam,
+    restored from ``optimizer_state`` for an exact resume; each step is recorded."""
     adam = AdamOptimizer(lr, image.shape)
     if optimizer_state is not None:                 # exact resume: the saved moments
         adam.mt = np.array(optimizer_state["mt"])
         adam.vt = np.array(optimizer_state["vt"])
         adam.step = int(optimizer_state["step"])
-    x = image
-    for _ in range(steps):
-        start = time.perf_counter()
+    last = {}
+
+    def loss_fn(x):
+        last["start"] = time.perf_counter()
         total, grad, parts = evaluate(x)       # loss of x, the image before this update
-        x = adam.update(x, grad)
+        last.update(total=total, parts=parts)
+        return total, grad
+
+    def on_step(step, x, loss):
         # copies: a student's update may change mt / vt in place
-        record(x, total, parts, time.perf_counter() - start,
+        record(x, last["total"], last["parts"], time.perf_counter() - last["start"],
                {"mt": np.array(adam.mt), "vt": np.array(adam.vt), "step": adam.step})
-    return x        # finite: a finite gradient gives a finite Adam step
+
+    # finite: a finite gradient gives a finite Adam step
+    return stu.style_transfer.style_transfer(loss_fn, image, steps, lr, optimizer=adam,
+                                             on_step=on_step)
 
 
 def _run_lbfgs(evaluate, record, image, steps, bounds, state):

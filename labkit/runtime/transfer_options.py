@@ -19,19 +19,12 @@ RESUME_FLAGS = {"resume", "steps", "no_progress", "skip_speed_test", "force_memo
 START_IMAGES = ("content", "noise", "blend")
 
 
-def engine_available():
-    """The tuned engine (labkit/engine/) is in the repository, not in the student kit."""
-    try:
-        import labkit.engine.attach  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 FEATURE_LAYER_NAMES = spec.FEATURE_LAYER_NAMES      # conv1_1 ... pool5
 
 
-def build_parser():
+def build_parser(has_engine=False):
+    """The parser; ``has_engine``: the tuned engine (labkit/engine/, in the course repository,
+    not in the student kit) is there, so --conv defaults to auto (the driver tells)."""
     p = LabParser(
         prog="main_exp_3_3.py",
         description="Exp 3.3: Gatys-style transfer on the CPU, pure NumPy. Defaults are the "
@@ -99,7 +92,6 @@ def build_parser():
     a("--force-memory", action="store_true", help="start even when the memory rule's "
       "estimate exceeds the available memory (MemAvailable)")
     a("--dtype", choices=["float32", "float64"], default="float32", help="arithmetic precision")
-    has_engine = engine_available()
     a("--conv", choices=["lab"] + ENGINE_METHODS, default="auto" if has_engine else "lab",
       help="convolution and pooling layers of the transfer: lab = your own layers of "
       "layer_2.py, untouched; auto = the tuned engine's fastest per layer (tuned img2col or "
@@ -114,8 +106,8 @@ def build_parser():
     return p
 
 
-def parse_args(argv=None):
-    args = build_parser().parse_args(argv)
+def parse_args(argv=None, has_engine=False):
+    args = build_parser(has_engine).parse_args(argv)
     args.explicit = explicit_flags(argv)
     return args
 
@@ -149,7 +141,7 @@ def parse_scales(text):
     return scales
 
 
-def validate(args):
+def validate(args, has_engine=False):
     """Every numeric flag, before any slow work (UserError: exit 2, one message)."""
     for name in ("height", "width", "steps"):
         if getattr(args, name) < 1:
@@ -180,7 +172,7 @@ def validate(args):
     if args.scale_list and args.steps < len(args.scale_list):
         raise UserError(f"--steps {args.steps} is fewer than the {len(args.scale_list)} "
                         f"scales of --scales; give at least one step per scale.")
-    if args.conv != "lab" and not engine_available():
+    if args.conv != "lab" and not has_engine:
         raise UserError(f"--conv {args.conv} needs the tuned engine (labkit/engine/), which "
                         f"is not part of the student kit; use --conv lab (your own layers).")
     args.style_weights = parse_style_layers(args.style_layers)
@@ -246,12 +238,12 @@ def settings_of(args):
 
 
 
-def read_command_line(argv=None):
+def read_command_line(argv=None, has_engine=False):
     """The run's options: parsed, with a checkpoint's settings under --resume
     (``transfer_run.resume_args``), every number checked. Returns (args, checkpoint or None)."""
-    args = parse_args(argv)
+    args = parse_args(argv, has_engine)
     ckpt = None
     if args.resume:
         from labkit.runtime.transfer_run import resume_args
         args, ckpt = resume_args(args)
-    return validate(args), ckpt
+    return validate(args, has_engine), ckpt

@@ -44,20 +44,17 @@ def make_demo_inputs(args, inputs):
         inputs.init_rgb = load_rgb(args.init)
 
 
-def attach_engine(vgg, args):
+def attach_engine(vgg, args, tune_for_transfer=None):
     """--pooling avg swaps the pooling layers; --conv other than lab puts the tuned engine's
-    layers (the same weights) under the student's network. Returns the engine's run object
-    (loss layers, threads) or None."""
+    layers (the same weights) under the student's network with ``tune_for_transfer`` (the
+    engine's, which the driver imports where the engine exists). Returns the engine's run
+    object (loss layers, threads) or None."""
     from labkit.runtime.pooling import use_avg_pooling
     if args.pooling == "avg":
         use_avg_pooling(vgg)        # before tune(): the engine swaps max-pooling layers only
-    if args.conv == "lab":
+    if args.conv == "lab" or tune_for_transfer is None:
         return None
-    from labkit.engine.attach import tune
-    from labkit.engine.perf import reuse_large_allocations
-    reuse_large_allocations()
-    return tune(vgg, method=args.conv, need_param_grad=False,
-                keep=[args.content_layer, *args.style_weights])   # outputs the losses read
+    return tune_for_transfer(vgg, args.conv, keep=[args.content_layer, *args.style_weights])
 
 
 def objective_maker(args, vgg, inputs, engine=None):
@@ -74,7 +71,6 @@ def objective_maker(args, vgg, inputs, engine=None):
         return Objective(vgg, content, styles, args.content_layer, args.style_weights,
                          args.alpha, args.beta, args.tv_weight,
                          loss_layers=engine.loss_layers if engine else None,
-                         parallel_map=engine.parallel_map if engine else None,
                          style_blend=args.style_blend)
     return make
 
