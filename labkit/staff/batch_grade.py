@@ -50,6 +50,7 @@ from labkit.staff.grading import (HIDDEN_PREFIX, ROOT, _atomic, _write_json, poi
                                   run_grading)
 from labkit.staff.sandbox import integrity
 from labkit.staff.sandbox.process import SandboxError, copy_submission, detect_mode
+from labkit.staff.sanitize import clean_tree
 
 PACKAGE = "stu_upload"
 MAX_UNZIPPED = 200 * 1024 * 1024
@@ -468,7 +469,10 @@ def main(argv=None):
                 futures.append(fut)
             results = []
             for (student, _), fut in zip(items, futures):
-                row, report = fut.result()
+                # names, notes and messages come from submissions: cleaned before any
+                # terminal, CSV, report or Gradescope file (labkit/staff/sanitize.py)
+                row, report = clean_tree(fut.result())
+                student = row["student"]
                 results.append((row, report))
                 print(f"{student}: {row['points']}/{row['max_points'] or '?'} {row['status']}"
                       f"{' - ' + row['notes'] if row['notes'] else ''}", flush=True)

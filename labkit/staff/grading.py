@@ -45,6 +45,7 @@ from labkit.staff.points import (CATEGORIES, DEFAULT_POINTS, DEFAULT_TIMEOUT,  #
                                  NOT_SUBMITTED, POINTS, ROOT, STAFF_TESTS, Points, category_for,
                                  experiment_for, find_stu_package, lab_row, points_for)
 from labkit.staff.reports import _atomic, _write_json, print_grade, write_grade_csv  # noqa: F401
+from labkit.staff.sanitize import clean_report, clean_text
 from labkit.staff.sandbox.drivers import _descendants, _sandbox_drivers, _uid_of  # noqa: F401
 
 SITE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_stu_site")
@@ -244,6 +245,7 @@ class Grader(Points):
         return nodeid
 
     def _sanitize(self, text):
+        text = clean_text(text)         # the submission's text: no escapes, valid UTF-8
         text = text.replace(self.stu_pkg + os.sep, PACKAGE + "/").replace(self.stu_pkg, PACKAGE)
         if self.session is not None:
             text = text.replace(self.session.sandbox.scratch.path, "<scratch>")
@@ -265,6 +267,7 @@ class Grader(Points):
         if report.failed:
             self.collect_errors[self.canonical(report.nodeid)] = self._sanitize(
                 collect_error_message(report.longreprtext or str(report.longrepr)))
+            clean_report(report)            # what pytest prints itself
 
     def pytest_deselected(self, items):
         self.deselected.update(self.canonical(i.nodeid) for i in items)
@@ -299,6 +302,12 @@ class Grader(Points):
             yield
 
     def pytest_runtest_logreport(self, report):
+        try:
+            self._record(report)
+        finally:
+            clean_report(report)            # what pytest prints itself (short summary)
+
+    def _record(self, report):
         test_id = self.canonical(report.nodeid)
         previous = self.results.get(test_id)
         if previous and previous["result"] != "passed":
@@ -310,8 +319,8 @@ class Grader(Points):
             self.results[test_id] = {"result": result, "message": self._sanitize(
                 teaching_message(report, self.timeout))}
         elif report.skipped:
-            self.results[test_id] = {"result": "skipped",
-                                     "message": teaching_message(report, self.timeout)}
+            self.results[test_id] = {"result": "skipped", "message": self._sanitize(
+                teaching_message(report, self.timeout))}
         elif report.when == "call":
             self.results[test_id] = {"result": "passed", "message": ""}
         if report.when == "teardown" and self.config.getoption("grade_json") and \
@@ -335,7 +344,7 @@ class Grader(Points):
         if self.session is None or self.session.closed:
             return None
         from labkit.staff.sandbox import integrity
-        self.worker_output = self.redact(self.session.sandbox.scratch.output())
+        self.worker_output = self.redact(clean_text(self.session.sandbox.scratch.output()))
         self.session.close()
         hidden = self.config.getoption("hidden")
         after = integrity.fingerprint(self.root, hidden and os.path.abspath(hidden))

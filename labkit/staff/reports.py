@@ -1,5 +1,7 @@
 """Reports and exports of the grading plugin: the grade printed at the end of a pytest run,
-the JSON and CSV files (written atomically)."""
+the JSON and CSV files (written atomically). Every writer cleans what it writes first
+(labkit/staff/sanitize.py: no terminal escapes or control characters, valid UTF-8): messages
+and names come from the submission."""
 import contextlib
 import csv
 import json
@@ -7,10 +9,14 @@ import os
 import tempfile
 
 from labkit.staff._stu_site.sitecustomize import PACKAGE
+from labkit.staff.sanitize import clean_text, clean_tree
 
 
 def print_grade(tr, grade, changed=None):
-    """The grade table and totals at the end of the terminal report."""
+    """The grade table and totals at the end of the terminal report (one line per test:
+    messages are cleaned and their newlines become spaces, so no line can be forged)."""
+    grade = clean_tree(grade)
+    changed = clean_tree(changed)
     tr.write_sep("=", "grade")
     graded = [r for r in grade["tests"] if r["graded"]]
     ungraded = [r for r in grade["tests"] if not r["graded"]]
@@ -18,16 +24,18 @@ def print_grade(tr, grade, changed=None):
     tr.write_line(f"{'test':<{width}}  cat.    points     result   message")
     for r in graded:
         name = r["test"] if len(r["test"]) <= width else "..." + r["test"][-(width - 3):]
-        msg = r["message"] if len(r["message"]) <= 110 else r["message"][:107] + "..."
+        msg = clean_text(r["message"], 110, newlines=False)
         tr.write_line(f"{name:<{width}}  {r['category']:<6}  {r['points']:>4.3g}/"
                       f"{r['max_points']:<5.3g} {r['result'].upper():<8} {msg}".rstrip())
     bad = [r for r in ungraded if r["result"] not in ("passed", "skipped")]
     tr.write_line(f"ungraded checks (no student task affects them): {len(ungraded)}, "
                   f"{len(ungraded) - len(bad)} passed or skipped")
     for r in bad:
-        tr.write_line(f"  {r['test']}: {r['result'].upper()} {r['message']}")
+        tr.write_line(f"  {r['test']}: {r['result'].upper()} "
+                      f"{clean_text(r['message'], 300, newlines=False)}")
     if grade["init_error"]:
-        tr.write_line(f"{PACKAGE}/__init__.py failed: {grade['init_error']}")
+        tr.write_line(f"{PACKAGE}/__init__.py failed: "
+                      f"{clean_text(grade['init_error'], 300, newlines=False)}")
     tr.write_line(f"{PACKAGE}: {grade['stu_dir']}")
     tr.write_line(f"sandbox: {grade['sandbox']['mode']}"
                   + (f" ({grade['sandbox']['limits']})" if "limits" in grade["sandbox"]
@@ -45,11 +53,13 @@ def print_grade(tr, grade, changed=None):
     tr.write_line(f"LAB: {grade['lab_points']:g} / {grade['lab_max_points']:g} points; "
                   f"BEYOND: {grade['beyond_points']:g} / {grade['beyond_max_points']:g}")
     tr.write_line(f"GRADE: {grade['points']:g} / {grade['max_points']:g} points "
-                  f"({grade['percent']:.1f}%): {grade['verdict']}", bold=True)
+                  f"({grade['percent']:.1f}%): {clean_text(grade['verdict'], newlines=False)}",
+                  bold=True)
 
 
 def write_grade_csv(path, grade):
     """The per-test grades as CSV."""
+    grade = clean_tree(grade)
     with _atomic(path, newline="") as f:
         w = csv.writer(f)
         w.writerow(["test", "category", "experiment", "points", "max_points", "result",
@@ -78,5 +88,5 @@ def _atomic(path, newline=None):
 
 def _write_json(path, data):
     with _atomic(path) as f:
-        json.dump(data, f, indent=1)
+        json.dump(clean_tree(data), f, indent=1)
         f.write("\n")

@@ -20,6 +20,7 @@ import types
 
 from labkit.staff.sandbox import wire
 from labkit.staff.sandbox.process import GIB, PACKAGE, Sandbox
+from labkit.staff.sanitize import clean_text
 
 MSG_CAP = 2000
 OUT_CAP = 64 * 1024
@@ -71,8 +72,9 @@ def student_exception_class(module, name, base):
 
 
 def _cap(text, n=MSG_CAP):
-    text = str(text).replace("\x00", "")
-    return text if len(text) <= n else text[:n - 3] + "..."
+    """Text from the worker (names, messages): cleaned (labkit/staff/sanitize.py) and
+    bounded before anything here prints, stores or raises it."""
+    return clean_text(text, n)
 
 
 def make_exception(err, limits=None):
