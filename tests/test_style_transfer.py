@@ -293,3 +293,160 @@ def test_driver_nonfinite_saves_last_good_image(tiny_mat, tmp_path, capsys):
     assert rc == 1 and "finite" in capsys.readouterr().err
     assert len(glob.glob(str(tmp_path / "*_lastgood_step0001.jpg"))) == 1
     assert not glob.glob(str(tmp_path / "*_final.jpg"))
+
+
+# ------------------------------------------------ the transfer loop (transfer_loss, style_transfer)
+# two content layers and three style layers with unequal weights, one layer in both lists
+LOOP_CONTENT = {"relu2_1": 0.4, "relu3_1": 0.6}
+LOOP_STYLE = {"relu1_1": 0.5, "relu2_1": 0.3, "relu3_1": 0.2}
+LOOP_ALPHA, LOOP_BETA = 2.0, 0.005     # beta: both parts of the gradient of similar size here
+
+
+def loop_case(tiny_mat):
+    """Your network (float64), an image near the content, and the targets: the content's
+    and the style's features at the loss layers."""
+    vgg = build(tiny_mat, last_layer="relu3_1")
+    content, style = images(vgg)
+    image = content + np.random.default_rng(60).uniform(-20, 20, content.shape)
+    content_feats = vgg.forward(content, list(LOOP_CONTENT))
+    style_feats = vgg.forward(style, list(LOOP_STYLE))
+    return (vgg, image, {n: content_feats[n] for n in LOOP_CONTENT},
+            {n: style_feats[n] for n in LOOP_STYLE})
+
+
+def expected_transfer_loss(vgg, image, content_targets, style_targets):
+    """What transfer_loss must return, from your network and YOUR loss layers (their own
+    tests grade them): each layer's losses, eq. 3.16's total, and its image gradient in one
+    backward pass. ``terms``: (part, layer, scale, weight, dloss) of every loss layer."""
+    feats = vgg.forward(image, [*LOOP_CONTENT, *LOOP_STYLE])
+    content, style, terms = {}, {}, []
+    for n, w in LOOP_CONTENT.items():
+        layer = stu.layer_3.ContentLossLayer()
+        content[n] = layer.forward(feats[n], content_targets[n])
+        terms.append(("content", n, LOOP_ALPHA, w, layer.backward(feats[n], content_targets[n])))
+    for n, w in LOOP_STYLE.items():
+        layer = stu.layer_3.StyleLossLayer()
+        style[n] = layer.forward(feats[n], style_targets[n])
+        terms.append(("style", n, LOOP_BETA, w, layer.backward(feats[n], style_targets[n])))
+    total = (LOOP_ALPHA * sum(w * content[n] for n, w in LOOP_CONTENT.items())
+             + LOOP_BETA * sum(w * style[n] for n, w in LOOP_STYLE.items()))
+    return total, _image_gradient(vgg, terms), content, style, terms
+
+
+def _image_gradient(vgg, terms, keep=lambda part, layer, w: w):
+    """One backward pass of sum scale * keep(part, layer, weight) * dloss over ``terms``."""
+    dlosses = {}
+    for part, layer, scale, w, dloss in terms:
+        d = scale * keep(part, layer, w) * dloss
+        dlosses[layer] = d if layer not in dlosses else dlosses[layer] + d
+    return vgg.backward(dlosses)
+
+
+def _loss_message(kind, layer, got, want, equation, how):
+    return (f"transfer_loss: the {kind} loss at {layer} ({equation}) is {got:.6g}, expected "
+            f"{want:.6g}: {how}")
+
+
+def _gradient_diagnosis(vgg, got, terms):
+    """Names the likely mistake when the image gradient is wrong: the usual slips (a part
+    missing, the weights left out, a sum overwritten instead of added to) give these."""
+    last = {part: [t[1] for t in terms if t[0] == part][-1] for part in ("content", "style")}
+    variants = {}
+    for part, diff in (("content", "content_diff"), ("style", "style_diff")):
+        def other(p, layer, w, part=part):
+            return p != part
+        variants.update({
+            f"the {part} weights ({part}_weights[layer]) are left out":
+                lambda p, layer, w, o=other: w if o(p, layer, w) else 1.0,
+            f"the {part} part is missing (nothing added to {diff})":
+                lambda p, layer, w, o=other: w if o(p, layer, w) else 0.0,
+            f"each {part} layer's gradient replaces {diff} instead of being added to it "
+            f"(only the last {part} layer counts)":
+                lambda p, layer, w, o=other, part=part: (
+                    w if o(p, layer, w) or layer == last[part] else 0.0),
+        })
+    for name, keep in variants.items():
+        if np.allclose(_image_gradient(vgg, terms, keep), got, rtol=1e-6, atol=0):
+            return " Likely: " + name + "."
+    return (" Check in both loops: the gradient of the loss at the layer's features "
+            "(the loss layer's backward), back-propagated to the image (vgg.backward), "
+            "times the layer's weight, added to content_diff / style_diff.")
+
+
+def test_transfer_loss_is_eq_3_16_with_your_layers(tiny_mat):
+    """transfer_loss (loop_content, loop_style): each layer's content and style loss, their
+    weighted sum (eq. 3.16) and its gradient with respect to the image (each loss layer's
+    gradient back-propagated to the image, weighted, added), values before the gradient."""
+    vgg, image, content_targets, style_targets = loop_case(tiny_mat)
+    total, diff, losses = stu.style_transfer.transfer_loss(
+        vgg, image, content_targets, style_targets, stu.layer_3.ContentLossLayer(),
+        {n: stu.layer_3.StyleLossLayer() for n in LOOP_STYLE}, LOOP_ALPHA, LOOP_BETA,
+        dict(LOOP_CONTENT), dict(LOOP_STYLE))
+    want_total, want_grad, want_content, want_style, terms = expected_transfer_loss(
+        vgg, image, content_targets, style_targets)
+    for n in LOOP_CONTENT:
+        got = losses["content"].get(n)
+        assert got is not None and got == pytest.approx(want_content[n], rel=1e-10), \
+            _loss_message("content", n, float("nan") if got is None else got, want_content[n],
+                          "eq. 3.10", "content_loss[layer] is content_loss_layer.forward of "
+                          "the image's features at that layer and the content target there")
+    for n in LOOP_STYLE:
+        got = losses["style"].get(n)
+        assert got is not None and got == pytest.approx(want_style[n], rel=1e-10), \
+            _loss_message("style", n, float("nan") if got is None else got, want_style[n],
+                          "eqs. 3.12-3.13", "style_loss[layer] is that layer's own style "
+                          "loss layer's forward of the image's features and the style target")
+    assert total == pytest.approx(want_total, rel=1e-10), \
+        f"transfer_loss: total {total:.8g}, expected {want_total:.8g} (eq. 3.16)"
+    diff = np.asarray(diff)
+    assert diff.shape == image.shape, \
+        f"transfer_loss: image_diff has shape {diff.shape}, expected the image's {image.shape}"
+    try:
+        assert_close("transfer_loss image_diff (eqs. 3.11, 3.15, 3.16)", diff, want_grad,
+                     threshold=1e-9)
+    except AssertionError as exc:
+        raise AssertionError(str(exc) + _gradient_diagnosis(vgg, diff, terms)) from None
+
+
+def test_transfer_loss_weights_default_to_the_mean(tiny_mat):
+    """Without content_weights/style_weights every layer weighs 1/L (the original's mean)."""
+    vgg, image, content_targets, style_targets = loop_case(tiny_mat)
+    layers = {n: stu.layer_3.StyleLossLayer() for n in LOOP_STYLE}
+    total, _, losses = stu.style_transfer.transfer_loss(
+        vgg, image, content_targets, style_targets, stu.layer_3.ContentLossLayer(), layers,
+        1.0, 500.0)
+    want = (np.mean([losses["content"][n] for n in LOOP_CONTENT])
+            + 500.0 * np.mean([losses["style"][n] for n in LOOP_STYLE]))
+    assert total == pytest.approx(want, rel=1e-10), \
+        f"transfer_loss with no weights: total {total:.8g}, expected the mean over the " \
+        f"layers {want:.8g}"
+
+
+def test_style_transfer_takes_adam_steps(rng):
+    """style_transfer (loop_adam): each step moves the image by one Adam update (eq. 3.17)
+    along loss_fn's gradient; on_step sees step 1, 2, ..., the new image and the loss of the
+    image before the update; a given optimizer is continued."""
+    target = rng.standard_normal((1, 3, 4, 5))
+
+    def loss_fn(x):
+        return float(np.sum((x - target) ** 2)), 2 * (x - target)
+
+    start = rng.standard_normal(target.shape)
+    seen = []
+    adam = stu.layer_3.AdamOptimizer(0.5, target.shape)
+    out = stu.style_transfer.style_transfer(
+        loss_fn, start.copy(), 3, 0.5, optimizer=adam,
+        on_step=lambda k, img, loss: seen.append((k, np.array(img), loss)))
+    ref_adam = stu.layer_3.AdamOptimizer(0.5, target.shape)      # your Adam, graded on its own
+    x = start.copy()
+    for k in range(1, 4):
+        loss, grad = loss_fn(x)
+        x = ref_adam.update(x, grad)
+        assert len(seen) >= k and seen[k - 1][0] == k, \
+            f"style_transfer: on_step calls {[s[0] for s in seen]}, expected 1, 2, 3"
+        assert_close(f"style_transfer: the image after step {k} (one Adam step, eq. 3.17, "
+                     f"along loss_fn's image_diff)", seen[k - 1][1], x, threshold=1e-12)
+        assert seen[k - 1][2] == pytest.approx(loss, rel=1e-12)
+    assert_close("style_transfer's returned image", np.asarray(out), x, threshold=1e-12)
+    assert adam.step == 3, f"style_transfer: the optimizer given took {adam.step} steps, not 3"
+    assert not np.allclose(out, start)                          # control: it moved
