@@ -54,7 +54,7 @@ class FullyConnectedLayer:
         weight = self.weight.astype(top_diff.dtype, copy=False)
         # === STUDENT BEGIN: fc_backward ===
         # hint: the gradients of Y = X W + b: d_weight [num_input, num_output],
-        # hint: d_bias [1, num_output] (summed over the batch), bottom_diff (N, num_input)
+        # hint: d_bias [1, num_output], bottom_diff (N, num_input)
         self.d_weight = x.T @ top_diff
         self.d_bias = top_diff.sum(axis=0, keepdims=True)
         bottom_diff = top_diff @ weight.T
@@ -115,7 +115,8 @@ class SoftmaxLossLayer:
 
     forward: (N, K) scores -> (N, K) probabilities (integer scores are converted to float64).
     get_loss(label) with label (N,) class indices in [0, K) (checked).
-    backward: (prob - onehot(label)) / N.  Cache: ``self.prob``, ``self.label_onehot``.
+    backward: the gradient of get_loss's loss w.r.t. the scores, (N, K).
+    Cache: ``self.prob``, ``self.label_onehot``.
     """
 
     def __init__(self):
@@ -128,7 +129,8 @@ class SoftmaxLossLayer:
             raise ValueError(f"SoftmaxLossLayer.forward: input has shape {input.shape}, "
                              f"expected (N, K) scores.")
         # === STUDENT BEGIN: softmax_forward ===
-        # hint: subtract the row maximum before exp so that exp never overflows
+        # hint: softmax of each row: prob[n, k] = exp(x[n, k]) / sum_j exp(x[n, j]); scores
+        # hint: of any size (1000 and more) must give finite probabilities
         shifted = input - np.max(input, axis=1, keepdims=True)
         exp = np.exp(shifted)
         self.prob = exp / np.sum(exp, axis=1, keepdims=True)
@@ -149,8 +151,7 @@ class SoftmaxLossLayer:
         prob = need(self, "prob")
         onehot = need(self, "label_onehot")
         # === STUDENT BEGIN: softmax_backward ===
-        # hint: the gradient of the mean cross-entropy (get_loss) w.r.t. the scores,
-        # hint: (N, K); the loss is averaged over the batch of N
+        # hint: the gradient of the loss get_loss returns w.r.t. the scores, (N, K)
         bottom_diff = (prob - onehot) / self.batch_size
         # === STUDENT END ===
         return bottom_diff

@@ -47,8 +47,8 @@ def window_view(x, kernel_size, stride):
     No copy: ``view[n, c, h, w] is x[n, c, h*s:h*s+K, w*s:w*s+K]``.
     """
     # === STUDENT BEGIN: window_view ===
-    # hint: numpy.lib.stride_tricks.sliding_window_view gives every K x K window of the two
-    # hint: spatial axes at stride 1; keep every s-th window along each
+    # hint: a view, not a copy (NumPy's stride tricks): axes (N, C, H_out, W_out, K, K),
+    # hint: window (h, w) starts at (h*s, w*s) (eq. 3.3)
     windows = np.lib.stride_tricks.sliding_window_view(x, (kernel_size, kernel_size),
                                                        axis=(2, 3))
     windows = windows[:, :, ::stride, ::stride]
@@ -77,8 +77,8 @@ def img2col(x_pad, kernel_size, stride):
 def col2im(dcols, x_pad_shape, kernel_size, stride):
     """Adjoint of ``img2col``: (N*H_out*W_out, Cin*K*K) -> (N, Cin, Hp, Wp).
 
-    Each window's gradient is added back where the window came from; overlapping windows
-    add up. Loops only over the K*K kernel offsets (never over pixels or channels).
+    Each window's gradient goes back where the window was read from. Loops only over the
+    K*K kernel offsets (never over pixels or channels).
     """
     n, cin, hp, wp = x_pad_shape
     h_out = (hp - kernel_size) // stride + 1
@@ -89,8 +89,8 @@ def col2im(dcols, x_pad_shape, kernel_size, stride):
     dx_pad = np.zeros(x_pad_shape, dtype=dcols.dtype)
     # === STUDENT BEGIN: col2im ===
     # hint: the adjoint of img2col: each window element's gradient d[n, cin, kh, kw, h, w]
-    # hint: is added to the padded-input pixel it was read from (eq. 3.6); overlapping
-    # hint: windows add up; loop over the K*K kernel offsets only
+    # hint: belongs to the padded-input pixel it was read from (eq. 3.5, the gradient of
+    # hint: X_pad); loop over the K*K kernel offsets only
     for kh in range(kernel_size):
         for kw in range(kernel_size):
             dx_pad[:, :, kh:kh + stride * h_out:stride, kw:kw + stride * w_out:stride] += \
@@ -401,15 +401,14 @@ def maxpool_forward(x, kernel_size, stride):
 
 def maxpool_backward(x, output, top_diff, kernel_size, stride):
     """Eq. 3.9 without loops over pixels or channels. x (N, C, H, W); output and top_diff
-    (N, C, H_out, W_out) -> bottom_diff like x. Each window's gradient goes to the first
-    offset (row-major) that holds its maximum, as in the loop version; overlapping windows
-    add up."""
+    (N, C, H_out, W_out) -> bottom_diff like x. Each window's gradient goes to the
+    position of its maximum (eq. 3.8's p), as in the loop version."""
     k, s = kernel_size, stride
     h_out, w_out = output.shape[2:]
     bottom_diff = np.zeros(x.shape, dtype=top_diff.dtype)
     # === STUDENT BEGIN: pool_backward_speedup ===
-    # hint: eq. 3.9 for all windows at once: each window's top_diff goes to the first
-    # hint: position (row-major) that holds its maximum; overlapping windows add up
+    # hint: eq. 3.9 for all windows at once; offset view (kh, kw) of x and of
+    # hint: bottom_diff address element (kh, kw) of every window
     taken = np.zeros(output.shape, dtype=bool)
     for view, target in zip(offset_views(x, k, s, h_out, w_out),
                             offset_views(bottom_diff, k, s, h_out, w_out)):

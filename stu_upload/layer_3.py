@@ -141,7 +141,7 @@ class AdamOptimizer:
         self.step += 1
         t = self.step
         # === STUDENT BEGIN: adam_update ===
-        # hint: eq. 3.17: update mt and vt, correct their bias with 1 - beta^t, then step
+        # hint: eq. 3.17 with t the number of updates so far (this one included)
         self.mt = self.beta1 * self.mt + (1 - self.beta1) * grad
         self.vt = self.beta2 * self.vt + (1 - self.beta2) * np.square(grad)
         mt_hat = self.mt / (1 - self.beta1 ** t)

@@ -225,9 +225,45 @@ def check_dlp_net(net, weights):
         got = layer.w.astype(np.int64)
         assert (got.sum(), np.square(got).sum()) == (ref.sum(), np.square(ref).sum()), \
             f"layer {name!r}: the loaded weights are not the file's (under {fq})"
+        check_dlp_layout(name, layer, file_layer.weight, fq)
         want_bias = np.sort(np.asarray(file_layer.bias, np.float32).ravel().astype(np.float16))
         assert np.array_equal(np.sort(layer.bias), want_bias), \
             f"layer {name!r}: the loaded biases are not the file's"
+
+
+def dlp_layouts(name, weight):
+    """{description: the float filter pycnml would be given} for the layout the lab asks for
+    (first) and the classic wrong ones. The file holds [K, K, Cin, Cout] (fc: [H, W, Cin,
+    Cout]); pycnml's conv takes [Cout, Cin, K, K] (handout note 2), its MLP [Cout, H*W*Cin]
+    (CnmlFlattenLayer flattens pool5 in H, W, C order)."""
+    w = np.asarray(weight, np.float32)
+    if name.startswith("conv"):
+        return {"[Cout, Cin, K, K]": np.transpose(w, [3, 2, 0, 1]),
+                "[Cout, Cin, K, K] with kh and kw swapped": np.transpose(w, [3, 2, 1, 0]),
+                "[Cin, Cout, K, K]": np.transpose(w, [2, 3, 0, 1]),
+                "[Cout, K, K, Cin]": np.transpose(w, [3, 0, 1, 2]),
+                "the file's [K, K, Cin, Cout] untransposed": w}
+    return {"[Cout, H*W*Cin]": w.reshape(-1, w.shape[3]).T,
+            "[Cout, Cin*H*W] (C, H, W order; pycnml's flatten is H, W, C)":
+                np.transpose(w, [3, 2, 0, 1]).reshape(w.shape[3], -1),
+            "[H*W*Cin, Cout] (not transposed)": w.reshape(-1, w.shape[3])}
+
+
+def check_dlp_layout(name, layer, weight, fq):
+    """The INT8 filter of a conv/MLP layer in exactly pycnml's layout; a wrong one is named."""
+    got = np.asarray(layer.w).astype(np.int64).ravel()
+    layouts = dlp_layouts(name, weight)
+    want_name, want = next(iter(layouts.items()))
+    want = net_ints(want, fq)
+    if np.array_equal(got, want):
+        return
+    seen = next((d for d, f in layouts.items() if np.array_equal(got, net_ints(f, fq))), None)
+    first = int(np.flatnonzero(got != want)[0])
+    raise AssertionError(
+        f"layer {name!r}: the filter given to loadParams is in the wrong layout"
+        + (f": yours is {seen}" if seen else "") + f"; pycnml expects {want_name} (handout "
+        f"note 2: the file holds [K, K, Cin, Cout]); first difference at flat index {first}: "
+        f"yours {got[first]} vs expected {want[first]} (INT8)")
 
 
 def net_ints(weight, fq):

@@ -19,7 +19,8 @@ import pytest
 from labkit.engine.attach import pool_max as ref_pool     # checked against a loop definition
 from labkit.engine.conv_algos import conv2d_reference
 from labkit.runtime.student import stu
-from lab_support import mse, rel_err, deferred, unwrap
+from labkit.runtime.compare import expect, expect_close, expect_equal, expect_shape
+from lab_support import mse, deferred, unwrap
 
 TOL = 1e-10      # float64 against float64 reference: rounding only
 
@@ -43,20 +44,21 @@ def test_conv_forward(k, p, s, shape, cout):
     b = rng.standard_normal(cout)
     out = conv_layer(k, shape[1], cout, p, s, w, b).forward(x)
     ref = conv2d_reference(x, w, b, p, s)
-    assert np.shape(out) == ref.shape, f"conv output shape {np.shape(out)}, expected {ref.shape} (eq. 3.4)"
-    err = rel_err(out, ref)
-    assert err < TOL, f"conv forward: relative error {err:.2e} >= {TOL:g}"
+    expect_shape("conv forward output Y", out, ref.shape, equation="eq. 3.4, "
+                 "H_out = (H + 2p - K) // s + 1")
+    expect_close("conv forward output Y", out, ref, rtol=TOL, equation="eq. 3.3")
 
 
 @pytest.mark.parametrize("k,s,shape", [(2, 2, (2, 3, 6, 8)), (2, 2, (1, 2, 7, 5)),
-                                       (3, 3, (1, 2, 9, 6))])
+                                       (3, 3, (1, 2, 9, 6)), (3, 2, (2, 2, 7, 9))])
 def test_pool_forward(k, s, shape):
     rng = np.random.default_rng(32)
     x = rng.standard_normal(shape)
     out = stu.layer_2.MaxPoolingLayer(k, s).forward(x)
     ref = ref_pool(x, k, s)
-    assert np.shape(out) == ref.shape, f"pool output shape {np.shape(out)}, expected {ref.shape}"
-    assert np.array_equal(out, ref), f"max-pool forward: max |error| {np.abs(out - ref).max():.3g}"
+    expect_shape(f"max-pool {k}x{k}/{s} forward output Y", out, ref.shape,
+                 equation="eq. 3.4 with p = 0")
+    expect_equal(f"max-pool {k}x{k}/{s} forward output Y", out, ref, equation="eq. 3.7")
 
 
 @pytest.fixture(scope="module")
@@ -91,18 +93,19 @@ def _compose(full_fixture):
 
 def test_pool5_matches_the_reference(composed, full_fixture):
     pool5 = unwrap(composed)["pool5"]
-    assert np.shape(pool5) == full_fixture["pool5"].shape
+    expect_shape("pool5 of the cat", pool5, full_fixture["pool5"].shape)
     err = mse(pool5, full_fixture["pool5"])
-    assert err < 0.003, f"pool5 MSE {err:.3g} >= 0.003 (the original criterion): check " \
-                        f"build_model, load_model (weight layout) and load_image"
+    expect(err < 0.003, f"pool5 of the cat: MSE {err:.3g} against the reference >= 0.003 "
+           f"(the original criterion): check build_model, load_model (weight layout "
+           f"[K, K, Cin, Cout] -> [Cin, K, K, Cout]) and load_image (mean subtracted, NCHW)")
 
 
 def test_classifies_the_cat(composed, full_fixture):
     prob = np.asarray(unwrap(composed)["prob"], dtype=np.float64).reshape(1, -1)
     ref = full_fixture["prob"].reshape(1, -1)
-    assert prob.shape == ref.shape, f"probabilities shape {prob.shape}, expected {ref.shape}"
-    assert int(prob.argmax()) == int(ref.argmax()), \
-        f"class {int(prob.argmax())}, expected {int(ref.argmax())}"
-    err = np.abs(prob - ref).max()
-    assert err < 1e-4, f"max |probability error| {err:.3g} >= 1e-4: check flatten (H, W, C " \
-                       f"order), fc, relu and softmax"
+    expect_shape("class probabilities of the cat", prob, ref.shape)
+    expect(int(prob.argmax()) == int(ref.argmax()),
+           f"the cat's class: yours {int(prob.argmax())}, expected {int(ref.argmax())}: check "
+           f"flatten (H, W, C order), fc, relu and softmax")
+    expect_close("class probabilities of the cat (from the reference pool5)", prob, ref,
+                 rtol=0, atol=1e-4, hint="check flatten (H, W, C order), fc, relu and softmax")

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from labkit.runtime.student import stu
+from labkit.runtime.compare import expect, expect_shape
 from lab_support import check_dlp_net, deferred, install_dlp_recorder, unwrap
 
 MIN_CORRELATION = 0.99
@@ -58,13 +59,14 @@ def test_dlp_classifies_like_the_cpu(net, full_fixture, file_weights):
     check_dlp_net(dlp, file_weights)
     prob = np.asarray(dlp.getOutputData(), dtype=np.float64).ravel()
     ref = full_fixture["prob"].ravel()
-    assert prob.shape == ref.shape, f"{prob.size} outputs, expected {ref.size}"
+    expect_shape("the DLP net's output (class probabilities)", prob, ref.shape)
     corr = float(np.corrcoef(prob, ref)[0, 1])
     print(f"correlation with the CPU probabilities: {corr:.5f}")
-    assert int(prob.argmax()) == int(ref.argmax()), \
-        f"class {int(prob.argmax())}, expected {int(ref.argmax())} (correlation {corr:.3f})"
-    assert corr > MIN_CORRELATION, f"probability correlation with the CPU {corr:.3f} <= " \
-                                   f"{MIN_CORRELATION} (check the fc6 layout)"
+    expect(int(prob.argmax()) == int(ref.argmax()),
+           f"the cat's class on the DLP: yours {int(prob.argmax())}, expected "
+           f"{int(ref.argmax())} (correlation with the float CPU probabilities {corr:.3f})")
+    expect(corr > MIN_CORRELATION, f"the DLP probabilities' correlation with the float CPU's: "
+           f"yours {corr:.3f}, threshold > {MIN_CORRELATION} (check the fc6 layout)")
 
 
 def test_get_top5_runs_forward_itself(net, full_fixture, file_weights):
@@ -77,5 +79,6 @@ def test_get_top5_runs_forward_itself(net, full_fixture, file_weights):
     out = np.asarray(dlp.getOutputData(), dtype=np.float64).ravel()
     order = list(np.argsort(-out, kind="stable"))
     top1, top5 = result[-2:]      # the original returns (time, top1, top5)
-    assert (bool(top1), bool(top5)) == (order[0] == label, label in order[:5]), \
-        f"get_top5({label}) returned {result}, the net's output says top-1 {order[0]}"
+    expect((bool(top1), bool(top5)) == (order[0] == label, label in order[:5]),
+           f"get_top5({label}) returned {result}; the net's output says top-1 {order[0]}, "
+           f"top-5 {[int(i) for i in order[:5]]}: expected (top1 == label, label in top5)")

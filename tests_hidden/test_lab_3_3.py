@@ -21,8 +21,9 @@ import pytest
 from labkit.engine.conv_algos import (conv2d_input_grad_reference, conv2d_reference,
                                       conv2d_weight_grad_reference)
 from labkit.runtime.gradcheck import check_directional
+from labkit.runtime.compare import expect, expect_close, expect_shape
 from labkit.runtime.student import seed_numpy, stu, to_student
-from lab_support import RefReLU, rel_err, deferred, unwrap
+from lab_support import RefReLU, deferred, unwrap
 
 TOL = 1e-10
 
@@ -43,10 +44,9 @@ def conv_case(seed, shape, k, cout):
 CONV_CASES = [((2, 3, 6, 7), 3, 4, 1, 1), ((1, 2, 7, 9), 3, 3, 0, 2)]
 
 
-def check(name, got, ref, tol=TOL):
-    assert np.shape(got) == np.shape(ref), f"{name}: shape {np.shape(got)}, expected {np.shape(ref)}"
-    err = rel_err(got, ref)
-    assert err < tol, f"{name}: relative error {err:.2e} >= {tol:g}"
+def check(name, got, ref, tol=TOL, equation=""):
+    """yours vs expected at the worst index, relative to the expected values' scale."""
+    expect_close(name, got, ref, rtol=tol, equation=equation)
 
 
 @pytest.mark.parametrize("shape,k,cout,p,s", CONV_CASES)
@@ -54,14 +54,14 @@ def test_conv_backward_raw(shape, k, cout, p, s):
     x, w, b = conv_case(41, shape, k, cout)
     layer = conv_layer(k, shape[1], cout, p, s, w, b, type=0)
     y = layer.forward(x)
-    check("conv forward_raw (eq. 3.4)", y, conv2d_reference(x, w, b, p, s))
+    check("conv forward_raw output Y", y, conv2d_reference(x, w, b, p, s), equation="eq. 3.3")
     dy = np.random.default_rng(42).standard_normal(np.shape(y))
     dx = layer.backward(dy.copy())
-    check("conv backward_raw bottom_diff (eq. 3.6)", dx,
-          conv2d_input_grad_reference(dy, w, p, s, x.shape))
+    check("conv backward_raw bottom_diff dL/dX", dx,
+          conv2d_input_grad_reference(dy, w, p, s, x.shape), equation="eqs. 3.5-3.6")
     dw, db = conv2d_weight_grad_reference(x, dy, k, p, s)
-    check("conv backward_raw d_weight (eq. 3.5)", layer.d_weight, dw)
-    check("conv backward_raw d_bias (eq. 3.5)", np.ravel(layer.d_bias), db)
+    check("conv backward_raw d_weight dL/dW", layer.d_weight, dw, equation="eq. 3.5")
+    check("conv backward_raw d_bias dL/db", np.ravel(layer.d_bias), db, equation="eq. 3.5")
 
 
 @pytest.mark.parametrize("shape,k,cout,p,s", CONV_CASES + [((1, 16, 12, 20), 3, 16, 1, 1)])
@@ -71,37 +71,89 @@ def test_conv_speedup(shape, k, cout, p, s):
     x, w, b = conv_case(43, shape, k, cout)
     layer = conv_layer(k, shape[1], cout, p, s, w, b, type=1)
     y = layer.forward(x)
-    check("img2col conv forward", y, conv2d_reference(x, w, b, p, s))
+    check("img2col conv forward output Y", y, conv2d_reference(x, w, b, p, s),
+          equation="eq. 3.3")
     dy = np.random.default_rng(44).standard_normal(np.shape(y))
-    check("img2col conv backward bottom_diff", layer.backward(dy.copy()),
-          conv2d_input_grad_reference(dy, w, p, s, x.shape))
+    check("img2col conv backward bottom_diff dL/dX", layer.backward(dy.copy()),
+          conv2d_input_grad_reference(dy, w, p, s, x.shape), equation="eqs. 3.5-3.6")
 
 
-def ref_pool_grad(x, dy, k):
-    """2x2/2-style non-overlapping pooling: each window's gradient to its (first) maximum."""
+def ref_pool(x, k, s):
     n, c, h, w = x.shape
-    ho, wo = dy.shape[2:]
-    win = x[:, :, :ho * k, :wo * k].reshape(n, c, ho, k, wo, k).transpose(0, 1, 2, 4, 3, 5)
-    flat = win.reshape(n, c, ho, wo, k * k)
-    onehot = np.eye(k * k)[flat.argmax(axis=-1)] * dy[..., None]
-    grad = onehot.reshape(n, c, ho, wo, k, k).transpose(0, 1, 2, 4, 3, 5).reshape(
-        n, c, ho * k, wo * k)
-    out = np.zeros_like(x)
-    out[:, :, :ho * k, :wo * k] = grad
+    ho, wo = (h - k) // s + 1, (w - k) // s + 1
+    out = np.empty((n, c, ho, wo))
+    for i in range(ho):
+        for j in range(wo):
+            out[:, :, i, j] = x[:, :, i * s:i * s + k, j * s:j * s + k].max(axis=(2, 3))
     return out
 
 
+def ref_pool_grad(x, dy, k, s):
+    """Eqs. 3.8-3.9 by loops: each window's gradient to its (first) maximum, added where
+    windows overlap (stride < kernel)."""
+    out = np.zeros_like(x)
+    n, c, ho, wo = dy.shape
+    for b in range(n):
+        for ch in range(c):
+            for i in range(ho):
+                for j in range(wo):
+                    win = x[b, ch, i * s:i * s + k, j * s:j * s + k]
+                    q0, q1 = np.unravel_index(int(np.argmax(win)), win.shape)
+                    out[b, ch, i * s + q0, j * s + q1] += dy[b, ch, i, j]
+    return out
+
+
+# (kernel, stride, input shape): the handout's 2x2/2 with N = 2, odd sizes (floor rule),
+# overlapping windows (stride < kernel: gradients add up), stride > kernel, non-square
+POOL_CASES = [(2, 2, (2, 3, 6, 8)), (3, 2, (2, 2, 7, 9)), (2, 1, (1, 2, 5, 6)),
+              (2, 3, (2, 1, 8, 7))]
+
+
 @pytest.mark.parametrize("type", [0, 1])
-def test_pool_backward(type):
-    """Eq. 3.9 on the handout's 2x2/2 pooling (loops: backward_raw_book; type=1: speedup)."""
+@pytest.mark.parametrize("k,s,shape", POOL_CASES)
+def test_pool_backward(type, k, s, shape):
+    """Eqs. 3.7-3.9 (loops: backward_raw_book; type=1: speedup): forward first, then the
+    gradient to each window's maximum, added where windows overlap."""
     rng = np.random.default_rng(45)
-    x = rng.standard_normal((2, 3, 6, 8))
+    x = rng.standard_normal(shape)
+    layer = stu.layer_2.MaxPoolingLayer(k, s, type)
+    y = layer.forward(x)
+    check(f"max-pool {k}x{k}/{s} (type={type}) forward output Y", y, ref_pool(x, k, s),
+          equation="eq. 3.7")
+    dy = rng.standard_normal(np.shape(y))
+    check(f"max-pool {k}x{k}/{s} (type={type}) bottom_diff dL/dX", layer.backward(dy.copy()),
+          ref_pool_grad(x, dy, k, s), equation="eqs. 3.8-3.9")
+
+
+@pytest.mark.parametrize("type", [0, 1])
+def test_pool_backward_ties_after_relu(type):
+    """After a ReLU, whole 2x2 windows are 0: each window's gradient must go to one of its
+    maxima, once (eq. 3.9 names one position p), not to every tied maximum."""
+    rng = np.random.default_rng(52)
+    x = np.maximum(rng.standard_normal((2, 3, 6, 8)), 0)
+    x[:, :, :2, :4] = 0.0                               # all-zero windows
+    x[0, 0, 2:4, 0:2] = [[1.5, 1.5], [0.2, 1.5]]        # a tie among positive values
     layer = stu.layer_2.MaxPoolingLayer(2, 2, type)
     y = layer.forward(x)
-    check(f"max-pool (type={type}) forward", y,
-          x.reshape(2, 3, 3, 2, 4, 2).max(axis=(3, 5)))
-    dy = rng.standard_normal(np.shape(y))
-    check(f"max-pool (type={type}) bottom_diff", layer.backward(dy.copy()), ref_pool_grad(x, dy, 2))
+    check(f"max-pool 2x2/2 (type={type}) forward output Y", y, ref_pool(x, 2, 2),
+          equation="eq. 3.7")
+    dy = rng.uniform(0.5, 1.5, np.shape(y))
+    dx = np.asarray(layer.backward(dy.copy()), dtype=np.float64)
+    expect_shape("max-pool bottom_diff dL/dX", dx, x.shape)
+    n, c, ho, wo = dy.shape
+    win = lambda a: a.reshape(n, c, ho, 2, wo, 2).transpose(0, 1, 2, 4, 3, 5).reshape(
+        n, c, ho, wo, 4)
+    wx, wd = win(x), win(dx)
+    not_max = wx < wx.max(axis=-1, keepdims=True)
+    expect(np.all(wd[not_max] == 0), f"max-pool (type={type}) bottom_diff (eq. 3.9): "
+           f"gradient at a position that is not its window's maximum")
+    count = (wd != 0).sum(axis=-1)
+    tied = int((count > 1).sum())
+    expect(tied == 0, f"max-pool (type={type}) bottom_diff (eqs. 3.8-3.9): {tied} window(s) "
+           f"with tied maxima (e.g. all 0 after a ReLU) send their gradient to several "
+           f"positions; eq. 3.9 sends each window's dL/dY to one position p")
+    check(f"max-pool (type={type}) bottom_diff summed per window", wd.sum(axis=-1), dy,
+          equation="eq. 3.9")
 
 
 def test_relu_backward():
@@ -110,36 +162,46 @@ def test_relu_backward():
     x = rng.standard_normal((3, 4, 5))
     x[0, 0, :3] = 0.0
     relu = stu.layer_1.ReLULayer()
-    check("ReLU forward", relu.forward(x), np.maximum(x, 0), 1e-15)
+    check("ReLU forward output Y = max(X, 0)", relu.forward(x), np.maximum(x, 0), 0)
     dy = rng.standard_normal(x.shape)
-    dx = np.asarray(relu.backward(dy.copy()))
-    assert dx.shape == x.shape
-    assert np.array_equal(dx[x > 0], dy[x > 0]) and np.all(dx[x < 0] == 0)
+    dx = np.asarray(relu.backward(dy.copy()), dtype=np.float64)
+    expect_shape("ReLU bottom_diff", dx, x.shape)
     zero = x == 0
-    assert np.all((dx[zero] == 0) | (dx[zero] == dy[zero])), "ReLU gradient at 0: use 0 or dL/dY"
+    check("ReLU bottom_diff dL/dX (dL/dY where X > 0, 0 where X < 0)",
+          np.where(zero, 0, dx), np.where(x > 0, dy, 0), 0)
+    expect(np.all((dx[zero] == 0) | (dx[zero] == dy[zero])),
+           "ReLU bottom_diff at X == 0: use 0 or dL/dY")
 
 
 def test_content_loss():
+    """Eq. 3.10's value, then eq. 3.11's gradient, for N = 1 and N = 2."""
     rng = np.random.default_rng(47)
-    x, y = rng.standard_normal((1, 4, 5, 6)), rng.standard_normal((1, 4, 5, 6))
-    layer = stu.layer_3.ContentLossLayer()
-    loss = float(layer.forward(x, y))
-    assert abs(loss - np.sum((x - y) ** 2) / (2 * x.size)) < 1e-12 * abs(loss), "eq. 3.10"
-    check("content loss gradient (eq. 3.11)", layer.backward(x, y), (x - y) / x.size)
+    for n in (1, 2):
+        x, y = rng.standard_normal((n, 4, 5, 6)), rng.standard_normal((n, 4, 5, 6))
+        layer = stu.layer_3.ContentLossLayer()
+        check(f"content loss L_content, N = {n}", float(layer.forward(x, y)),
+              np.sum((x - y) ** 2) / (2 * x.size), 1e-12, equation="eq. 3.10, 1/(2NCHW)")
+        check(f"content loss gradient dL/dX, N = {n}", layer.backward(x, y), (x - y) / x.size,
+              equation="eq. 3.11, 1/(NCHW)")
 
 
 def test_style_loss():
+    """Eqs. 3.12-3.13's value, then eq. 3.15's gradient, for N = 1 and N = 2 (the
+    normaliser holds N)."""
     rng = np.random.default_rng(48)
-    x, a = rng.standard_normal((1, 4, 5, 6)), rng.standard_normal((1, 4, 5, 6))
-    n, c, h, w = x.shape
-    fx, fa = x.reshape(n, c, -1), a.reshape(n, c, -1)
-    g, ga = fx @ fx.transpose(0, 2, 1), fa @ fa.transpose(0, 2, 1)
-    layer = stu.layer_3.StyleLossLayer()
-    loss = float(layer.forward(x, a))
-    expect = np.sum((g - ga) ** 2) / (4 * n * c ** 2 * h ** 2 * w ** 2)
-    assert abs(loss - expect) < 1e-10 * expect, f"style loss {loss:.6g}, expected {expect:.6g} (eq. 3.13)"
-    grad = ((g - ga).transpose(0, 2, 1) @ fx).reshape(x.shape) / (n * c ** 2 * h ** 2 * w ** 2)
-    check("style loss gradient (eq. 3.15)", layer.backward(x, a), grad)
+    for shape in ((1, 4, 5, 6), (2, 3, 4, 5)):
+        x, a = rng.standard_normal(shape), rng.standard_normal(shape)
+        n, c, h, w = x.shape
+        fx, fa = x.reshape(n, c, -1), a.reshape(n, c, -1)
+        g, ga = fx @ fx.transpose(0, 2, 1), fa @ fa.transpose(0, 2, 1)
+        layer = stu.layer_3.StyleLossLayer()
+        expect_loss = np.sum((g - ga) ** 2) / (4 * n * c ** 2 * h ** 2 * w ** 2)
+        check(f"style loss L_style, N = {n}", float(layer.forward(x, a)), expect_loss, 1e-10,
+              equation="eqs. 3.12-3.13, 1/(4NC^2H^2W^2)")
+        grad = ((g - ga).transpose(0, 2, 1) @ fx).reshape(x.shape) / (n * c ** 2 * h ** 2 *
+                                                                      w ** 2)
+        check(f"style loss gradient dL/dX, N = {n}", layer.backward(x, a), grad,
+              equation="eq. 3.15, 1/(NC^2H^2W^2)")
 
 
 def test_adam():
@@ -148,14 +210,14 @@ def test_adam():
     adam = stu.layer_3.AdamOptimizer(0.5, list(shape))
     x = rng.standard_normal(shape)
     m = v = np.zeros(shape)
-    expect = x.copy()
+    expect_x = x.copy()
     for t in range(1, 4):
         g = rng.standard_normal(shape)
         x = adam.update(x, g)
         m = 0.9 * m + 0.1 * g
         v = 0.999 * v + 0.001 * g * g
-        expect = expect - 0.5 * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
-        check(f"Adam step {t} (eq. 3.17)", x, expect, 1e-9)
+        expect_x = expect_x - 0.5 * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
+        check(f"Adam: the image after step t = {t}", x, expect_x, 1e-9, equation="eq. 3.17")
 
 
 @pytest.fixture(scope="module")
@@ -191,13 +253,16 @@ def _feature_net(full_fixture):
 def test_feature_network_forward_backward(feature_net, full_fixture, tmp_path):
     vgg = unwrap(feature_net)
     image, shape = vgg.load_image(full_fixture["image"], 32, 48)
-    assert np.shape(image) == (1, 3, 32, 48) and tuple(shape)[:2] == (300, 400)
+    expect_shape("load_image(path, 32, 48)'s image", image, (1, 3, 32, 48))
+    expect(tuple(shape)[:2] == (300, 400), f"load_image's original shape {tuple(shape)}, "
+           f"expected (300, 400, 3): save_image resizes back to it")
     rng = np.random.default_rng(50)
     # noise breaks the ties of flat image regions (max-pool is not differentiable at a tie)
     x = np.asarray(image, dtype=np.float64) + rng.standard_normal(np.shape(image))
     feats = vgg.forward(x, ["relu1_1", "relu3_1"])
-    assert set(feats) >= {"relu1_1", "relu3_1"}
-    assert np.shape(feats["relu3_1"])[1:] == (256, 8, 12)
+    expect(set(feats) >= {"relu1_1", "relu3_1"}, f"forward(x, ['relu1_1', 'relu3_1']) "
+           f"returned the layers {sorted(feats)}: a dict with (at least) the layers asked for")
+    expect_shape("features of relu3_1", feats["relu3_1"], (np.shape(x)[0], 256, 8, 12))
     # the reference: the same weights from the file, the definition of each layer
     from labkit.runtime.matfile import load_vgg19_mat
     weights = load_vgg19_mat(full_fixture["mat"])
@@ -219,7 +284,7 @@ def test_feature_network_forward_backward(feature_net, full_fixture, tmp_path):
     # checked against the reference at every point used (no answer from a cache)
     dloss = rng.standard_normal(np.shape(feats["relu3_1"]))
     grad = np.asarray(vgg.backward(dloss.copy(), "relu3_1"))
-    assert grad.shape == x.shape
+    expect_shape("backward(dloss, 'relu3_1'): the image gradient", grad, x.shape)
     check_directional("backward to the image", lambda z: vgg.forward(z, ["relu3_1"])["relu3_1"],
                       grad, x, dloss, directions=2, eps=1e-5, seed=51, threshold=1e-5,
                       reference=reference, forward_threshold=1e-9)
@@ -228,7 +293,8 @@ def test_feature_network_forward_backward(feature_net, full_fixture, tmp_path):
     vgg.save_image(x, shape, out)
     from PIL import Image
     with Image.open(out) as im:
-        assert im.size == (400, 300)
+        expect(im.size == (400, 300), f"save_image(image, original_shape, path) wrote a "
+               f"{im.size[0]}x{im.size[1]} picture, expected 400x300 (the original shape)")
 
 
 def test_get_random_img_uses_numpys_global_generator():
@@ -237,5 +303,6 @@ def test_get_random_img_uses_numpys_global_generator():
     seed_numpy(1234)        # here and, graded in the sandbox, in the student's process
     a = get_random_img(content, 0.5)
     np.random.seed(1234)
-    expect = np.random.uniform(-20, 20, content.shape) * 0.5 + content * 0.5
-    check("get_random_img after np.random.seed(1234)", a, expect, 1e-6)
+    expect_img = np.random.uniform(-20, 20, content.shape) * 0.5 + content * 0.5
+    check("get_random_img(content, 0.5) after np.random.seed(1234)", a, expect_img, 1e-6,
+          equation="uniform(-20, 20) noise * ratio + content * (1 - ratio)")

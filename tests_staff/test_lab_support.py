@@ -71,3 +71,27 @@ def test_a_net_without_vgg19s_layers_fails(built):
     net.createSoftmaxLayer("softmax", 1)
     with pytest.raises(AssertionError, match="expected VGG19's"):
         check_dlp_net(net, weights)
+
+
+@pytest.mark.parametrize("name,key,match", [
+    ("conv3_1", "kh and kw swapped", "yours is .*kh and kw swapped"),
+    ("conv1_2", "[Cin, Cout, K, K]", r"yours is \[Cin, Cout, K, K\]"),
+    ("fc6", "C, H, W order", r"yours is .*C, H, W order"),
+])
+def test_wrong_layouts_fail_by_name(built, name, key, match):
+    """The file's own values in a classic wrong layout (the same INT8 values in another
+    order: the order-blind sum check passes them) must fail, naming the layout."""
+    from lab_support import dlp_layouts, net_ints
+    recorder, weights = built
+    net = recorder.nets[0]
+    layer = next(item for item in net._layers if item.name == name)
+    saved = layer.w.copy()
+    wrong = next(f for d, f in dlp_layouts(name, weights.layer(name).weight).items() if key in d)
+    try:
+        layer.w = net_ints(wrong, layer.filter_quant).reshape(saved.shape).astype(saved.dtype)
+        assert not np.array_equal(layer.w, saved)
+        with pytest.raises(AssertionError, match=match):
+            check_dlp_net(net, weights)
+    finally:
+        layer.w = saved
+    check_dlp_net(net, weights)

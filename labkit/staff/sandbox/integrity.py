@@ -72,25 +72,65 @@ def changes(before, after):
     return out
 
 
-class Redactor:
-    """Blanks a message that quotes the hidden tests' source (24 characters in a row)."""
-    WINDOW = 24
+# what ships in the student kit as text (labkit.staff.kit): a message made of this text
+# reveals nothing of the hidden tests, even where the hidden tests say the same
+KIT_TEXT = ("tests", os.path.join("labkit", "runtime"), "stu_upload", "README.zh-CN.md",
+            "pycnml.py", "sitecustomize.py", "pycnml_api.md")
 
-    def __init__(self, hidden=None):
+
+def kit_text_paths(root=ROOT):
+    """The text files of the repository that ship in the student kit (the public tests, the
+    runtime, the student files, the drivers, the root files a student reads)."""
+    paths = [os.path.join(root, p) for p in KIT_TEXT]
+    paths += [os.path.join(root, n) for n in DRIVERS]
+    return [p for p in paths if os.path.exists(p)]
+
+
+def _corpus(paths, suffixes):
+    parts = []
+    for top in paths:
+        for f in _files(top):
+            if f.endswith(suffixes):
+                with open(f, encoding="utf-8", errors="replace") as fh:
+                    parts.append(" ".join(fh.read().split()))
+    return "\n".join(parts)
+
+
+class Redactor:
+    """Withholds the parts of a message that quote the hidden tests' source (24 characters
+    in a row) and appear nowhere in the student kit (``public``: paths, default
+    ``kit_text_paths()``). A public test's message, or a hidden test's message made of the
+    kit's words (compare.py's "yours ... vs expected ..."), is kept; the rest of a message
+    that quotes a hidden test is kept too, with each quoted run replaced by ``[withheld]``."""
+    WINDOW = 24
+    MARK = "[withheld: hidden test]"
+
+    def __init__(self, hidden=None, public=None):
         self.corpus = ""
+        self.public = ""
         if hidden and os.path.isdir(hidden):
-            parts = []
-            for f in _files(hidden):
-                if f.endswith(".py"):
-                    with open(f, encoding="utf-8", errors="replace") as fh:
-                        parts.append(" ".join(fh.read().split()))
-            self.corpus = "\n".join(parts)
+            self.corpus = _corpus([hidden], (".py",))
+            self.public = _corpus(kit_text_paths() if public is None else public,
+                                  (".py", ".md", ".txt"))
 
     def __call__(self, text):
         if not self.corpus or not text:
             return text
         flat = " ".join(str(text).split())
+        hidden = [False] * len(flat)
         for i in range(0, max(0, len(flat) - self.WINDOW) + 1):
-            if flat[i:i + self.WINDOW] in self.corpus:
-                return "[message withheld: it quotes the hidden tests]"
-        return text
+            window = flat[i:i + self.WINDOW]
+            if window in self.corpus and window not in self.public:
+                hidden[i:i + self.WINDOW] = [True] * self.WINDOW
+        if not any(hidden):
+            return text
+        out, i = [], 0
+        while i < len(flat):
+            if hidden[i]:
+                while i < len(flat) and hidden[i]:
+                    i += 1
+                out.append(self.MARK)
+            else:
+                out.append(flat[i])
+                i += 1
+        return "".join(out)
