@@ -401,13 +401,14 @@ def maxpool_forward(x, kernel_size, stride):
 
 def maxpool_backward(x, output, top_diff, kernel_size, stride):
     """Eq. 3.9 without loops over pixels or channels. x (N, C, H, W); output and top_diff
-    (N, C, H_out, W_out) -> bottom_diff like x. Each window's gradient goes to the
-    position of its maximum (eq. 3.8's p), as in the loop version."""
+    (N, C, H_out, W_out) -> bottom_diff like x. Each window's gradient goes to the first
+    offset (row-major) that holds its maximum (eq. 3.8's p), as in the loop version."""
     k, s = kernel_size, stride
     h_out, w_out = output.shape[2:]
     bottom_diff = np.zeros(x.shape, dtype=top_diff.dtype)
     # === STUDENT BEGIN: pool_backward_speedup ===
-    # hint: eq. 3.9 for all windows at once; offset view (kh, kw) of x and of
+    # hint: eq. 3.9 for all windows at once: each window's top_diff goes to the first
+    # hint: position (row-major) that holds its maximum; offset view (kh, kw) of x and of
     # hint: bottom_diff address element (kh, kw) of every window
     taken = np.zeros(output.shape, dtype=bool)
     for view, target in zip(offset_views(x, k, s, h_out, w_out),

@@ -6,6 +6,7 @@ relative error = max|analytic - numeric| / max(max|analytic|, max|numeric|) < 1e
 import numpy as np
 import pytest
 
+from labkit.runtime.compare import expect, expect_close, expect_equal, expect_shape
 from labkit.runtime.gradcheck import GradientCheckError, assert_close, check_vjp, numeric_gradient
 from labkit.runtime.recorded import Recorded
 from labkit.runtime.student import lazy, runs_here, stu
@@ -64,15 +65,19 @@ def test_img2col_rows_and_col2im_adjoint(case):
     x, k, s = d["x"], int(d["k"]), int(d["s"])
     cols = img2col(x, k, s)
     ho, wo = (7 - k) // s + 1, (6 - k) // s + 1
-    assert cols.shape == (2 * ho * wo, 3 * k * k)
+    expect_shape(f"{case}: img2col matrix", cols, (2 * ho * wo, 3 * k * k),
+                 equation="(N*H_out*W_out, Cin*K*K)")
     # row (n, h, w) is the window in (cin, kh, kw) order
-    assert np.array_equal(cols[1 * ho * wo + 1 * wo + 0],
-                          x[1, :, s:s + k, 0:k].reshape(-1))
+    expect_equal(f"{case}: img2col row (n=1, h=1, w=0)", cols[1 * ho * wo + 1 * wo + 0],
+                 x[1, :, s:s + k, 0:k].reshape(-1),
+                 hint="row (n, h, w) is the window under output pixel (h, w), in (cin, kh, kw) "
+                      "order")
     assert_close("img2col", cols, d["cols"], 1e-12, context=f"{case}: ")
     dx = col2im(d["c"], x.shape, k, s)
-    assert_close("col2im", dx, d["dx"], 1e-12, context=f"{case}: ")
+    assert_close("col2im", dx, d["dx"], 1e-12, context=f"{case}: ", equation="eq. 3.5")
     # col2im is the adjoint (transpose) of img2col: <img2col(x), c> == <x, col2im(c)>
-    assert np.isclose(np.sum(cols * d["c"]), np.sum(x * dx), rtol=1e-12)
+    expect_close(f"{case}: <x, col2im(c)> (col2im is img2col's adjoint: <img2col(x), c>)",
+                 np.sum(x * dx), np.sum(cols * d["c"]), 1e-12)
 
 
 def test_pad_nchw(rng):
@@ -184,8 +189,9 @@ def test_pool_forward_and_gradient(case, type):
     layer = MaxPoolingLayer(int(d["k"]), int(d["s"]), type=type)
     ctx = f"{case} type={type}: "
     y = layer.forward(d["x"])
-    assert y.shape == d["y"].shape and np.array_equal(y, d["y"]), f"{ctx}pool output differs"
-    assert_close("pool bottom_diff", layer.backward(d["dy"]), d["dx"], 1e-12, ctx)
+    expect_equal(f"{ctx}max-pool output Y", y, d["y"], equation="eq. 3.7")
+    assert_close("pool bottom_diff", layer.backward(d["dy"]), d["dx"], 1e-12, ctx,
+                 equation="eqs. 3.8-3.9")
     x = d["x"].copy()
     x[..., 0, 1] += 1e-3               # the recorded tie moved apart: differentiable there
     check_vjp("pool bottom_diff", layer.forward, layer.backward, x, threshold=THRESHOLD,
@@ -197,7 +203,8 @@ def test_pool_raw_and_vectorised_agree(case):
     d = REC[case]
     x, k, s = d["x"], int(d["k"]), int(d["s"])        # x has a tie: the first maximum wins
     raw, fast = MaxPoolingLayer(k, s, 0), MaxPoolingLayer(k, s, 1)
-    assert np.array_equal(raw.forward(x), fast.forward(x))
+    expect_equal("type=1 max-pool output vs type=0's", fast.forward(x), raw.forward(x),
+                 equation="eq. 3.7")
     # overlapping windows add gradients in another order: equal up to rounding
     assert_close("pool bottom_diff", fast.backward(d["dy"]), raw.backward(d["dy"]), 1e-14)
 
@@ -217,10 +224,11 @@ def test_flatten_uses_hwc_order_and_backward_inverts(rng):
     x = rng.standard_normal((2, 3, 4, 5))
     layer = FlattenLayer([3, 4, 5], [60])
     y = layer.forward(x)
-    assert y.shape == (2, 60)
+    expect_shape("flatten output", y, (2, 60))
     # MatConvNet order: index (h, w, c) -> h*W*C + w*C + c
-    assert y[1, 2 * 5 * 3 + 1 * 3 + 2] == x[1, 2, 2, 1]
-    assert np.array_equal(layer.backward(y), x)
+    expect_equal("flatten output (H, W, C order: y[n, h*W*C + w*C + c] = x[n, c, h, w])", y,
+                 x.transpose(0, 2, 3, 1).reshape(2, -1))
+    expect_equal("flatten backward (the inverse of forward)", layer.backward(y), x)
     check_vjp("flatten bottom_diff", layer.forward, layer.backward, x, threshold=THRESHOLD)
     with pytest.raises(ValueError, match="expected"):
         layer.forward(np.zeros((2, 5, 4, 3)))

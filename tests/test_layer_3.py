@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from labkit.runtime.compare import expect_close, expect_shape
 from labkit.runtime.gradcheck import GradientCheckError, assert_close, check_vjp
 from labkit.runtime.recorded import Recorded
 from labkit.runtime.student import lazy, runs_here, stu, to_student
@@ -23,18 +24,23 @@ def feats(rng, shape=(2, 3, 4, 5)):
 def test_content_loss_matches_formula(case):
     d = REC[case]
     layer = ContentLossLayer()
-    assert layer.forward(d["x"], d["y"]) == pytest.approx(float(d["loss"]), rel=1e-12)
-    assert_close("content dX", layer.backward(d["x"], d["y"]), d["grad"], 1e-12)
+    expect_close("content loss L_content", layer.forward(d["x"], d["y"]), d["loss"], 1e-12,
+                 equation="eq. 3.10")
+    assert_close("content loss gradient dL/dX", layer.backward(d["x"], d["y"]), d["grad"],
+                 1e-12, equation="eq. 3.11")
 
 
 def test_content_gradient_numeric(rng):
-    d = REC["content/1"]                 # recorded: the forward value is checked first
-    x, y = d["x"], d["y"]
+    """The value first (a wrong loss is not a wrong gradient), then eq. 3.11 against central
+    differences of your own forward."""
+    d = REC["content/0"]
+    x, y = d["x"].copy(), d["y"]
     layer = ContentLossLayer()
-    assert layer.forward(x, y) == pytest.approx(float(d["loss"]), rel=1e-12)
+    expect_close("content loss L_content", layer.forward(x, y), d["loss"], 1e-12,
+                 equation="eq. 3.10")
     w = float(rng.standard_normal())     # random upstream scalar
-    check_vjp("content dX", lambda v: np.array(layer.forward(v, y)),
-              lambda dy: layer.backward(x, y) * dy, x, dy=np.array(w))
+    check_vjp("content loss gradient dL/dX", lambda v: np.array(layer.forward(v, y)),
+              lambda dy: layer.backward(x, y) * dy, x, dy=np.array(w), equation="eq. 3.11")
 
 
 def test_content_keeps_dtype_and_checks_shapes(rng):
@@ -49,27 +55,32 @@ def test_content_keeps_dtype_and_checks_shapes(rng):
 def test_gram_matrix_shape_and_values():
     d = REC["style/0"]
     g = gram_matrix(d["x"])
-    assert g.shape == (2, 3, 3)
-    assert_close("gram matrix", g, d["gram"], 1e-12)
+    expect_shape("gram matrix G", g, (2, 3, 3), equation="eq. 3.12, [N, C, C]")
+    assert_close("gram matrix G", g, d["gram"], 1e-12, equation="eq. 3.12")
 
 
 @pytest.mark.parametrize("case", REC.cases("style/"))
 def test_style_loss_and_gradient_match_formulas(case):
     d = REC[case]
     layer = StyleLossLayer()
-    assert layer.forward(d["x"], d["y"]) == pytest.approx(float(d["loss"]), rel=1e-12)
-    assert_close("style dX", layer.backward(d["x"], d["y"]), d["grad"], 1e-10)
+    expect_close("style loss L_style", layer.forward(d["x"], d["y"]), d["loss"], 1e-12,
+                 equation="eqs. 3.12-3.13")
+    assert_close("style loss gradient dL/dX", layer.backward(d["x"], d["y"]), d["grad"],
+                 1e-10, equation="eq. 3.15")
 
 
 def test_style_gradient_numeric(rng):
-    d = REC["style/1"]                   # recorded: the forward value is checked first
-    x, y = d["x"], d["y"]
+    """The value first (a wrong loss is not a wrong gradient), then eq. 3.15 against central
+    differences of your own forward."""
+    d = REC["style/0"]
+    x, y = d["x"].copy(), d["y"]
     layer = StyleLossLayer()
     layer.set_target(y)
-    assert layer.forward(x) == pytest.approx(float(d["loss"]), rel=1e-12)
+    expect_close("style loss L_style", layer.forward(x), d["loss"], 1e-12,
+                 equation="eqs. 3.12-3.13")
     w = float(rng.standard_normal())
-    check_vjp("style dX", lambda v: np.array(layer.forward(v)),
-              lambda dy: layer.backward(x.copy()) * dy, x, dy=np.array(w))
+    check_vjp("style loss gradient dL/dX", lambda v: np.array(layer.forward(v)),
+              lambda dy: layer.backward(x.copy()) * dy, x, dy=np.array(w), equation="eq. 3.15")
 
 
 def test_wrong_gradient_fails_the_check(rng):
@@ -123,8 +134,9 @@ def test_style_float32():
     d = REC["style/0"]
     x, y = d["x"].astype(np.float32), d["y"].astype(np.float32)
     layer = StyleLossLayer()
-    assert layer.backward(x, y).dtype == np.float32
-    assert layer.forward(x, y) == pytest.approx(float(d["loss"]), rel=1e-5)
+    assert layer.backward(x, y).dtype == np.float32, "style gradient: float32 in, float32 out"
+    expect_close("style loss L_style in float32", layer.forward(x, y), d["loss"], 1e-5,
+                 equation="eqs. 3.12-3.13")
 
 
 # ----------------------------------------------------------------------------- adam
@@ -135,7 +147,7 @@ def test_adam_first_steps():
     x = d["x"]
     for t, (g, want) in enumerate(zip(d["grads"], d["steps"]), 1):
         x = adam.update(x, g)
-        assert_close(f"Adam step {t}", x, want, 1e-12)
+        assert_close(f"Adam: the image after step t = {t}", x, want, 1e-12, equation="eq. 3.17")
     assert adam.step == 4
 
 

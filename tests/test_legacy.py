@@ -37,6 +37,17 @@ def test_pythonpath_at_the_kit_root_installs_the_shim(tmp_path):
     assert "ok float64 (2, 3, 3)" in r.stdout
 
 
+def test_scipy_misc_is_an_attribute_after_import_scipy_io(tmp_path):
+    """The original given vgg19_demo.py: ``import scipy.io``, then ``scipy.misc.imread``."""
+    code = ("import scipy.io\nimport numpy as np\n"
+            "print('ok', scipy.misc.imresize(np.zeros((4, 6, 3), np.uint8), (2, 3)).shape)\n")
+    r = run_py(code, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert "ok (2, 3, 3)" in r.stdout
+    r = run_py(code, cwd=str(tmp_path), LABKIT_LEGACY="0")       # negative control
+    assert r.returncode != 0 and "misc" in r.stderr
+
+
 def test_the_shim_is_off_with_labkit_legacy_0(tmp_path):
     r = run_py(LEGACY_CODE, cwd=str(tmp_path), LABKIT_LEGACY="0")
     assert r.returncode != 0
@@ -82,3 +93,39 @@ def test_import_pycnml_prefers_an_installed_binding(tmp_path):
                pythonpath=os.pathsep.join([ROOT, str(site)]), cwd=str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert r.stdout.split()[0] == "True" and str(site) in r.stdout
+
+
+GIVEN_LAYERS_2 = '''import numpy as np
+
+
+class MaxPoolingLayer(object):
+    def __init__(self, kernel_size, stride):
+        self.kernel_size, self.stride = kernel_size, stride
+
+    def forward(self, input):
+        self.input = input
+        height_out = (self.input.shape[2] - self.kernel_size) / self.stride + 1
+        width_out = (self.input.shape[3] - self.kernel_size) / self.stride + 1
+        own = (self.input.shape[3] - self.kernel_size) / self.stride + 1.0
+        return np.zeros([input.shape[0], input.shape[1], height_out, width_out]), own
+'''
+
+
+def test_the_original_given_python2_lines_run_and_the_students_own_as_written(tmp_path):
+    """The original kit's given exp 3.1 code: output sizes with '/' (exactly the known given
+    lines run as '//') and siblings imported without a dot; a student's own '/' stays '/'."""
+    pkg = tmp_path / "stu_upload"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "layers_2.py").write_text(GIVEN_LAYERS_2)
+    (pkg / "vgg_cpu.py").write_text("from layers_2 import MaxPoolingLayer\nimport layers_2\n")
+    code = ("import numpy as np\nfrom stu_upload.vgg_cpu import MaxPoolingLayer\n"
+            "import stu_upload.vgg_cpu as v\nassert v.layers_2.MaxPoolingLayer is MaxPoolingLayer\n"
+            "out, own = MaxPoolingLayer(2, 2).forward(np.zeros((1, 1, 6, 7)))\n"
+            "print('ok', out.shape, own)\n")
+    r = run_py(code, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert "ok (1, 1, 3, 3) 3.5" in r.stdout
+    assert not list(pkg.glob("__pycache__/*layers_2*.pyc"))     # no rewritten code cached
+    r = run_py(code, cwd=str(tmp_path), LABKIT_LEGACY="0")       # negative control
+    assert r.returncode != 0 and ("layers_2" in r.stderr or "float" in r.stderr)

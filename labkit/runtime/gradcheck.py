@@ -43,8 +43,11 @@ def relative_error(analytic, numeric):
     return float(diff.max(initial=0.0) / scale), tuple(int(i) for i in worst)
 
 
-def assert_close(name, analytic, numeric, threshold=DEFAULT_THRESHOLD, context=""):
-    """Raise GradientCheckError unless the relative error is below ``threshold``."""
+def assert_close(name, analytic, numeric, threshold=DEFAULT_THRESHOLD, context="", equation=""):
+    """Raise GradientCheckError unless the relative error is below ``threshold``; the
+    message names the quantity (and its ``equation``), the worst index, yours vs expected."""
+    if equation:
+        name = f"{name} ({equation})"
     analytic = np.asarray(analytic)
     numeric = np.asarray(numeric)
     if analytic.shape != numeric.shape:
@@ -90,7 +93,7 @@ def _check_probe(name, value, reference, z, threshold, context, where):
 
 
 def check_vjp(name, forward, backward, x, dy=None, seed=0, threshold=DEFAULT_THRESHOLD,
-              context="", reference=None, forward_threshold=1e-10):
+              context="", reference=None, forward_threshold=1e-10, equation=""):
     """Check ``backward(dy)`` against central differences of ``sum(forward(x) * dy)``.
 
     ``forward(x)`` must be a pure function of ``x`` (it may use a layer); ``backward(dy)``
@@ -136,6 +139,8 @@ def check_vjp(name, forward, backward, x, dy=None, seed=0, threshold=DEFAULT_THR
     if reference is not None:
         assert_close(f"{name} (your forward's finite differences)", numeric, expected,
                      threshold, context)
+    if equation:
+        name = f"{name} ({equation})"
     _refuse_both_zero(name, analytic, numeric, context)
     return assert_close(name, analytic, numeric, threshold, context)
 

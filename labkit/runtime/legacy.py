@@ -22,6 +22,7 @@ environment variable ``LABKIT_LEGACY=0`` (or a driver's ``--no-legacy``).
 """
 import importlib.abc
 import importlib.machinery
+import importlib.util
 import os
 import sys
 
@@ -117,8 +118,90 @@ def patch_scipy_misc(misc):
         setattr(misc, fn.__name__, fn)
 
 
+def patch_scipy(scipy):
+    """``scipy.misc`` as an attribute of ``scipy`` (imported on first use), as on SciPy 1.2:
+    the original kit's given vgg19_demo.py does ``import scipy.io`` and then calls
+    ``scipy.misc.imread``, which only an importable ``scipy.misc`` does not satisfy."""
+    if getattr(scipy, "_labkit_misc", False):
+        return
+    previous = scipy.__dict__.get("__getattr__")
+
+    def __getattr__(name):      # noqa: N807 (a module's __getattr__, PEP 562)
+        if name == "misc":
+            import importlib
+            return importlib.import_module("scipy.misc")
+        if previous is not None:
+            return previous(name)
+        raise AttributeError(f"module 'scipy' has no attribute {name!r}")
+
+    scipy.__getattr__ = __getattr__
+    scipy._labkit_misc = True
+
+
+# ------------------------------------------------------------------------------ given code
+# The original kit's *given* exp 3.1 code is Python 2 (lab_interfaces.md): these output-size
+# lines of its layers_2.py (conv and max-pool) divide with "/", a float under Python 3. Every
+# real submission carries them unchanged; they are the course's lines, not the student's, so
+# exactly these lines (compared without their indentation) are run with their intended
+# integer meaning. Any other line, a student's own "/" included, runs as written.
+GIVEN_PY2_LINES = {
+    "height_out = (height - self.kernel_size) / self.stride + 1":
+        "height_out = (height - self.kernel_size) // self.stride + 1",
+    "width_out = (width - self.kernel_size) / self.stride + 1":
+        "width_out = (width - self.kernel_size) // self.stride + 1",
+    "height_out = (self.input.shape[2] - self.kernel_size) / self.stride + 1":
+        "height_out = (self.input.shape[2] - self.kernel_size) // self.stride + 1",
+    "width_out = (self.input.shape[3] - self.kernel_size) / self.stride + 1":
+        "width_out = (self.input.shape[3] - self.kernel_size) // self.stride + 1",
+}
+# the student files' sibling modules: the original's given files import them without a dot
+# ("from layers_1 import ..."), which Python 3 reads as a top-level module
+SIBLINGS = ("layers_1", "layers_2", "layers_3", "vgg_cpu", "vgg19_demo",
+            "exp_3_3_style_transfer", "layer_1", "layer_2", "layer_3", "style_transfer",
+            "_base")
+STUDENT_PACKAGE = "stu_upload"
+
+
+def rewrite_given(source):
+    """``source`` with the original kit's known given Python-2 lines (GIVEN_PY2_LINES) made
+    Python 3 and dot-less sibling imports (``from layers_1 import X``, ``import layers_2``)
+    made relative; nothing else changes (line numbers are kept)."""
+    import re
+    sibling = "|".join(SIBLINGS)
+    from_re = re.compile(rf"^(\s*)from\s+({sibling})\s+import\b")
+    import_re = re.compile(rf"^(\s*)import\s+({sibling})\s*(#.*)?$")
+    out, changed = [], False
+    for line in source.splitlines(keepends=True):
+        body = line.rstrip("\r\n")
+        end = line[len(body):]
+        indent = body[:len(body) - len(body.lstrip())]
+        new = body
+        if body.strip() in GIVEN_PY2_LINES:
+            new = indent + GIVEN_PY2_LINES[body.strip()]
+        elif from_re.match(body):
+            new = from_re.sub(lambda m: f"{m.group(1)}from .{m.group(2)} import", body, 1)
+        elif import_re.match(body):
+            m = import_re.match(body)
+            new = f"{m.group(1)}from . import {m.group(2)}" + (f"  {m.group(3)}" if m.group(3)
+                                                                 else "")
+        changed |= new != body
+        out.append(new + end)
+    return "".join(out) if changed else source
+
+
+class _GivenCodeLoader(importlib.machinery.SourceFileLoader):
+    """A student module, compiled from its source after ``rewrite_given`` (never from a
+    cached .pyc, and none is written: the cache must not hold rewritten code)."""
+
+    def get_code(self, fullname):
+        path = self.get_filename(fullname)
+        data = self.get_data(path)
+        source = importlib.util.decode_source(data)
+        return compile(rewrite_given(source), path, "exec", dont_inherit=True)
+
+
 # ------------------------------------------------------------------------------ hooks
-HOOKS = {"numpy": patch_numpy, "scipy.misc": patch_scipy_misc}
+HOOKS = {"numpy": patch_numpy, "scipy": patch_scipy, "scipy.misc": patch_scipy_misc}
 
 
 class _PatchingLoader(importlib.abc.Loader):
@@ -127,6 +210,9 @@ class _PatchingLoader(importlib.abc.Loader):
 
     def create_module(self, spec):
         return self.loader.create_module(spec)
+
+    def __getattr__(self, name):        # get_resource_reader, is_package, ...: the loader's
+        return getattr(self.loader, name)
 
     def exec_module(self, module):
         import warnings
@@ -137,9 +223,12 @@ class _PatchingLoader(importlib.abc.Loader):
 
 
 class _LegacyFinder(importlib.abc.MetaPathFinder):
-    """Patches numpy and scipy.misc right after they are imported."""
+    """Patches numpy, scipy and scipy.misc right after they are imported; loads the student
+    package's modules through ``_GivenCodeLoader``."""
 
     def find_spec(self, fullname, path, target=None):
+        if fullname.startswith(STUDENT_PACKAGE + ".") and fullname.count(".") == 1:
+            return self._student_spec(fullname, path, target)
         hook = HOOKS.get(fullname)
         if hook is None:
             return None
@@ -153,6 +242,18 @@ class _LegacyFinder(importlib.abc.MetaPathFinder):
                 return spec
         if fullname == "scipy.misc":        # a SciPy without scipy.misc at all (2.0)
             return importlib.machinery.ModuleSpec(fullname, _EmptyModuleLoader(hook))
+        return None
+
+
+    def _student_spec(self, fullname, path, target):
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                if type(spec.loader) is importlib.machinery.SourceFileLoader:
+                    spec.loader = _GivenCodeLoader(fullname, spec.origin)
+                return spec
         return None
 
 

@@ -5,9 +5,8 @@ import numpy as np
 import os
 import time
 
-from stu_upload.layers_2 import ConvolutionalLayer
-from stu_upload.layers_3 import ContentLossLayer, StyleLossLayer
-from stu_upload.exp_3_3_style_transfer import VGG19, AdamOptimizer, get_random_img
+from stu_upload.exp_3_3_style_transfer import *     # VGG19, AdamOptimizer, get_random_img and,
+from stu_upload.layers_2 import ConvolutionalLayer, MaxPoolingLayer  # through it, the loss layers
 
 CONTENT_LOSS_LAYERS = ['relu4_2']
 STYLE_LOSS_LAYERS = ['relu1_1', 'relu2_1', 'relu3_1', 'relu4_1', 'relu5_1']

@@ -7,9 +7,9 @@ import scipy.io
 import scipy.misc
 import time
 
-from stu_upload.layers_1 import FullyConnectedLayer, ReLULayer
-from stu_upload.layers_2 import ConvolutionalLayer, MaxPoolingLayer
-from stu_upload.layers_3 import ContentLossLayer, StyleLossLayer
+from layers_1 import FullyConnectedLayer, ReLULayer
+from layers_2 import ConvolutionalLayer, MaxPoolingLayer
+from layers_3 import ContentLossLayer, StyleLossLayer
 
 
 class VGG19(object):

@@ -5,7 +5,6 @@ import time
 import numpy as np
 import os
 import scipy.io
-import scipy.misc
 
 
 class VGG19(object):

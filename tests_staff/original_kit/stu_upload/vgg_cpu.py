@@ -7,8 +7,8 @@ import scipy.io
 import scipy.misc
 import time
 
-from stu_upload.layers_1 import FullyConnectedLayer, ReLULayer, SoftmaxLossLayer
-from stu_upload.layers_2 import ConvolutionalLayer, MaxPoolingLayer, FlattenLayer
+from layers_1 import FullyConnectedLayer, ReLULayer, SoftmaxLossLayer
+from layers_2 import ConvolutionalLayer, MaxPoolingLayer, FlattenLayer
 
 
 class VGG19(object):
