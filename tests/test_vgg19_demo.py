@@ -7,7 +7,12 @@ a relative logit error of several per cent. On these fixtures (logits spread ~3,
 probability ~0.3) that is a logit error range of 0.1-0.2 and max |prob diff| 0.005-0.02
 (measured). We require max |prob diff| < 0.05 and logit error range < 0.5, top-1 equal and
 top-5 overlap >= 4/5: 2.5x the measured worst, while a wrong fc6 layout (C, H, W instead of
-H, W, C) gives 0.14-0.28 and 1.6-2.5, so the check still catches layout bugs.
+H, W, C) gives 0.14-0.28 and 1.6-2.5. A conv filter with kh and kw swapped changes the output
+too little for that check (0.002), so the layouts are also checked directly: the filters
+given to loadParams must be the file's weights in pycnml's order.
+
+These tests need no exp 3.1 code: the quantisation parameters and the float CPU
+probabilities are recorded from the reference (tests/data/vgg19_demo.npz).
 """
 import os
 import subprocess
@@ -17,44 +22,49 @@ import numpy as np
 import pytest
 
 from labkit.runtime import vgg19_spec as spec
-from labkit.runtime.calibrate import QUANT_LAYERS, QuantFileError, calibrate_vgg19, demo_images
+from labkit.runtime.calibrate import QUANT_LAYERS, QuantFileError, write_quant_npz
 from labkit.runtime.cli import UserError
+from labkit.runtime.compare import expect, expect_close, expect_equal, expect_shape
 from labkit.runtime.fixtures import write_vgg19_mat
 from labkit.runtime.images import ImageLoadError, make_demo_image, save_rgb
-from labkit.runtime.matfile import WeightsFileError
+from labkit.runtime.matfile import WeightsFileError, load_vgg19_mat
+from labkit.runtime.recorded import Recorded
 from labkit.runtime.student import stu, to_student
+
+# recorded from the reference (python -m labkit.staff.record): quant params, CPU probabilities
+REC = Recorded("vgg19_demo")
+# the fixture the recording was made on (labkit.staff.record.DLP_FIXTURE)
+WIDTH_DIV, NUM_CLASSES, SEED = 16, 10, 0
+IMAGES = [(200, 260, 10), (300, 240, 11)]
 
 
 def VGG19():
     return stu.vgg19_demo.VGG19()
 
 
-def CpuVGG19(*args, **kwargs):
-    return stu.vgg_cpu.VGG19(*args, **kwargs)
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    """(weights, quant, [test images]): widths / 16, 10 classes; calibrated on other images."""
+    """(weights, quant, [test images]): widths / 16, 10 classes; the quant file from the
+    recorded calibration (made on other images)."""
     folder = tmp_path_factory.mktemp("dlp")
     weights, quant = str(folder / "w.mat"), str(folder / "q.npz")
-    write_vgg19_mat(weights, "legacy", width_div=16, num_classes=10, seed=0)
-    calibrate_vgg19(weights, demo_images(str(folder / "calib"), 3, seed=100), quant, False)
+    write_vgg19_mat(weights, "legacy", width_div=WIDTH_DIV, num_classes=NUM_CLASSES, seed=SEED)
+    q = REC["quant/0"]
+    write_quant_npz(quant, [tuple(p) for p in q["input"]], [tuple(p) for p in q["filter"]])
     images = []
-    for i, (h, w) in enumerate([(200, 260), (300, 240)]):
+    for i, (h, w, seed) in enumerate(IMAGES):
         images.append(str(folder / f"test{i}.png"))
-        save_rgb(make_demo_image(h, w, seed=10 + i), images[-1])
+        save_rgb(make_demo_image(h, w, seed=seed), images[-1])
     return weights, quant, images
 
 
 @pytest.fixture(scope="module")
-def cpu(setup):
-    net = CpuVGG19(setup[0], type=1, dtype=np.float32, verbose=False)
-    net.build_model()
-    net.load_model()
-    return net
+def cpu_probs():
+    """The float CPU network's probabilities of the test images (recorded, float64)."""
+    return REC["cpu/0"]["prob"]
 
 
 def make_net(setup, spy=None):
@@ -83,62 +93,57 @@ def test_net_structure(setup):
     assert len(vgg.input_quant_params) == len(vgg.filter_quant_params) == 19
 
 
-def test_simulated_net_agrees_with_float_cpu(setup, cpu, capsys):
+def test_simulated_net_agrees_with_float_cpu(setup, cpu_probs, capsys):
     vgg = make_net(setup)
-    for image in setup[2]:
+    for image, ref in zip(setup[2], cpu_probs):
         vgg.load_image(image)
-        prob = vgg.forward().astype(np.float64)
-        cpu.load_image(image)
-        ref = cpu.forward()[0].astype(np.float64)
-        assert prob.shape == ref.shape == (10,)
-        assert prob.sum() == pytest.approx(1, abs=1e-3)
-        assert prob.argmax() == ref.argmax()
+        prob = np.asarray(vgg.forward(), dtype=np.float64)
+        name = f"DLP probabilities of {os.path.basename(image)}"
+        expect_shape(name, prob, ref.shape)
+        expect_close(f"{name}: their sum", prob.sum(), 1.0, 0, atol=1e-3)
+        expect(prob.argmax() == ref.argmax(), f"{name}: top-1 class {prob.argmax()}, the float "
+               f"CPU network's {ref.argmax()} (check the layer order and the layouts)")
         top5 = set(np.argsort(-prob)[:5]) & set(np.argsort(-ref)[:5])
-        assert len(top5) >= 4
-        assert np.abs(prob - ref).max() < 0.05
-        assert np.ptp(np.log(prob) - np.log(ref)) < 0.5
-    assert "inference time" in capsys.readouterr().out
+        expect(len(top5) >= 4, f"{name}: top-5 overlap with the float CPU network "
+               f"{len(top5)}/5, expected >= 4")
+        expect_close(name, prob, ref, 0, atol=0.05,
+                     hint="INT8 rounding explains up to 0.02: check the fc6 layout")
+        spread = float(np.ptp(np.log(prob) - np.log(ref)))
+        expect(spread < 0.5, f"{name}: log-probability error range {spread:.3g} vs the float "
+               f"CPU network, threshold < 0.5 (check the fc6 layout)")
+    assert "inference time" in capsys.readouterr().out, "forward() prints the inference time"
 
 
-def test_float_layouts_match_cpu_network(setup, cpu):
-    """The float filters given to loadParams, used the way pycnml uses them (conv on NCHW
-    with [Cout, Cin, K, K]; MLP with [Cout, Cin] on pool5 flattened as CnmlFlattenLayer does,
-    in H, W, C order), reproduce the CPU network's float outputs; fc6 in C, H, W order would
-    not."""
+def test_float_layouts_are_pycnmls(setup):
+    """The float filters given to loadParams are the file's weights in pycnml's layouts
+    (pycnml_api.md; handout note 2): conv [K, K, Cin, Cout] -> [Cout, Cin, K, K]; fc
+    [H, W, Cin, Cout] -> [Cout, H*W*Cin] (pycnml's flatten runs over H, W, C); every bias as
+    in the file. Checked exactly: a kh/kw swap keeps the class and passes the agreement test."""
     loaded = {}
     make_net(setup, spy=loaded)
-    assert sorted(loaded) == sorted(QUANT_LAYERS)
-    acts, x = {}, cpu.load_image(setup[2][0])
-    for name in cpu.param_layer_name:
-        acts[name + ":in"], x = x, cpu.layers[name].forward(x)
-        acts[name] = x
-    # conv1_1 with pycnml's [Cout, Cin, K, K]
-    f, b = loaded["conv1_1"]
-    w = f.reshape(acts["conv1_1"].shape[1], 3, 3, 3)
-    xin = np.pad(acts["conv1_1:in"].astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
-    win = np.lib.stride_tricks.sliding_window_view(xin, (3, 3), axis=(2, 3))
-    ref = np.einsum("nchwij,ocij->nohw", win, w) + b[None, :, None, None]
-    np.testing.assert_allclose(ref, acts["conv1_1"], rtol=1e-4, atol=1e-3)
-    # fc6 on pycnml's flatten (H, W, C order), then fc7, fc8
-    flat = acts["pool5"].transpose(0, 2, 3, 1).reshape(1, -1).astype(np.float64)
-    for name in ("fc6", "fc7", "fc8"):
+    expect(sorted(loaded) == sorted(QUANT_LAYERS), f"loadParams was called for "
+           f"{sorted(loaded)}, expected every conv and fc layer {QUANT_LAYERS}")
+    weights = load_vgg19_mat(setup[0])
+    for name in QUANT_LAYERS:
+        w = weights.layer(name).weight
         f, b = loaded[name]
-        cout = b.size
-        out = flat @ f.reshape(cout, -1).T + b
-        np.testing.assert_allclose(out, acts[name], rtol=1e-4, atol=1e-4 * np.abs(out).max())
-        flat = np.maximum(out, 0)
-    # negative control: a plain NCHW (C, H, W) flatten is not what pycnml's flatten produces
-    wrong = acts["pool5"].reshape(1, -1) @ loaded["fc6"][0].reshape(
-        loaded["fc6"][1].size, -1).T + loaded["fc6"][1]
-    assert np.abs(wrong - acts["fc6"]).max() > 0.1 * np.abs(acts["fc6"]).max()
+        if name.startswith("conv"):
+            want, layout = np.transpose(w, [3, 2, 0, 1]), "[Cout, Cin, K, K] from [K, K, Cin, Cout]"
+        else:
+            want, layout = w.reshape(-1, w.shape[3]).T, "[Cout, H*W*Cin] from [H, W, Cin, Cout]"
+        expect_equal(f"{name}: the filter given to loadParams, flattened", np.ravel(f),
+                     want.ravel(), equation=layout)
+        expect_equal(f"{name}: the bias given to loadParams", np.ravel(b),
+                     np.ravel(weights.layer(name).bias))
+    # negative control: kh and kw swapped is another order of the same values
+    w = weights.layer("conv2_1").weight
+    assert not np.array_equal(np.transpose(w, [3, 2, 1, 0]).ravel(),
+                              np.transpose(w, [3, 2, 0, 1]).ravel())
 
 
-def test_get_top5_and_evaluate(setup, cpu, tmp_path, capsys):
+def test_get_top5_and_evaluate(setup, cpu_probs, tmp_path, capsys):
     vgg = make_net(setup)
-    labels = []
-    for image in setup[2]:
-        cpu.load_image(image)
-        labels.append(int(cpu.forward()[0].argmax()))
+    labels = [int(p.argmax()) for p in cpu_probs]
     vgg.load_image(setup[2][0])
     vgg.forward()
     assert vgg.get_top5(labels[0]) == (True, True)
@@ -189,6 +194,9 @@ def _run(args, cwd):
 
 def test_driver_demo_end_to_end(tmp_path):
     res = _run(["--demo", "--runs", "2"], tmp_path)
+    if res.returncode != 0 and "NotImplementedError" in res.stderr + res.stdout:
+        pytest.skip("the demo calibrates with the float CPU network of exp 3.1 "
+                    "(stu_upload/vgg_cpu.py), not implemented yet")
     assert res.returncode == 0, res.stderr
     out = res.stdout
     assert "DEMO" in out and "Backend: pycnml simulator" in out

@@ -49,7 +49,8 @@ labkit.staff (grading); they are not part of the student kit."""
 ''')
 # root files that ship as they are: the legacy start-up hook and ``import pycnml`` for the
 # original drivers (PYTHONPATH at the kit root), the Chinese quick start
-KIT_ROOT_FILES = ("requirements.txt", "sitecustomize.py", "pycnml.py", "README.zh-CN.md")
+KIT_ROOT_FILES = ("requirements.txt", "sitecustomize.py", "pycnml.py", "README.zh-CN.md",
+                  "pycnml_api.md")     # pycnml_api.md: the calls vgg19_demo.py's hints cite
 KIT_PYTEST_INI = "[pytest]\ntestpaths = tests\npythonpath = .\naddopts = -ra\n"
 
 BEGIN_RE = re.compile(r"^(?P<indent>[ \t]*)# === STUDENT BEGIN: (?P<task>[A-Za-z_][A-Za-z0-9_]*) ===[ \t]*$")
@@ -308,7 +309,7 @@ def write_kit(out, root=ROOT, force=False, check_import=True):
     os.makedirs(os.path.join(out, "output"))
     open(os.path.join(out, "output", ".gitkeep"), "w").close()
     with open(os.path.join(out, ".gitignore"), "w") as f:
-        f.write("__pycache__/\n*.pyc\n.pytest_cache/\n/models/*\n!/models/README.md\n"
+        f.write("__pycache__/\n*.pyc\n.pytest_cache/\n/.venv/\n/models/*\n!/models/README.md\n"
                 "/output/*\n!/output/.gitkeep\n")
     with open(os.path.join(out, "README.md"), "w", encoding="utf-8") as f:
         f.write(student_readme(regions, root))
@@ -453,12 +454,33 @@ syntax error costs only the tests that need it. Passing every public test is not
 Points are `lab` (the lab itself, checked through the original kit's interface) or `beyond`
 (this kit's extensions); the original kit's file names (`layers_1.py` ...) work too.
 
+## Rubric / 评分表
+
+The lab points of each experiment (100 each), as the hidden lab tests award them; a row's
+points are shared by its test cases. 每个实验 100 分（`lab`），按下表分配：
+
+| experiment / 实验 | what is checked / 检查内容 | points / 分值 |
+|---|---|---|
+{rubric_rows()}
+
+`beyond` tests (this kit's extensions) add their own points. / `beyond` 测试另计分。
+
 ## Tasks / 任务
 
 | file | function | task |
 |---|---|---|
 {tasks}
 """
+
+
+def rubric_rows():
+    """The LAB_RUBRIC table (labkit.staff.grading) as Markdown rows."""
+    from labkit.staff.grading import LAB_RUBRIC
+    rows = []
+    for pattern, experiment, points in LAB_RUBRIC:
+        test = pattern.split("::")[-1].rstrip("*").replace("test_", "", 1).replace("_", " ")
+        rows.append(f"| {experiment} | {test} | {points:g} |")
+    return "\n".join(rows)
 
 
 def main(argv=None):

@@ -53,7 +53,7 @@ def _reference(root):
     import importlib
     install(os.path.join(root, "stu_upload"))
     return {m: importlib.import_module(f"stu_upload.{m}")
-            for m in ("layer_1", "layer_2", "layer_3")}
+            for m in ("layer_1", "layer_2", "layer_3", "vgg_cpu")}
 
 
 def _put(out, case, **fields):
@@ -141,8 +141,61 @@ def record_layer_3(ref, rng):
     return out
 
 
+# exp 3.2's public fixture (tests/test_vgg19_demo.py): VGG19 widths / 16, 10 classes, seed
+# 0; calibrated on 3 synthetic images (seed 100); two test images (seeds 10, 11)
+DLP_FIXTURE = {"width_div": 16, "num_classes": 10, "seed": 0, "calib": (3, 100),
+               "images": [(200, 260, 10), (300, 240, 11)]}
+
+
+def dlp_fixture_files(folder):
+    """Write exp 3.2's fixture weights and test images into ``folder``: (weights, [images])."""
+    from labkit.runtime.fixtures import write_vgg19_mat
+    from labkit.runtime.images import make_demo_image, save_rgb
+    weights = os.path.join(folder, "w.mat")
+    write_vgg19_mat(weights, "legacy", width_div=DLP_FIXTURE["width_div"],
+                    num_classes=DLP_FIXTURE["num_classes"], seed=DLP_FIXTURE["seed"])
+    images = []
+    for i, (h, w, seed) in enumerate(DLP_FIXTURE["images"]):
+        images.append(os.path.join(folder, f"test{i}.png"))
+        save_rgb(make_demo_image(h, w, seed=seed), images[-1])
+    return weights, images
+
+
+def record_vgg19_demo(ref, rng):
+    """Exp 3.2's public tests without exp 3.1's student code: the quantisation parameters
+    (max-abs calibration of the reference float64 CPU network) and the reference CPU
+    probabilities of the two test images."""
+    from labkit.runtime import pycnml_sim
+    from labkit.runtime.calibrate import QUANT_LAYERS, demo_images
+    out = {}
+    with tempfile.TemporaryDirectory() as folder:
+        weights, images = dlp_fixture_files(folder)
+        cpu = ref["vgg_cpu"].VGG19(weights, type=1, dtype=np.float64, verbose=False)
+        cpu.build_model()
+        cpu.load_model()
+        count, seed = DLP_FIXTURE["calib"]
+        input_max = dict.fromkeys(QUANT_LAYERS, 0.0)
+        for path in demo_images(os.path.join(folder, "calib"), count, seed=seed):
+            x = cpu.load_image(path).astype(np.float64)
+            for name in cpu.param_layer_name:
+                if name in input_max:
+                    input_max[name] = max(input_max[name], float(np.max(np.abs(x))))
+                x = cpu.layers[name].forward(x)
+        filter_max = {layer.name: float(np.max(np.abs(layer.weight)))
+                      for layer in cpu.file.layers if layer.name in QUANT_LAYERS}
+        _put(out, "quant/0",
+             input=[pycnml_sim.calibrate(input_max[n]) for n in QUANT_LAYERS],
+             filter=[pycnml_sim.calibrate(filter_max[n]) for n in QUANT_LAYERS])
+        probs = []
+        for path in images:
+            cpu.load_image(path)
+            probs.append(np.asarray(cpu.forward(), dtype=np.float64).reshape(-1))
+        _put(out, "cpu/0", prob=np.array(probs))
+    return out
+
+
 RECORDERS = {"layer_1": (record_layer_1, 101), "layer_2": (record_layer_2, 102),
-             "layer_3": (record_layer_3, 103)}
+             "layer_3": (record_layer_3, 103), "vgg19_demo": (record_vgg19_demo, 104)}
 
 
 def record_all(root=ROOT):

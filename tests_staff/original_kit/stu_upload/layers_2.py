@@ -159,36 +159,35 @@ class MaxPoolingLayer(object):
         return self.output
 
     def forward_speedup(self, input):
-        # 改进forward函数，使得计算加速 (窗口不重叠时, 用 reshape 一次求最大值)
+        # 改进forward函数，使得计算加速 (只循环 K*K 个窗口内偏移)
         start_time = time.time()
         self.input = input  # [N, C, H, W]
         N, C, H, W = self.input.shape
-        K = self.kernel_size
-        height_out = (H - K) // self.stride + 1
-        width_out = (W - K) // self.stride + 1
-        x = self.input[:, :, :height_out * K, :width_out * K]
-        x = x.reshape(N, C, height_out, K, width_out, K)
-        self.output = x.max(axis=(3, 5))
+        K, S = self.kernel_size, self.stride
+        height_out = (H - K) // S + 1
+        width_out = (W - K) // S + 1
+        self.output = np.full([N, C, height_out, width_out], -np.inf)
+        for kh in range(K):
+            for kw in range(K):
+                view = self.input[:, :, kh:kh + S * (height_out - 1) + 1:S, kw:kw + S * (width_out - 1) + 1:S]
+                self.output = np.maximum(self.output, view)
         self.forward_time = time.time() - start_time
         return self.output
 
     def backward_speedup(self, top_diff):
-        # 改进backward函数，使得计算加速
+        # 改进backward函数，使得计算加速; 一个窗口只把梯度给第一个最大值, 重叠窗口的梯度相加
         N, C, H, W = self.input.shape
-        K = self.kernel_size
+        K, S = self.kernel_size, self.stride
         height_out, width_out = self.output.shape[2], self.output.shape[3]
-        x = self.input[:, :, :height_out * K, :width_out * K].reshape(N, C, height_out, K, width_out, K)
-        mask = (x == self.output[:, :, :, np.newaxis, :, np.newaxis])
-        # 一个窗口只把梯度给第一个最大值
-        flat = mask.transpose(0, 1, 2, 4, 3, 5).reshape(N, C, height_out, width_out, K * K)
-        first = np.zeros(flat.shape, dtype=np.bool)
-        first[np.arange(N)[:, None, None, None], np.arange(C)[None, :, None, None],
-              np.arange(height_out)[None, None, :, None], np.arange(width_out)[None, None, None, :],
-              np.argmax(flat, axis=4)] = True
-        grad = first * top_diff[:, :, :, :, np.newaxis]
-        grad = grad.reshape(N, C, height_out, width_out, K, K).transpose(0, 1, 2, 4, 3, 5)
         bottom_diff = np.zeros(self.input.shape)
-        bottom_diff[:, :, :height_out * K, :width_out * K] = grad.reshape(N, C, height_out * K, width_out * K)
+        taken = np.zeros(self.output.shape, dtype=np.bool)
+        for kh in range(K):
+            for kw in range(K):
+                rows = slice(kh, kh + S * (height_out - 1) + 1, S)
+                cols = slice(kw, kw + S * (width_out - 1) + 1, S)
+                hit = (self.input[:, :, rows, cols] == self.output) & ~taken
+                taken |= hit
+                bottom_diff[:, :, rows, cols] += hit * top_diff
         return bottom_diff
 
     def backward_raw_book(self, top_diff):
@@ -202,7 +201,7 @@ class MaxPoolingLayer(object):
                         ws = idxw * self.stride
                         max_index = np.argmax(self.input[idxn, idxc, hs:hs + self.kernel_size, ws:ws + self.kernel_size])
                         max_index = np.unravel_index(max_index, [self.kernel_size, self.kernel_size])
-                        bottom_diff[idxn, idxc, hs + max_index[0], ws + max_index[1]] = top_diff[idxn, idxc, idxh, idxw]
+                        bottom_diff[idxn, idxc, hs + max_index[0], ws + max_index[1]] += top_diff[idxn, idxc, idxh, idxw]
         return bottom_diff
 
 
