@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import errno
 import hashlib
+import math
 import os
 import re
 import signal
@@ -348,6 +349,48 @@ def check_input(path, flag, what="file", how="", error=None):
     if problem:
         raise (error or UserError)(f"{flag}: {what} {path} {problem}{'; ' + how if how else ''}.")
     return os.fspath(path)
+
+
+def check_number(value, flag, low=None, low_ok=True, high=None):
+    """A number as the run will use it: finite and within [low, high] (``low_ok=False``:
+    strictly above ``low``); else a UserError naming ``flag`` and the accepted range."""
+    bad = not math.isfinite(value)
+    bad = bad or (low is not None and (value < low or (value == low and not low_ok)))
+    bad = bad or (high is not None and value > high)
+    if bad:
+        bound = "" if low is None else f" {'>=' if low_ok else '>'} {low:g}"
+        if high is not None:
+            bound += f"{' and' if bound else ''} <= {high:g}"
+        raise UserError(f"{flag} {value:g}: must be a finite number{bound}.")
+    return value
+
+
+FLOAT32_TINY = 1.1754943508222875e-38     # float32's smallest normal number
+
+
+def normalised_weights(values, flag, names):
+    """Weights as the run uses them: each finite and >= 0, at least one positive, scaled
+    to sum to 1 without overflow (1e308 twice is 0.5 each, not 0 from an infinite sum);
+    a positive weight that vanishes next to the others (below float32's smallest normal
+    number once normalised) is refused, as it would silently drop that layer or image. ``names`` label the values in messages."""
+    values = [float(v) for v in values]
+    for name, v in zip(names, values):
+        if not math.isfinite(v) or v < 0:
+            raise UserError(f"{flag}: the weight of {name} is {v:g}; weights must be finite "
+                            f"numbers >= 0.")
+    top = max(values, default=0.0)
+    if not top > 0:
+        raise UserError(f"{flag}: give at least one positive weight.")
+    scaled = [v / top for v in values]
+    total = math.fsum(scaled)
+    out = [v / total for v in scaled]
+    for name, v, w in zip(names, values, out):
+        if v > 0 and not w >= FLOAT32_TINY:
+            big = names[values.index(top)]
+            raise UserError(f"{flag}: the weight of {name} ({v:g}) vanishes next to {big}'s "
+                            f"({top:g}): it would count for nothing. Give weights closer "
+                            f"together, or 0 to leave it out.")
+    return out
 
 
 def reader_errors():

@@ -8,18 +8,29 @@ import time
 import numpy as np
 from PIL import Image, ImageDraw
 
-from labkit.runtime.cli import atomic_path
+from labkit.runtime.cli import OutputError, atomic_path, write_failure
 
 
 def make_run_id(folder, seed, now=None):
-    """``YYYYmmdd-HHMMSS_seed<seed>``, with ``_2``, ``_3``... if files with it already exist."""
+    """``YYYYmmdd-HHMMSS_seed<seed>``, with ``_2``, ``_3``... when taken, claimed atomically:
+    the run's log ``<run id>_log.csv`` is created with O_EXCL, so two runs started in the
+    same second (same seed, same folder) never get the same id, even when both looked at
+    the folder before either wrote a file. The claimed (empty) log is the run's to write."""
     base = time.strftime("%Y%m%d-%H%M%S", time.localtime(now)) + f"_seed{seed}"
     existing = os.listdir(folder) if os.path.isdir(folder) else []
-    run_id, k = base, 1
-    while any(name.startswith(run_id + "_") for name in existing):
-        k += 1
-        run_id = f"{base}_{k}"
-    return run_id
+    for k in range(1, 100000):
+        run_id = base if k == 1 else f"{base}_{k}"
+        if any(name.startswith(run_id + "_") for name in existing):
+            continue
+        try:
+            fd = os.open(os.path.join(folder, run_id + "_log.csv"),
+                         os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return run_id
+    raise OutputError(f"--output-dir {folder}: no free run id for {base}; choose another "
+                      f"folder.")
 
 
 def save_image_atomic(img, path, **kw):
@@ -31,13 +42,36 @@ def save_image_atomic(img, path, **kw):
 
 
 def read_log(path, upto=None):
-    """The rows of a CSV log as dicts of floats (step as int), up to step ``upto``."""
+    """The rows of a CSV log as dicts of floats (step as int), up to step ``upto``.
+
+    Read tolerantly, as a spreadsheet may have re-saved it: a BOM, ``;`` or tab as the
+    separator (then a decimal comma is read as a point), blank lines, and lines that are
+    not a row of numbers (notes, a repeated header) are skipped; a value that is not a
+    number leaves that column out of the row. Rows need a whole-number step."""
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+        lines = [line for line in f.read().splitlines() if line.strip()]
+    header_at = next((i for i, line in enumerate(lines) if "step" in line and "total" in line),
+                     None)
+    if header_at is None:
+        return []
+    header = lines[header_at]
+    delimiter = max((",", ";", "\t"), key=header.count)
+    columns = [c.strip().strip('"') for c in next(csv.reader([header], delimiter=delimiter))]
     rows = []
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            rec = {k: (int(v) if k == "step" else float(v)) for k, v in row.items() if v != ""}
-            if upto is None or rec["step"] <= upto:
-                rows.append(rec)
+    for row in csv.reader(lines[header_at + 1:], delimiter=delimiter):
+        rec = {}
+        for name, value in zip(columns, row):
+            value = value.strip().strip('"')
+            if delimiter != "," and "," in value and "." not in value:
+                value = value.replace(",", ".")
+            try:
+                rec[name] = int(value) if name == "step" else float(value)
+            except ValueError:
+                continue
+        if "step" not in rec or rec["step"] < 0:
+            continue                       # a note, a repeated header, a stray line
+        if upto is None or rec["step"] <= upto:
+            rows.append(rec)
     return rows
 
 
@@ -66,8 +100,11 @@ class CsvLog:
         return row
 
     def write(self, record):
-        self.writer.writerow(self._row(record))
-        self.file.flush()
+        try:
+            self.writer.writerow(self._row(record))
+            self.file.flush()
+        except OSError as exc:          # a full disk: one message; the checkpoint is intact
+            raise OutputError(write_failure("log", self.path, exc)) from None
 
     def close(self):
         if not self.file.closed:
@@ -131,10 +168,14 @@ def preserve_colors(content_rgb, output_rgb):
     return luminance_transfer(content_rgb, output_rgb)
 
 
-def _thumbnail(rgb, height):
+def _thumbnail(rgb, height, max_width=None):
+    """The picture scaled to fit ``height`` x ``max_width`` (default 4 x height), aspect
+    kept, at least 1 pixel a side: a 3x10000 strip gives a small thumbnail, not a huge one."""
     img = Image.fromarray(np.asarray(rgb, dtype=np.uint8), "RGB")
-    width = max(1, round(img.width * height / img.height))
-    return img.resize((width, height), Image.BILINEAR)
+    max_width = max_width or 4 * height
+    scale = min(height / img.height, max_width / img.width)
+    size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+    return img.resize(size, Image.BILINEAR)
 
 
 def contact_sheet(path, tiles, thumb_height=128, columns=6, title=""):

@@ -4,6 +4,7 @@ is a UserError (exit 2, one message naming the flag). ``check_inputs`` is what t
 calls; it reads the images once and hands them on.
 """
 import os
+import tempfile
 from types import SimpleNamespace
 
 import numpy as np
@@ -39,9 +40,11 @@ def check_inputs(args, ckpt=None):
         if args.init not in START_IMAGES:
             inputs.init_rgb = load_rgb(args.init)
         inputs.content_shape = inputs.content_rgb.shape
-        check_weights_file(args.weights)
+        args.weights = check_weights_file(args.weights)
     height, width = working_size(args, inputs.content_shape)
     inputs.stages = schedule(height, width, args.scale_list, args.steps)
+    if ckpt is not None:
+        check_resume_image(ckpt, inputs.stages)
     inputs.deepest = deepest_layer([args.content_layer, *args.style_weights])
     check_sizes(args, inputs.stages, inputs.deepest)
     check_memory(args, inputs.stages, inputs.deepest)
@@ -51,13 +54,17 @@ def check_inputs(args, ckpt=None):
 
 def check_output_dir(folder):
     """Create the output folder and prove it is writable, before any work."""
-    if os.path.exists(folder) and not os.path.isdir(folder):
-        raise UserError(f"--output-dir {folder} is a file, not a folder; pass a folder name.")
+    if os.path.lexists(folder) and not os.path.isdir(folder):
+        from labkit.runtime.cli import file_kind
+        try:
+            kind = ("a file" if os.path.isfile(folder) else file_kind(os.stat(folder).st_mode))
+        except OSError:
+            kind = "a broken link"
+        raise UserError(f"--output-dir {folder} is {kind}, not a folder; pass a folder name.")
     try:
         os.makedirs(folder, exist_ok=True)
-        probe = os.path.join(folder, f".write_test{os.getpid()}")
-        with open(probe, "w") as f:
-            f.write("ok")
+        fd, probe = tempfile.mkstemp(prefix=".write_test", dir=folder)
+        os.close(fd)
         os.remove(probe)
     except OSError as exc:
         raise UserError(f"--output-dir {folder} cannot be created or written "
@@ -65,13 +72,28 @@ def check_output_dir(folder):
 
 
 def check_weights_file(path):
-    from labkit.runtime.matfile import missing_file_message
-    if not os.path.isfile(path):
-        raise UserError(missing_file_message(path) if not os.path.exists(path) else
-                        f"--weights {path} is not a file; pass the .mat file's path.")
-    if not os.access(path, os.R_OK):
-        raise UserError(f"--weights {path} cannot be read (permissions); fix them or copy "
-                        f"the file.")
+    """Missing, a folder, a device, unreadable or empty: one message before any slow work.
+    Returns the path to use (the default is looked for in the repository too)."""
+    from labkit.runtime.matfile import check_weights_path
+    return check_weights_path(path)
+
+
+def check_resume_image(ckpt, stages):
+    """The checkpoint's image must have the size the run has at the checkpoint's step (its
+    stage's size; at a stage's first step the previous stage's size is fine: it is
+    resized); otherwise the checkpoint and the settings do not belong together."""
+    step, shape = ckpt["step"], tuple(ckpt["image"].shape[2:])
+    allowed = set()
+    for i, (start, n, size) in enumerate(stages):
+        if start <= step < start + n:
+            allowed.add(tuple(size))
+            if step == start and i > 0:
+                allowed.add(tuple(stages[i - 1][2]))
+    if allowed and shape not in allowed:
+        raise UserError(f"--resume: the checkpoint's image is {shape[0]}x{shape[1]} but the "
+                        f"run's settings give {' or '.join(f'{h}x{w}' for h, w in sorted(allowed))}"
+                        f" at step {step}: the checkpoint was edited or belongs to another run. "
+                        f"Pass that run's checkpoint.")
 
 
 def check_sizes(args, stages, deepest):

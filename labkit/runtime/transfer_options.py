@@ -8,7 +8,8 @@ import os
 
 from labkit.runtime import vgg19_spec as spec
 from labkit.runtime.cli import (DEFAULT_WEIGHTS, NO_LEGACY_FLAG, NO_LEGACY_HELP, LabParser,
-                                UserError)
+                                UserError, check_number, default_output_dir,
+                                normalised_weights)
 from labkit.runtime.colour import COLOUR_MODES
 
 STYLE_DEFAULT = "relu1_1:1,relu2_1:1,relu3_1:1,relu4_1:1,relu5_1:1"
@@ -52,8 +53,9 @@ def build_parser(has_engine=False):
       "and the final image has the last scale's size. Step split: --steps divided equally, "
       "the remainder to the finest scales (100 over 3 -> 33,33,34); Adam restarts at each "
       "scale. Memory is checked for the largest")
-    a("--output-dir", default="output", help="folder for images, CSV log, loss plot, "
-      "contact sheet and checkpoint")
+    a("--output-dir", default=default_output_dir(), help="folder for images, CSV log, "
+      "loss plot, contact sheet and checkpoint (default: ./output where the current folder "
+      "has one, else the repository's output/, as exp 3.1 and 3.2)")
     a("--height", type=int, default=192, help="working height in pixels")
     a("--width", type=int, default=320, help="working width in pixels")
     a("--max-side", type=int, help="instead of --height/--width: keep the content's aspect "
@@ -121,12 +123,8 @@ def explicit_flags(argv=None):
 
 
 
-def _finite(name, value, low=None, low_ok=True):
-    bad = not math.isfinite(value) or (low is not None and (value < low or
-                                                            (value == low and not low_ok)))
-    if bad:
-        bound = "" if low is None else f" {'>=' if low_ok else '>'} {low:g}"
-        raise UserError(f"--{name} {value:g}: must be a finite number{bound}.")
+def _finite(name, value, low=None, low_ok=True, high=None):
+    check_number(value, f"--{name}", low=low, low_ok=low_ok, high=high)
 
 
 def parse_scales(text):
@@ -164,10 +162,10 @@ def validate(args, has_engine=False):
         if styles and len(args.style_blend) != len(styles):
             raise UserError(f"--style-blend: {len(args.style_blend)} weights for "
                             f"{len(styles)} style images; give one weight per --style image.")
-        for w in args.style_blend:
-            _finite("style-blend", w, 0.0)
-        if not sum(args.style_blend) > 0:
-            raise UserError("--style-blend: at least one weight must be positive.")
+        # normalised here, safely (no overflowing sum): the run uses these
+        args.style_blend = normalised_weights(
+            args.style_blend, "--style-blend",
+            [f"style image {i + 1}" for i in range(len(args.style_blend))])
     args.scale_list = parse_scales(args.scales) if args.scales else None
     if args.scale_list and args.steps < len(args.scale_list):
         raise UserError(f"--steps {args.steps} is fewer than the {len(args.scale_list)} "
@@ -175,7 +173,9 @@ def validate(args, has_engine=False):
     if args.conv != "lab" and not has_engine:
         raise UserError(f"--conv {args.conv} needs the tuned engine (labkit/engine/), which "
                         f"is not part of the student kit; use --conv lab (your own layers).")
-    args.style_weights = parse_style_layers(args.style_layers)
+    raw = parse_style_layers(args.style_layers)
+    args.style_weights = dict(zip(raw, normalised_weights(list(raw.values()),
+                                                          "--style-layers", list(raw))))
     if args.content_layer not in FEATURE_LAYER_NAMES:
         raise UserError(f"--content-layer: unknown layer '{args.content_layer}'; use names "
                         f"such as relu4_2.")
@@ -194,10 +194,9 @@ def parse_style_layers(text):
             weights[name] = float(w) if w else 1.0
         except ValueError:
             raise UserError(f"--style-layers: weight '{w}' of {name} is not a number.") from None
-        if weights[name] < 0:
-            raise UserError(f"--style-layers: weight of {name} is negative.")
-    if not weights or sum(weights.values()) <= 0:
+    if not weights:
         raise UserError("--style-layers: give at least one layer with a positive weight.")
+    normalised_weights(list(weights.values()), "--style-layers", list(weights))
     return weights
 
 

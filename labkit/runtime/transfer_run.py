@@ -100,7 +100,7 @@ def resume_args(args):
     from labkit.runtime.checkpoint import CheckpointError, load_checkpoint, resolve
     try:
         path = resolve(args.resume)
-        ckpt = load_checkpoint(path)
+        ckpt = load_checkpoint(path, parser=build_parser())   # every field, every setting
     except CheckpointError as exc:
         raise UserError(str(exc)) from None
     other = sorted(args.explicit - RESUME_FLAGS)
@@ -127,7 +127,59 @@ def resume_args(args):
         raise UserError(f"run {saved['run_id']} has already done {ckpt['step']} of its "
                         f"{new.steps} steps; pass --steps with a larger number to go further.")
     ckpt["run_id"], ckpt["path"] = saved["run_id"], path
+    dtype = np.dtype(new.dtype)                  # the run's precision, whatever was stored
+    ckpt["image"] = ckpt["image"].astype(dtype, copy=False)
+    if ckpt["optimizer_state"] is not None:
+        for key in ("mt", "vt"):
+            ckpt["optimizer_state"][key] = ckpt["optimizer_state"][key].astype(dtype,
+                                                                                copy=False)
     return new, ckpt
+
+
+def read_kept_log(path, step):
+    """A resumed run's log rows up to the checkpoint's step; the log is optional (a
+    checkpoint copied alone resumes with a new log, and says so) and read tolerantly
+    (``runlog.read_log``: a BOM, semicolons, stray lines)."""
+    from labkit.runtime.cli import input_problem
+    from labkit.runtime.runlog import read_log
+    problem = input_problem(path)
+    if problem and not problem.startswith("is empty"):
+        print(f"warning: the run's log {path} {problem}; the resumed run starts a new log "
+              f"(the steps before {step} are not in it).", file=sys.stderr)
+        return []
+    if problem:
+        return []
+    return read_log(path, upto=step)
+
+
+def after_last_step(obj, result, previous, context=None):
+    """A finished Adam run's last update is never evaluated by the loop (each step's loss
+    is of the image before its update): evaluate the final image once, so a run that
+    diverged on its last step ends as "nonfinite" with the image before it (``previous``:
+    (step, image, Adam state) of the last image whose loss was finite), never as "done"
+    with a NaN/inf image or checkpoint."""
+    import contextlib
+    x = result.image
+    ok = bool(np.all(np.isfinite(x)))
+    state = result.optimizer_state
+    if ok and state is not None:
+        ok = all(bool(np.all(np.isfinite(state[k]))) for k in ("mt", "vt"))
+    total = float("nan")
+    if ok:
+        ctx = context() if callable(context) else contextlib.nullcontext()
+        with ctx, np.errstate(over="ignore", invalid="ignore"):
+            total, grad, _ = obj(x)
+        ok = bool(np.isfinite(total) and np.all(np.isfinite(grad)))
+    if ok or previous is None:
+        return result
+    step, image, state = previous
+    result.message = (f"the {'loss' if np.all(np.isfinite(x)) else 'image'} was not finite "
+                      f"after the last step ({result.steps}); stopped and kept the last image "
+                      f"with a finite loss (after step {step}). Lower --lr or the loss "
+                      f"weights.")
+    result.status, result.image, result.image_step = "nonfinite", image, step
+    result.optimizer_state = state
+    return result
 
 
 
@@ -150,7 +202,7 @@ def run_and_save(args, vgg, objective, image, content_rgb, hook=None, context=No
     from labkit.runtime.colour import render
     from labkit.runtime.images import save_rgb
     from labkit.runtime.multiscale import resize_bilinear_nchw
-    from labkit.runtime.runlog import CsvLog, make_run_id, plot_losses, read_log
+    from labkit.runtime.runlog import CsvLog, make_run_id, plot_losses
     from labkit.runtime.transfer import run_transfer
     guard = guard or StopSignals()
     if stages is None:
@@ -165,11 +217,10 @@ def run_and_save(args, vgg, objective, image, content_rgb, hook=None, context=No
     if resume and args.optimizer == "lbfgs":
         opt_state = None
     total_steps = stages[-1][0] + stages[-1][1]
-    kept = read_log(stem + "_log.csv", upto=step) if resume else []
+    kept = read_kept_log(stem + "_log.csv", step) if resume else []
     history = list(kept)
     x = image
-    bar = tqdm(total=total_steps, initial=step, unit="step", disable=args.no_progress,
-               dynamic_ncols=True)
+    bar = None              # made after the run's header line: the bar never swallows it
     def save(img, name):
         path = f"{stem}_{name}.jpg"
         with guard.critical():
@@ -184,6 +235,7 @@ def run_and_save(args, vgg, objective, image, content_rgb, hook=None, context=No
 
     lows = -np.asarray(vgg.mean_pixel, np.float64)
     live = {}
+    previous = []           # (step, image, Adam state) of the last two steps
     log = None
     result = None
     for start, n, (h, w) in stages:
@@ -201,9 +253,13 @@ def run_and_save(args, vgg, objective, image, content_rgb, hook=None, context=No
                   + f" {x.dtype}, content {obj.content_layer}, style "
                   + ", ".join(f"{nm}:{wt:.3g}" for nm, wt in obj.style_weights.items())
                   + f", alpha {args.alpha:g}, beta {args.beta:g}, tv {args.tv_weight:g}"
-                  + (f"; resumed at step {step}" if resume else ""))
+                  + (f"; resumed at step {step}" if resume else ""), flush=True)
+            bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True,
+                       disable=args.no_progress or not _on_terminal(sys.stderr))
 
         def on_step(k, img, record):
+            previous.append((k, img, live.get("optimizer")))
+            del previous[:-2]
             log.write(record)
             bar.update(1)
             bar.set_postfix_str(f"loss {record['total']:.4g} content {record['content']:.3g} "
@@ -219,10 +275,16 @@ def run_and_save(args, vgg, objective, image, content_rgb, hook=None, context=No
                               bounds=(lows, lows + 255.0), on_step=on_step, context=ctx,
                               start_step=step, optimizer_state=opt_state, live=live)
         history += result.history
+        if result.status == "done" and args.optimizer == "adam" and start + n == total_steps:
+            # the image before the last update: the previous step's, or this stage's start
+            before = (previous[-2] if len(previous) > 1 and previous[-2][0] > step else
+                      (step, x, opt_state))
+            result = after_last_step(obj, result, before, context)
         if result.status != "done":
             break
         x, step, opt_state = result.image, result.steps, result.optimizer_state
-    bar.close()
+    if bar is not None:
+        bar.close()
     log.close()
     with guard.critical(drop=True):
         name = {"done": "final", "interrupted": f"interrupted_step{result.image_step:04d}",
@@ -257,3 +319,9 @@ def run_and_save(args, vgg, objective, image, content_rgb, hook=None, context=No
     return 0
 
 
+def _on_terminal(stream):
+    """A progress bar only on a terminal: a redirected log gets no carriage returns."""
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError, OSError):
+        return False
