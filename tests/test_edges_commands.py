@@ -44,7 +44,7 @@ def assert_one_error(r, *needles):
     ("3.2", ["extra"], ["extra"]),
     ("calibrate", ["--out"], ["--out", "needs a value"]),
     ("calibrate", ["--images"], ["--images", "needs a value"]),
-    ("batch_grade", [], ["missing submissions, --out"]),
+    ("batch_grade", [], ["missing submissions"]),
     ("batch_grade", ["subs", "--out", "x.csv", "--jobs", "q"], ["--jobs", "whole number"]),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_bad_command_line_is_one_error_line(command, args, needles):
