@@ -3,6 +3,14 @@ a batch of N copies of the reference with --jobs 1 and --jobs 2. Prints numbers 
 
     python benchmarks/bench_grading.py [--tests tests/test_layer_1.py] [--batch 30] [--repeat 3]
     python benchmarks/bench_grading.py --full [--repeat 1]     # the WHOLE suite, hidden too
+    python benchmarks/bench_grading.py --profile [--full | --tests ...] [--stu DIR]
+    python benchmarks/bench_grading.py --batch 30 --jobs-only 2 [--tests ...]
+
+``--profile``: one sandboxed grading with the profile plugin (labkit/staff/profile.py): where
+the time goes per test (worker starts, fixtures, driver subprocesses, the student's compute,
+the grader's own, the protocol's bytes) and in total. ``--batch N --jobs-only J``: time a
+batch of N copies of the submission with --jobs J only and extrapolate to 300 students (an
+extrapolation, printed as one).
 
 ``--full``: one full submission (every public test and every hidden test, the lab tests on
 the full-size fixture included; the fixture is made first, outside the timing), in-process
@@ -52,6 +60,71 @@ def full(stu, tmp, repeat):
           f"(target <= 1.5x)")
 
 
+def profile(stu, tmp, tests, hidden, top=25):
+    """One sandboxed grading under the profile plugin; prints the table."""
+    import json
+    out = os.path.join(tmp, "profile.json")
+    if hidden:
+        sys.path.insert(0, hidden)
+        from lab_support import fixture_folder, make_full_fixture
+        make_full_fixture(fixture_folder())             # made once, outside the timing
+    t = time.perf_counter()
+    report, proc = run_grading(stu, os.path.join(tmp, "r.json"), hidden=hidden, timeout=3600,
+                               extra=["-p", "labkit.staff.profile", f"--grade-profile={out}",
+                                      *tests])
+    dt = time.perf_counter() - t
+    assert report and os.path.exists(out), proc.stdout[-1500:] + proc.stderr[-1500:]
+    with open(out) as f:
+        prof = json.load(f)
+    cols = [("wall", "wall"), ("worker_start", "worker"), ("fix", "fixtures"),
+            ("driver_wall", "drivers"), ("student", "student"), ("callback", "callback"),
+            ("grader", "grader")]
+    rows = sorted(prof["tests"].items(), key=lambda kv: -kv[1]["wall"])
+    width = min(max(len(n) for n, _ in rows), 72)
+    print(f"{'test (slowest first, seconds)':<{width}} " + " ".join(f"{h:>8}" for _, h in cols)
+          + "   n_drv n_calls      MB out/in")
+    for name, d in rows[:top]:
+        d["fix"] = sum(d["fixtures"].values())
+        name = name if len(name) <= width else "..." + name[-(width - 3):]
+        print(f"{name:<{width}} " + " ".join(f"{d[k]:8.2f}" for k, _ in cols) +
+              f"   {d['drivers']:5d} {d['student_calls']:7d} {d['bytes_out'] / 1e6:7.1f}/"
+              f"{d['bytes_in'] / 1e6:.1f}")
+    tot = prof["total"]
+    tot["fix"] = sum(tot["fixtures"].values())
+    print(f"{'TOTAL (' + str(len(rows)) + ' tests)':<{width}} " +
+          " ".join(f"{tot[k]:8.2f}" for k, _ in cols) +
+          f"   {tot['drivers']:5d} {tot['student_calls']:7d} {tot['bytes_out'] / 1e6:7.1f}/"
+          f"{tot['bytes_in'] / 1e6:.1f}")
+    slow_fix = sorted(tot["fixtures"].items(), key=lambda kv: -kv[1])[:6]
+    print("fixtures (setup seconds, all tests): " + ", ".join(f"{k} {v:.2f}"
+                                                             for k, v in slow_fix))
+    print(f"worker starts: {tot['worker_starts']} ({tot['worker_start']:.2f} s); driver "
+          f"subprocesses: {tot['drivers']} ({tot['driver_wall']:.1f} s wall); calls into "
+          f"student code: {tot['student_calls']} ({tot['student']:.1f} s, the protocol "
+          f"included); protocol bytes: {tot['bytes_out'] / 1e6:.1f} MB out, "
+          f"{tot['bytes_in'] / 1e6:.1f} MB in")
+    print(f"whole grading (pytest process, start to end): {dt:.1f} s wall; points "
+          f"{report['points']:g}/{report['max_points']:g}; sandbox {report['sandbox']['mode']}")
+
+
+def batch_only(stu, tmp, tests, n, jobs, hidden=None):
+    subs = os.path.join(tmp, "subs")
+    for i in range(n):
+        shutil.copytree(stu, os.path.join(subs, f"s{i:03d}", "stu_upload"),
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    args = [subs, "--out", os.path.join(tmp, "g.csv"), "--jobs", str(jobs)]
+    if hidden:
+        args += ["--hidden", hidden]
+    t = time.perf_counter()
+    rc = batch_grade.main(args + ["--", *tests])
+    dt = time.perf_counter() - t
+    assert rc == 0
+    per = dt / n
+    print(f"batch of {n} (measured), --jobs {jobs}: {dt:.1f} s, {per:.2f} s per submission")
+    print(f"extrapolated (not measured) to 300 submissions: {per * 300 / 3600:.2f} h "
+          f"(target <= 2 h)")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--tests", nargs="*", default=["tests/test_layer_1.py"])
@@ -59,8 +132,22 @@ def main():
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--full", action="store_true", help="time one full submission (public + "
                    "hidden tests) in-process vs sandboxed; no batch")
+    p.add_argument("--profile", action="store_true", help="profile one sandboxed grading "
+                   "(with --full: public and hidden tests; else --tests)")
+    p.add_argument("--jobs-only", type=int, metavar="J", help="time only a batch of --batch "
+                   "copies with --jobs J, extrapolated to 300 students")
+    p.add_argument("--stu", default=os.path.join(ROOT, "stu_upload"), help="the submission")
     a = p.parse_args()
-    stu = os.path.join(ROOT, "stu_upload")
+    stu = os.path.abspath(a.stu)
+    hidden = os.path.join(ROOT, "tests_hidden") if a.full else None
+    if a.profile:
+        with tempfile.TemporaryDirectory() as tmp:
+            profile(stu, tmp, [] if a.full else a.tests, hidden)
+        return
+    if a.jobs_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            batch_only(stu, tmp, [] if a.full else a.tests, a.batch, a.jobs_only, hidden)
+        return
     if a.full:
         print(f"sandbox mode here: {detect_mode('auto')}; CPUs: {os.cpu_count()}")
         with tempfile.TemporaryDirectory() as tmp:
