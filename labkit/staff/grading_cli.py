@@ -20,6 +20,7 @@ def run_grading(stu_dir, json_path, extra=(), hidden=None, manifest=None, timeou
     On ``timeout`` the grader's process group and the submission's processes are killed and
     ``subprocess.TimeoutExpired`` is raised (a partial report may be at ``json_path``)."""
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+           "-p", "no:hypothesispytest",     # @given still works; saves its start-up per run
            "-c", os.path.join(cwd, "pytest.ini"), f"--rootdir={cwd}",
            f"--stu-dir={stu_dir}", f"--grade-json={json_path}"]
     if hidden:
