@@ -111,8 +111,8 @@ def test_divergence_message_and_no_nonfinite_image(tmp_path):
 def test_sigterm_saves_and_resume_is_exact(tmp_path):
     """A real SIGTERM: exit 143 with the image, log and checkpoint saved; --resume then ends
     on the same float64 image, bitwise, as the same run done in one go."""
-    args = ["--demo", "--no-progress", "--conv", "lab", "--skip-speed-test", "--height", "96",
-            "--width", "144", "--dtype", "float64", "--steps", "40", "--save-every", "2"]
+    args = ["--demo", "--no-progress", "--conv", "lab", "--skip-speed-test", "--height", "64",
+            "--width", "96", "--dtype", "float64", "--steps", "12", "--save-every", "2"]
     env = dict(os.environ, PYTHONPATH=ROOT)
     out_b = tmp_path / "b"
     proc = subprocess.Popen([sys.executable, DRIVER, *args, "--output-dir", str(out_b)],
@@ -128,7 +128,7 @@ def test_sigterm_saves_and_resume_is_exact(tmp_path):
     assert "Traceback" not in stderr and "SIGTERM" in stderr
     (interrupted,) = glob.glob(str(out_b / "*_interrupted_step*.jpg"))
     k = int(interrupted[-8:-4])
-    assert 2 <= k < 40
+    assert 2 <= k < 12
     (ck,) = glob.glob(str(out_b / "*_checkpoint.npz"))
     assert load_checkpoint(ck)["step"] == k
     assert not [n for n in os.listdir(out_b) if ".tmp" in n]
@@ -139,11 +139,11 @@ def test_sigterm_saves_and_resume_is_exact(tmp_path):
     assert one_go.returncode == 0, one_go.stderr
     a = load_checkpoint(glob.glob(str(tmp_path / "a" / "*_checkpoint.npz"))[0])
     b = load_checkpoint(ck)
-    assert a["step"] == b["step"] == 40
+    assert a["step"] == b["step"] == 12
     assert np.array_equal(a["image"], b["image"])
     with open(glob.glob(str(out_b / "*_log.csv"))[0]) as f:
         assert [line.split(",")[0] for line in f.read().splitlines()[1:]] == \
-            [str(i) for i in range(1, 41)]
+            [str(i) for i in range(1, 13)]
 
 
 def test_resume_refuses_changed_settings(tmp_path):

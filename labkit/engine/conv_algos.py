@@ -17,7 +17,6 @@ convolution of dy with the filter rotated by 180 degrees and with Cin/Cout
 swapped, i.e. conv(dy, rotate_filter(w), pad=K-1-pad).  See rotate_filter.
 """
 import numpy as np
-import scipy.fft as sfft
 from numpy.lib.stride_tricks import sliding_window_view
 
 from labkit.engine.perf import run_split, split_ranges  # noqa: F401 (split_ranges: tests)
@@ -483,6 +482,7 @@ def conv2d_fft(x, w, b, pad, stride=1, mode="auto", mem_bytes=1 << 26):
     if ho < 1 or wo < 1:
         raise ValueError("empty output")
     ctype = np.result_type(x.dtype, np.complex64)
+    import scipy.fft as sfft    # lazily: only the FFT path needs it (start-up time)
     P, Q = sfft.next_fast_len(P, real=True), sfft.next_fast_len(Q, real=True)  # 226 = 2*113 is slow
     Qr = Q // 2 + 1
     X = np.ascontiguousarray(sfft.rfft2(xp, s=(P, Q), workers=-1), dtype=ctype)  # (N,C,P,Qr)

@@ -17,8 +17,6 @@ import signal
 import stat
 import sys
 import tempfile
-import urllib.error
-import urllib.request
 
 from labkit.runtime import vgg19_spec as spec
 
@@ -504,6 +502,8 @@ def download_weights(dest, url=spec.LEGACY_URL, md5=spec.LEGACY_MD5, timeout=30)
     Writes to ``dest + '.part'`` and renames only after the checksum matches, so an
     interrupted or failed download never leaves a file that looks complete.
     """
+    import urllib.error         # lazily: the drivers' start-up
+    import urllib.request
     from tqdm import tqdm
     check_output_path(dest, "--weights")
     part = dest + ".part"

@@ -10,7 +10,6 @@ random, so its "classes" mean nothing.
 import os
 
 import numpy as np
-import scipy.io
 
 from labkit.runtime import vgg19_spec as spec
 from labkit.runtime.cli import atomic_path
@@ -160,5 +159,6 @@ def write_vgg19_mat(path, layout="legacy", width_div=16, num_classes=10, fc_widt
                         "imageSize": np.array([[224.0, 224.0, 3.0]]),
                         "interpolation": "bilinear"})
         top = {"layers": _cell(layers), "classes": classes, "normalization": norm}
+    import scipy.io             # lazily (start-up of the drivers and tests)
     scipy.io.savemat(path, top, do_compression=meta, oned_as="row")
     return params

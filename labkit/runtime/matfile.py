@@ -12,7 +12,6 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
-import scipy.io
 
 from labkit.runtime import vgg19_spec as spec
 from labkit.runtime.cli import input_problem
@@ -193,6 +192,7 @@ def load_vgg19_mat(path):
             f"is probably truncated or corrupt (an interrupted download?). Download it again; "
             f"the legacy file's MD5 is {spec.LEGACY_MD5}.") from None
     try:
+        import scipy.io         # lazily: a driver that stops at a bad argument starts fast
         data = scipy.io.loadmat(path)
     except Exception as exc:    # SciPy raises many types on damaged files (MatReadError, ...)
         raise WeightsFileError(
