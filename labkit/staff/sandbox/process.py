@@ -28,6 +28,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
 HERE = os.path.dirname(os.path.abspath(__file__))
 PACKAGE = "stu_upload"
 GIB = 1024 ** 3
+MARKER = ".labkit_scratch"
+DISK_BYTES = 2 * GIB            # a submission's scratch folder (work, tmp, output) at most
+DISK_FILES = 200_000
+TMP_BYTES = 512 * 1024 ** 2     # the sandbox's /tmp (tmpfs: counted in the memory cgroup)
 MAX_SUBMISSION_BYTES = 50 * 1024 * 1024
 DRIVERS = ("main_exp_3_1.py", "main_exp_3_2.py", "main_exp_3_3.py")
 KIT_ROOT_FILES = ("pycnml.py", "sitecustomize.py")     # the kit root's, as the kit ships them
@@ -75,20 +79,33 @@ NO_SANDBOX_HELP = ("install bubblewrap ('apt-get install bubblewrap'), or instal
                    "runs with your rights)")
 
 
+UID_CHOICE = ("grade with the weaker, explicit '--sandbox uid' (a dropped uid without "
+              "namespaces: the reference, the tests and the hidden fixtures must be unreadable "
+              "to other users; README, 'Threat model')")
+
+
 def detect_mode(requested="auto"):
-    """The mode that will run: ``requested`` if it works here, else an error; ``auto``: the
-    strongest that works."""
+    """The mode that will run: ``requested`` if it works here, else an error. ``auto`` is
+    ``bwrap`` only, verified by starting bubblewrap with new namespaces; it never falls back
+    to a weaker mode silently (fail closed): ``uid`` and ``none`` must be asked for."""
     if requested in _MODE_CACHE:
         return _MODE_CACHE[requested]
     root = os.geteuid() == 0
     if requested == "auto":
-        mode = "bwrap" if _bwrap_works() else ("uid" if root else "none")
-        if mode == "uid" and not _uid_works():
-            raise SandboxError("no sandbox works here: bubblewrap is missing or fails, and an "
-                               "unprivileged user cannot run this Python; " + NO_SANDBOX_HELP)
+        if not _bwrap_works():
+            if not root:
+                raise SandboxError("no sandbox: the grader is not root, so bubblewrap cannot "
+                                   "make the sandbox user; run it as root, or pass "
+                                   "'--sandbox none' to grade with resource limits only "
+                                   "(student code then runs with your rights)")
+            raise SandboxError("no sandbox verified: bubblewrap is missing or cannot create "
+                               "namespaces here (an unprivileged container?); install or "
+                               "allow it, or " + UID_CHOICE)
+        mode = "bwrap"
     elif requested == "bwrap" and not _bwrap_works():
-        raise SandboxError("--sandbox=bwrap: bubblewrap is missing or does not work here (it "
-                           "needs root and 'apt-get install bubblewrap')")
+        raise SandboxError("--sandbox=bwrap: bubblewrap is missing or cannot create namespaces "
+                           "here (it needs root, CAP_SYS_ADMIN and 'apt-get install "
+                           "bubblewrap')")
     elif requested == "uid" and not root:
         raise SandboxError("--sandbox=uid needs the grader to run as root")
     elif requested == "uid" and not _uid_works():
@@ -169,36 +186,154 @@ def kill_processes(uid, token):
 
 
 # ------------------------------------------------------------------------------- scratch
-def copy_submission(src, dest, limit=MAX_SUBMISSION_BYTES):
-    """Copy regular files of ``src`` into ``dest``: no links (skipped, never followed), no
-    special files, no caches; at most ``limit`` bytes. Returns notes."""
-    notes, total = [], 0
+def _expected_modules():
+    from labkit.runtime.student import NAMES
+    return {"__init__"} | {n for names in NAMES.values() for n in names}
+
+
+def _code_suffixes():
+    import importlib.machinery as m
+    return tuple(set(m.all_suffixes()) - {".py"}) + (".pth", ".pyc", ".pyo", ".egg-link")
+
+
+def open_submission(src):
+    """A file descriptor of the submission folder ``src``: its parent is the caller's (staff
+    paths, trusted); ``src`` itself is opened with O_NOFOLLOW (a symbolic link is refused,
+    SandboxError with the reason)."""
     src = os.path.abspath(src)
-    for dirpath, dirnames, filenames in os.walk(src, followlinks=False):
-        rel = os.path.relpath(dirpath, src)
-        keep = []
-        for d in sorted(dirnames):
-            full = os.path.join(dirpath, d)
-            if os.path.islink(full):
-                notes.append(f"link {os.path.join(rel, d)} skipped")
-            elif d != "__pycache__":
-                keep.append(d)
-        dirnames[:] = keep
-        os.makedirs(os.path.join(dest, rel), exist_ok=True)
-        for name in sorted(filenames):
-            full = os.path.join(dirpath, name)
-            st = os.lstat(full)
-            if not stat.S_ISREG(st.st_mode):
-                notes.append(f"{os.path.join(rel, name)} is not a regular file; skipped")
+    parent = os.open(os.path.dirname(src) or "/", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        return os.open(os.path.basename(src), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
+                       dir_fd=parent)
+    except OSError as exc:
+        try:
+            st = os.lstat(os.path.basename(src), dir_fd=parent)
+        except OSError:
+            st = None
+        if st is not None and stat.S_ISLNK(st.st_mode):
+            raise SandboxError(f"{os.path.basename(src)} is a symbolic link "
+                               f"(to {os.readlink(src)!r}); refused: submit the folder itself")
+        raise SandboxError(f"cannot open the submission folder {src}: {exc.strerror}")
+    finally:
+        os.close(parent)
+
+
+def copy_submission(src, dest, limit=MAX_SUBMISSION_BYTES):
+    """Copy the submission ``src`` (its top folder only) into ``dest`` through file
+    descriptors that follow no link: only regular files are taken, ``.py`` files only under
+    the kit's module names; sub-folders (packages), links, extension modules (``.so``),
+    ``.pyc``/``.pth`` and other ``.py`` files are refused and listed in the notes (they would
+    run instead of, or beside, the files staff read). At most ``limit`` bytes. Returns the
+    notes (one line per refused entry)."""
+    notes, total = [], 0
+    expected, code = _expected_modules(), _code_suffixes()
+    os.makedirs(dest, exist_ok=True)
+    fd = open_submission(src)
+    try:
+        for name in sorted(os.listdir(fd)):
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except OSError:
                 continue
-            if name.endswith((".pyc", ".pth")):
+            shown = ascii(name)[1:-1]
+            if stat.S_ISLNK(st.st_mode):
+                notes.append(f"refused {shown}: a symbolic link")
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                if name != "__pycache__":
+                    notes.append(f"refused {shown}/: a folder (a package would shadow the "
+                                 f"module of that name)")
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                notes.append(f"refused {shown}: not a regular file")
+                continue
+            if name.endswith(code) or ".cpython-" in name:
+                notes.append(f"refused {shown}: compiled code, an extension module or a "
+                             f"start-up hook (only the .py source is graded)")
+                continue
+            if name.endswith(".py") and name[:-3] not in expected:
+                notes.append(f"refused {shown}: not one of the kit's module files")
                 continue
             total += st.st_size
             if total > limit:
                 raise SandboxError(f"submission larger than {limit >> 20} MB")
-            with open(full, "rb") as fi, open(os.path.join(dest, rel, name), "wb") as fo:
-                shutil.copyfileobj(fi, fo)
+            ffd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
+            with os.fdopen(ffd, "rb") as fi:
+                if not stat.S_ISREG(os.fstat(ffd).st_mode):
+                    continue
+                data = fi.read(limit + 1)
+            with open(os.path.join(dest, name), "xb") as fo:
+                fo.write(data)
+    finally:
+        os.close(fd)
     return notes
+
+
+# ------------------------------------------------------------------------------- hand-over
+def _hand_over_fd(fd, uid, mode):
+    os.fchown(fd, uid, uid)
+    os.fchmod(fd, mode)
+
+
+def hand_over(top, uid, keep=0, seen=None, max_entries=200_000):
+    """Make the folders under ``top`` that the grader (root) made writable by ``uid``:
+    through file descriptors only (every entry opened with O_NOFOLLOW relative to its
+    folder's fd, then fchown/fchmod), so a link or a swapped folder planted by the
+    submission is never followed. Folders at depth <= ``keep`` stay root's (mode 0711: they
+    can be passed through, not renamed into); root-owned regular files with one link are
+    handed over too (a test's input that student code rewrites). ``seen``: {(dev, ino):
+    mtime_ns} of folders already done (rescanned only when changed)."""
+    if uid is None:
+        return
+    seen = {} if seen is None else seen
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    try:
+        top_fd = os.open(top, flags)
+    except OSError:
+        return
+    stack, count = [(top_fd, 0)], 0
+    while stack:
+        fd, depth = stack.pop()
+        try:
+            st = os.fstat(fd)
+            if st.st_uid == 0 and depth > keep:
+                _hand_over_fd(fd, uid, 0o700)
+            elif depth <= keep and st.st_uid == 0:
+                os.fchmod(fd, 0o711)
+            key = (st.st_dev, st.st_ino)
+            changed = seen.get(key) != st.st_mtime_ns
+            for name in os.listdir(fd):
+                count += 1
+                if count > max_entries:
+                    break
+                try:
+                    est = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                except OSError:
+                    continue
+                if stat.S_ISDIR(est.st_mode):
+                    try:
+                        stack.append((os.open(name, flags, dir_fd=fd), depth + 1))
+                    except OSError:
+                        pass
+                elif changed and stat.S_ISREG(est.st_mode) and est.st_uid == 0 and \
+                        est.st_nlink == 1 and depth > keep:
+                    try:
+                        ffd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK,
+                                      dir_fd=fd)
+                    except OSError:
+                        continue
+                    try:
+                        fst = os.fstat(ffd)
+                        if stat.S_ISREG(fst.st_mode) and fst.st_uid == 0 and \
+                                fst.st_nlink == 1:
+                            os.fchown(ffd, uid, uid)
+                    finally:
+                        os.close(ffd)
+            seen[key] = os.fstat(fd).st_mtime_ns
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
 
 class Scratch:
@@ -207,14 +342,18 @@ class Scratch:
     and ``work/`` (theirs: cwd, HOME, TMPDIR), ``tmp/`` (the tests' temporary files)."""
 
     def __init__(self, stu_pkg, base=None, uid=None):
-        self.path = os.path.realpath(__import__("tempfile").mkdtemp(prefix="labkit_sbx_",
-                                                                    dir=base))
+        import tempfile
+        self.path = os.path.realpath(tempfile.mkdtemp(prefix="sbx", dir=base))
         os.chmod(self.path, 0o711)
         self.code = os.path.join(self.path, "code")
         self.work = os.path.join(self.path, "work")
         self.tmp = os.path.join(self.path, "tmp")
         self.log = os.path.join(self.path, "output.log")
         self.uid = uid
+        self._seen = {}
+        with open(os.path.join(self.path, MARKER), "w", encoding="utf-8") as f:
+            f.write("labkit grading scratch folder\n")     # (root's: a killed grader's
+        #                                                      leftovers are recognised by it)
         self.notes = copy_submission(stu_pkg, os.path.join(self.code, PACKAGE))
         shutil.copytree(os.path.join(ROOT, "labkit", "runtime"),
                         os.path.join(self.code, "labkit", "runtime"),
@@ -229,15 +368,21 @@ class Scratch:
             shutil.copy(os.path.join(HERE, name), os.path.join(self.code, "_sandbox", name))
         self.output_dir = os.path.join(self.code, "output")    # the drivers' default output
         os.makedirs(self.output_dir, exist_ok=True)              # folder: writable
+        # code/: root's, readable by this submission's uid only (group), not by other
+        # submissions graded at the same time (mode uid shares one file system)
+        gid = uid if uid is not None else os.getgid()
+        dmode, fmode = (0o750, 0o640) if uid is not None else (0o755, 0o644)
         for dirpath, dirnames, filenames in os.walk(self.code):
-            os.chmod(dirpath, 0o755)
+            os.chown(dirpath, 0 if uid is not None else -1, gid)
+            os.chmod(dirpath, dmode)
             for n in filenames:
-                os.chmod(os.path.join(dirpath, n), 0o644)
+                os.chown(os.path.join(dirpath, n), 0 if uid is not None else -1, gid)
+                os.chmod(os.path.join(dirpath, n), fmode)
         self.share_dir = os.path.join(self.path, "share")
         for d in (self.work, os.path.join(self.work, "tmp"), self.tmp, self.share_dir):
             os.makedirs(d, exist_ok=True)
-        self.give(self.work)
-        self.give(self.output_dir)
+        hand_over(self.work, uid, keep=-1)          # before any student code runs
+        hand_over(self.output_dir, uid, keep=-1)
         os.chmod(self.tmp, 0o711)
         os.chmod(self.share_dir, 0o755)
         open(self.log, "ab").close()
@@ -262,41 +407,35 @@ class Scratch:
             os.chmod(dest, 0o444)
         return dest
 
-    def give(self, path):
-        """Hand ``path`` (recursively) to the sandbox uid."""
-        if self.uid is None:
-            return
-        for dirpath, dirnames, filenames in os.walk(path):
-            os.lchown(dirpath, self.uid, self.uid)
-            os.chmod(dirpath, 0o700)
-            for n in filenames:
-                os.lchown(os.path.join(dirpath, n), self.uid, self.uid)
+    def give(self, path=None):
+        """Hand what the grader made under the tests' folder (``tmp``: pytest's base folder
+        and below it each test's own folder) to the sandbox uid before student code runs
+        there: ``hand_over`` (file descriptors, no link followed; the base folder stays
+        root's). Cheap enough to run before every call to student code."""
+        hand_over(path or self.tmp, self.uid, keep=1, seen=self._seen)
 
-    def give_new(self, path):
-        """``give`` only what is new under ``path`` since the last time: folders whose
-        modification time changed (cheap enough to run before every call to student code)."""
-        if self.uid is None:
-            return
-        seen = self.__dict__.setdefault("_given", {})
-        stack = [path]
-        while stack:
-            d = stack.pop()
-            try:
-                st = os.stat(d)
-                entries = list(os.scandir(d))
-            except OSError:
-                continue
-            changed = seen.get(d) != st.st_mtime_ns
-            if changed:
-                os.lchown(d, self.uid, self.uid)
-                os.chmod(d, 0o700)
-            for e in entries:
-                if e.is_dir(follow_symlinks=False):
-                    stack.append(e.path)
-                elif changed:
-                    os.lchown(e.path, self.uid, self.uid)
-            if changed:
-                seen[d] = os.stat(d).st_mtime_ns
+    def usage(self, limit_files=DISK_FILES + 1):
+        """(bytes, files) under ``work`` and ``tmp`` (no link followed), counting stops
+        after ``limit_files`` entries."""
+        total, files = 0, 0
+        for top in (self.work, self.tmp, self.output_dir):
+            stack = [top]
+            while stack and files < limit_files:
+                d = stack.pop()
+                try:
+                    with os.scandir(d) as it:
+                        for e in it:
+                            files += 1
+                            try:
+                                st = e.stat(follow_symlinks=False)
+                            except OSError:
+                                continue
+                            total += st.st_blocks * 512
+                            if stat.S_ISDIR(st.st_mode):
+                                stack.append(e.path)
+                except OSError:
+                    pass
+        return total, files
 
     def output(self, limit=4096):
         try:
