@@ -154,16 +154,18 @@ class Grader(Points):
         from labkit.runtime import legacy
         from labkit.runtime.student import experiments_present
         legacy.install()        # before any student code: np.float, scipy.misc.imread ...
-        # experiments whose files were submitted (either naming); the others are not counted
-        self.experiments_present = (experiments_present(self.stu_pkg)
-                                    if os.path.isdir(self.stu_pkg) else {})
         self.session = None
         self.sandbox_mode = "off" if stu else None
         self.integrity_before = None
         hidden_opt = config.getoption("hidden")
+        files = self.stu_pkg
         if stu and config.getoption("sandbox") != "off":
-            self._start_sandbox(config, hidden_opt)
-        elif stu:
+            self._start_sandbox(config, hidden_opt)     # copies the submission (no links)
+            files = self.session.sandbox.scratch.package    # read that copy, never the
+        # experiments whose files were submitted (either naming); the others are not counted
+        self.experiments_present = (experiments_present(files)      # original again
+                                    if os.path.isdir(files) else {})
+        if stu and self.session is None:
             self.init_error = install(self.stu_pkg)
             os.environ["LABKIT_STU_DIR"] = self.stu_pkg
             os.environ["PYTHONPATH"] = os.pathsep.join(
@@ -222,16 +224,17 @@ class Grader(Points):
         if info:            # for batch_grade: whose processes to end if it must kill us
             _write_json(info, {"uid": self.session.sandbox.uid,
                                "token": self.session.sandbox.token,
-                               "scratch": self.session.sandbox.scratch.path})
+                               "scratch": self.session.sandbox.scratch.path,
+                               "cgroups": self.session.sandbox.cgroup.paths})
         install_proxy_package(self.session)
         from labkit.runtime.student import use_export_hook, use_package_dir, use_seed_hook
-        use_package_dir(self.stu_pkg)       # file names only: which naming, which experiments
+        use_package_dir(self.session.sandbox.scratch.package)  # file names only (the copy)
         use_seed_hook(self.session.seed_numpy)      # np.random.seed in the worker too
         use_export_hook(self.session.export)        # a test's layers/functions for student code
         if not config.option.basetemp:          # the tests' files: where drivers may write
             config.option.basetemp = os.path.join(self.session.sandbox.scratch.tmp, "t")
         scratch = self.session.sandbox.scratch  # ... and the student's code reads and writes
-        self.session.before_call = lambda: scratch.give_new(scratch.tmp)
+        self.session.before_call = scratch.give    # fds only, no link followed
         _sandbox_drivers(self.session)
 
     # -- ids ------------------------------------------------------------------------------

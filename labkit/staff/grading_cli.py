@@ -65,8 +65,11 @@ def _end_submission(info_path):
         return 0
     uid = info.get("uid")
     found = process.kill_processes(uid, info["token"] if uid is None else None)
+    for cg in info.get("cgroups") or []:
+        found += process.Cgroup.remove_path(cg)
     scratch = info.get("scratch", "")
-    if os.path.basename(scratch).startswith("labkit_sbx_"):
+    if isinstance(scratch, str) and scratch and os.path.isfile(
+            os.path.join(scratch, process.MARKER)):     # (root's marker: our scratch folder)
         import shutil
         shutil.rmtree(scratch, ignore_errors=True)
     with contextlib.suppress(OSError):

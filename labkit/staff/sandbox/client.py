@@ -24,6 +24,8 @@ from labkit.staff.sanitize import clean_text
 
 MSG_CAP = 2000
 OUT_CAP = 64 * 1024
+MAX_ANSWER = 1024 ** 3      # bytes of arrays in one answer from the worker (the grader reads
+#                             no more: a bigger frame ends the worker)
 
 
 def _clean(text):
@@ -132,6 +134,7 @@ class Session:
         self.exports = {}           # id -> (grader object, method names) handed to students
         self.export_ids = {}        # id(object) -> its export id
         self.before_call = None     # run before each call into student code (the grader's)
+        self._oom_seen = 0
 
     # -- the worker -----------------------------------------------------------------------
     def _start(self):
@@ -197,6 +200,15 @@ class Session:
             why = f"exited with code {code} (os._exit or sys.exit outside a call)"
             if self.sandbox.mode == "bwrap" and code in (128 + 9, 137):
                 why = "was killed (SIGKILL; the memory limit or the system's OOM killer)"
+        watcher = getattr(self.sandbox, "watcher", None)
+        if watcher is not None and watcher.violation:
+            why = f"was killed: {watcher.violation}"
+            watcher.violation = None
+        oom = self.sandbox.cgroup.oom_kills()
+        if oom > self._oom_seen:
+            self._oom_seen = oom
+            why = (f"was killed by the kernel: the submission's processes together passed "
+                   f"the memory limit of {self.limits.total_memory / GIB:g} GiB")
         self.events.append("worker " + why)
         return StudentCrash(f"the student code's process {why}")
 
@@ -313,8 +325,10 @@ class Session:
 
     def _read_answer(self, deadline):
         n = wire.unpack_header(self._read_exact(12, deadline))
-        # parse_header refuses blob sizes that add up to more than wire.MAX_FRAME
         header, sizes = wire.parse_header(self._read_exact(n, deadline))
+        if sum(sizes) > MAX_ANSWER:
+            raise wire.WireError(f"an answer of {sum(sizes) / 1024 ** 3:.2f} GiB (the grader "
+                                 f"reads at most {MAX_ANSWER / 1024 ** 3:g} GiB)")
         blobs = [self._read_exact(s, deadline) for s in sizes]
         return header, blobs
 

@@ -55,7 +55,7 @@ def _sandbox_drivers(session):
                 cwd = os.path.realpath(str(kw.get("cwd") or os.getcwd()))
                 if not (cwd == tmp or cwd.startswith(tmp + os.sep)):
                     cwd = sandbox.scratch.work
-                sandbox.scratch.give(tmp)       # (its parent, the scratch folder: 0o711)
+                sandbox.scratch.give(tmp)       # fds, no link followed; tmp stays root's
                 inner = sandbox.python() + [os.path.join(sandbox.scratch.code, name),
                                             *map(str, argv[2:])]
                 kw.update(sandbox.start_kwargs(cwd))

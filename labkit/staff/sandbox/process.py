@@ -354,7 +354,8 @@ class Scratch:
         with open(os.path.join(self.path, MARKER), "w", encoding="utf-8") as f:
             f.write("labkit grading scratch folder\n")     # (root's: a killed grader's
         #                                                      leftovers are recognised by it)
-        self.notes = copy_submission(stu_pkg, os.path.join(self.code, PACKAGE))
+        self.package = os.path.join(self.code, PACKAGE)
+        self.notes = copy_submission(stu_pkg, self.package)
         shutil.copytree(os.path.join(ROOT, "labkit", "runtime"),
                         os.path.join(self.code, "labkit", "runtime"),
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
@@ -452,25 +453,287 @@ class Scratch:
 
 # ------------------------------------------------------------------------------- limits
 class Limits:
+    """``memory``: per process (address space); the submission's processes together (its
+    cgroup, where one can be made, with its ``/tmp``) get ``total_memory``."""
+
     def __init__(self, memory=4 * GIB, cpu=1800, fsize=256 * 1024 * 1024, nproc=512,
-                 nofile=256):
+                 nofile=256, total_memory=None, disk=DISK_BYTES, files=DISK_FILES):
         self.memory, self.cpu, self.fsize, self.nproc, self.nofile = (
             memory, cpu, fsize, nproc, nofile)
+        self.total_memory = total_memory or int(max(1.5 * memory, memory + GIB))
+        self.disk, self.files = disk, files
 
     def describe(self):
-        return (f"memory {self.memory / GIB:g} GiB, CPU {self.cpu:g} s, files "
-                f"{self.fsize >> 20} MiB, processes/threads {self.nproc}")
+        return (f"memory {self.memory / GIB:g} GiB per process, {self.total_memory / GIB:g} "
+                f"GiB per submission, CPU {self.cpu:g} s, files {self.fsize >> 20} MiB, "
+                f"scratch {self.disk / GIB:g} GiB / {self.files} files, processes/threads "
+                f"{self.nproc}")
+
+
+# ------------------------------------------------------------------------------- cgroups
+def _cgroup_mounts():
+    """{'memory': mount, 'pids': mount} of cgroup v1, or {'v2': mount}."""
+    out = {}
+    try:
+        with open("/proc/self/mounts", encoding="utf-8") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) < 4:
+                    continue
+                if parts[2] == "cgroup":
+                    for c in ("memory", "pids"):
+                        if c in parts[3].split(","):
+                            out.setdefault(c, parts[1])
+                elif parts[2] == "cgroup2":
+                    out.setdefault("v2", parts[1])
+    except OSError:
+        pass
+    return out
+
+
+def _own_cgroup(controller):
+    """This process's cgroup path for a v1 ``controller`` ('' for v2), or '/'."""
+    try:
+        with open("/proc/self/cgroup", encoding="utf-8") as f:
+            for line in f:
+                _, ctrls, path = line.rstrip("\n").split(":", 2)
+                if controller in ctrls.split(",") or (controller == "" and ctrls == ""):
+                    return path
+    except (OSError, ValueError):
+        pass
+    return "/"
+
+
+class Cgroup:
+    """One submission's control group: its processes' memory together (what they hold, the
+    tmpfs ``/tmp`` of the sandbox) and how many there are, bounded by the kernel; the
+    members are found and killed from it. cgroup v1 (memory, pids) or v2, below the
+    grader's own cgroup when that is visible, else at the hierarchy's root. ``paths`` is
+    empty where none can be made (not root, no cgroup file system): then the Watcher sums
+    the processes' memory instead."""
+
+    def __init__(self, name, memory, pids):
+        self.paths = []
+        if os.geteuid() != 0:
+            return
+        mounts = _cgroup_mounts()
+        try:
+            if "memory" in mounts:
+                for ctrl in ("memory", "pids"):
+                    if ctrl not in mounts:
+                        continue
+                    path = self._make(mounts[ctrl], _own_cgroup(ctrl), name)
+                    if ctrl == "memory":
+                        self._write(path, "memory.limit_in_bytes", memory)
+                        if os.path.exists(os.path.join(path, "memory.memsw.limit_in_bytes")):
+                            self._write(path, "memory.memsw.limit_in_bytes", memory)
+                    else:
+                        self._write(path, "pids.max", pids)
+            elif "v2" in mounts:
+                path = self._make(mounts["v2"], _own_cgroup(""), name)
+                self._write(path, "memory.max", memory)
+                if os.path.exists(os.path.join(path, "memory.swap.max")):
+                    self._write(path, "memory.swap.max", 0)
+                self._write(path, "pids.max", pids)
+        except OSError:
+            self.remove()
+            self.paths = []
+
+    def _make(self, mount, own, name):
+        base = os.path.join(mount, own.strip("/"))
+        if not os.path.isdir(base):
+            base = mount
+        path = os.path.join(base, name)
+        os.mkdir(path, 0o755)
+        self.paths.append(path)
+        return path
+
+    @staticmethod
+    def _write(path, name, value):
+        with open(os.path.join(path, name), "w", encoding="ascii") as f:
+            f.write(str(int(value)))
+
+    @property
+    def memory_bounded(self):
+        return any(os.path.exists(os.path.join(p, f)) for p in self.paths
+                   for f in ("memory.limit_in_bytes", "memory.max"))
+
+    def join(self):
+        """Put the calling process in the cgroup (a child, before exec; the grader's own
+        writes: the sandboxed code cannot leave it, the files are root's)."""
+        for p in self.paths:
+            with open(os.path.join(p, "cgroup.procs"), "w", encoding="ascii") as f:
+                f.write(str(os.getpid()))
+
+    def pids(self):
+        found = set()
+        for p in self.paths:
+            try:
+                with open(os.path.join(p, "cgroup.procs"), encoding="ascii") as f:
+                    found.update(int(x) for x in f.read().split())
+            except (OSError, ValueError):
+                pass
+        return sorted(found)
+
+    def oom_kills(self):
+        """How many times the kernel hit the memory limit (v1 failcnt / v2 oom_kill)."""
+        for p in self.paths:
+            for name, key in (("memory.events", "oom_kill"), ("memory.oom_control", "oom_kill")):
+                try:
+                    with open(os.path.join(p, name), encoding="ascii") as f:
+                        for line in f:
+                            k, _, v = line.partition(" ")
+                            if k == key and int(v) > 0:
+                                return int(v)
+                except (OSError, ValueError):
+                    pass
+        return 0
+
+    def kill(self):
+        found = 0
+        for _ in range(50):
+            pids = self.pids()
+            if not pids:
+                break
+            found += len(pids)
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            time.sleep(0.02)
+        return found
+
+    def remove(self):
+        found = self.kill()
+        for p in self.paths:
+            found += self.remove_path(p)
+        return found
+
+    @staticmethod
+    def remove_path(path):
+        """Kill what is left in the cgroup folder ``path`` and remove it (also for a killed
+        grader's leftovers); only folders of a cgroup file system."""
+        if not (isinstance(path, str) and path.startswith("/") and
+                os.path.isfile(os.path.join(path, "cgroup.procs"))):
+            return 0
+        cg = Cgroup.__new__(Cgroup)
+        cg.paths = [path]
+        found = cg.kill()
+        for _ in range(50):
+            try:
+                os.rmdir(path)
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.05)
+        return found
+
+
+def _rss_of(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/statm", encoding="ascii") as f:
+                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
+class Watcher:
+    """A thread that checks, every ``period`` seconds, the submission's scratch folder
+    (bytes, files) and, where no memory cgroup bounds them, the memory its processes hold
+    together; past a limit it kills them all and says why (``violation``)."""
+
+    def __init__(self, sandbox, period=1.0):
+        import threading
+        self.sandbox, self.period = sandbox, period
+        self.violation = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="labkit-watcher")
+        self._thread.start()
+
+    def check(self):
+        sb, lim = self.sandbox, self.sandbox.limits
+        used, files = sb.scratch.usage(lim.files + 1)
+        if used > lim.disk or files > lim.files:
+            return (f"its files in the scratch folder passed the limit of {lim.disk / GIB:g} "
+                    f"GiB / {lim.files} files ({used / GIB:.2f} GiB, {files} files)")
+        if not sb.cgroup.memory_bounded:
+            pids = sb.members()
+            rss = _rss_of(pids)
+            if rss > lim.total_memory:
+                return (f"its processes together held {rss / GIB:.2f} GiB, past the "
+                        f"{lim.total_memory / GIB:g} GiB per submission")
+        return None
+
+    def _run(self):
+        while not self._stop.wait(self.period):
+            try:
+                why = self.check()
+            except Exception:       # the watcher must not die of a vanished folder
+                why = None
+            if why:
+                self.violation = why
+                self.sandbox.kill_stragglers()
+
+    def stop(self):
+        self._stop.set()
 
 
 class Sandbox:
     """How one submission's processes start (mode, uid, limits, scratch) and end."""
 
-    def __init__(self, stu_pkg, mode="auto", limits=None, base=None):
+    def __init__(self, stu_pkg, mode="auto", limits=None, base=None, watch=True):
         self.mode = detect_mode(mode)
         self.limits = limits or Limits()
         self.uid = fresh_uid() if self.mode in ("bwrap", "uid") else None
-        self.token = uuid.uuid4().hex
+        self.token = uuid.uuid4().hex       # mode none only: how its processes are found
         self.scratch = Scratch(stu_pkg, base=base, uid=self.uid)
+        self.cgroup = Cgroup(os.path.basename(self.scratch.path), self.limits.total_memory,
+                             self.limits.nproc)
+        if self.mode == "uid":
+            self.check_uid_isolation()
+        self.watcher = Watcher(self) if watch else None
+
+    def check_uid_isolation(self, paths=None):
+        """Mode uid: refuse to grade (SandboxError) when the sandbox uid can read the
+        reference solution, the tests' source or the hidden fixtures' reference outputs
+        (tried as that uid, in a child process, before any student code runs)."""
+        paths = paths if paths is not None else uid_secret_paths()
+        if not paths:
+            return
+        probe = ("import sys\nfor p in sys.argv[1:]:\n    try:\n        open(p, 'rb').close()"
+                 "\n        print(p)\n    except OSError:\n        pass\n")
+        uid = self.uid
+
+        def drop():
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+        r = subprocess.run([sys.executable, "-E", "-s", "-S", "-c", probe, *paths], cwd="/",
+                           preexec_fn=drop, capture_output=True, text=True, timeout=60,
+                           env={"PATH": "/usr/bin:/bin"})
+        readable = [line for line in r.stdout.splitlines() if line]
+        if r.returncode != 0 or readable:
+            self.close()
+            raise SandboxError(
+                "--sandbox uid: the sandbox user can read "
+                + (", ".join(readable[:3]) if readable else "(the probe failed)")
+                + (f" and {len(readable) - 3} more" if len(readable) > 3 else "")
+                + "; make the reference, the tests and the hidden fixtures unreadable to "
+                  "other users (chmod o-rwx on their folders, Python kept readable), or "
+                  "grade with bubblewrap")
+
+    def members(self):
+        """The submission's processes now (cgroup, else uid, else token)."""
+        pids = self.cgroup.pids()
+        if not pids:
+            pids = (processes_of_uid(self.uid) if self.uid is not None
+                    else processes_with_token(self.token))
+        return pids
 
     # -- environment ----------------------------------------------------------------------
     def env(self, extra=None):
@@ -478,7 +741,9 @@ class Sandbox:
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
                "HOME": self.scratch.work, "TMPDIR": os.path.join(self.scratch.work, "tmp"),
                "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0",
-               "MPLBACKEND": "Agg", "LABKIT_SANDBOX_TOKEN": self.token}
+               "MPLBACKEND": "Agg"}
+        if self.uid is None:        # mode none: the token is how its processes are found
+            env["LABKIT_SANDBOX_TOKEN"] = self.token
         for key in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                     "LABKIT_THREADS", "LABKIT_LEGACY"):
             if key in os.environ:
@@ -496,6 +761,7 @@ class Sandbox:
         for what, value in sets:
             if value:
                 resource.setrlimit(what, (int(value), int(value)))
+        self.cgroup.join()
         if self.mode == "uid":
             os.setgroups([])
             os.setgid(self.uid)
@@ -529,7 +795,7 @@ class Sandbox:
                 bind("--ro-bind", p)
         # an empty /tmp first: binds below it (a virtualenv or a checkout under /tmp, the
         # scratch folder) must be mounted after it, or the tmpfs would hide them
-        binds += ["--perms", "1777", "--tmpfs", "/tmp"]
+        binds += ["--perms", "1777", "--size", str(TMP_BYTES), "--tmpfs", "/tmp"]
         made.add("/tmp")
         seen = {"/usr", "/etc"}
         for p in sorted({os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix),
@@ -579,9 +845,29 @@ class Sandbox:
         return self.kill_stragglers()
 
     def kill_stragglers(self):
-        return kill_processes(self.uid, self.token)
+        return self.cgroup.kill() + kill_processes(self.uid, self.token)
 
     def close(self):
-        n = self.kill_stragglers()
+        if getattr(self, "watcher", None) is not None:
+            self.watcher.stop()
+        n = self.kill_stragglers() + self.cgroup.remove()
         self.scratch.remove()
         return n
+
+
+def uid_secret_paths(root=ROOT, hidden=None):
+    """Files the sandbox uid must not be able to read in mode uid: one file of each of the
+    reference solution, the tests, the hidden tests and the hidden fixtures' reference
+    outputs (a readable one is enough to refuse)."""
+    out = []
+    for folder in (os.path.join(root, PACKAGE), os.path.join(root, "tests"),
+                   hidden or os.path.join(root, "tests_hidden")):
+        try:
+            names = sorted(n for n in os.listdir(folder) if n.endswith(".py"))
+        except OSError:
+            continue
+        out += [os.path.join(folder, n) for n in names[:2]]
+    fixtures = os.environ.get("LABKIT_LAB_FIXTURES")
+    if fixtures:
+        out.append(os.path.join(fixtures, "reference_cat1.npz"))
+    return out
