@@ -20,6 +20,7 @@ import pytest
 
 from labkit.engine.conv_algos import (conv2d_input_grad_reference, conv2d_reference,
                                       conv2d_weight_grad_reference)
+from labkit.runtime import nofollow
 from labkit.runtime.gradcheck import check_directional
 from labkit.runtime.compare import expect, expect_close, expect_shape
 from labkit.runtime.student import seed_numpy, stu, to_student
@@ -292,7 +293,7 @@ def test_feature_network_forward_backward(feature_net, full_fixture, tmp_path):
     out = str(tmp_path / "out.jpg")
     vgg.save_image(x, shape, out)
     from PIL import Image
-    with Image.open(out) as im:
+    with Image.open(nofollow.open(tmp_path, "out.jpg")) as im:
         expect(im.size == (400, 300), f"save_image(image, original_shape, path) wrote a "
                f"{im.size[0]}x{im.size[1]} picture, expected 400x300 (the original shape)")
 

@@ -12,7 +12,7 @@ anchor is an ``OSError`` (ELOOP / ENOTDIR), never followed.
     from labkit.runtime import nofollow
     data = nofollow.read_bytes(tmp_path, "pool5.npy")
     nofollow.write_bytes(tmp_path, "pool5.npy", data)     # replaces the entry itself
-    names = nofollow.glob(tmp_path / "out", "*_log.csv")
+    names = nofollow.glob(tmp_path, "out/*_log.csv")       # ["out/x_log.csv"]
     with nofollow.open(tmp_path, "out/x_log.csv", "r") as f: ...
 """
 import builtins
@@ -103,6 +103,8 @@ def listdir(anchor, rel=""):
 
 
 def glob(anchor, pattern):
-    """The names (not paths) in the folder ``anchor`` that match ``pattern`` (no '/')."""
-    return [n for n in listdir(anchor) if fnmatch.fnmatchcase(n, pattern)]
-
+    """The paths relative to ``anchor`` that match ``pattern`` ("*_log.csv", "out/*.npz":
+    the pattern in its last component only), sorted; no link followed below ``anchor``."""
+    head, _, pat = str(pattern).rpartition("/")
+    return [f"{head}/{n}" if head else n for n in listdir(anchor, head)
+            if fnmatch.fnmatchcase(n, pat)]

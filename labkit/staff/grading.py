@@ -155,6 +155,7 @@ class Grader(Points):
         from labkit.runtime.student import experiments_present
         legacy.install()        # before any student code: np.float, scipy.misc.imread ...
         self.session = None
+        self._shared_fixtures = {}      # id -> module/session FixtureDef (FixtureRefresh)
         self.sandbox_mode = "off" if stu else None
         self.integrity_before = None
         hidden_opt = config.getoption("hidden")
@@ -295,7 +296,27 @@ class Grader(Points):
             signal.signal(signal.SIGALRM, old)
 
     @pytest.hookimpl(hookwrapper=True)
+    def pytest_fixture_setup(self, fixturedef, request):
+        yield
+        if self.session is not None and fixturedef.scope != "function":
+            self._shared_fixtures[id(fixturedef)] = fixturedef
+
+    def _refresh_fixtures(self, item):
+        """FixtureRefresh: a module or session fixture whose value holds student objects of
+        a worker that has ended since (a time limit, a crash of another test) is made again
+        for this test, so a restart costs only the tests that call the broken code, not
+        every later test of the module (``object ... was lost``)."""
+        from labkit.staff.sandbox.client import holds_stale
+        for defs in getattr(item, "_fixtureinfo").name2fixturedefs.values():
+            for fd in defs:
+                if id(fd) in self._shared_fixtures and fd.cached_result is not None and \
+                        holds_stale(fd.cached_result[0], self.session):
+                    fd.cached_result = None
+
+    @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_setup(self, item):
+        if self.session is not None:
+            self._refresh_fixtures(item)
         with self._time_limit():
             yield
 

@@ -381,6 +381,34 @@ class Session:
         return self.stragglers
 
 
+def holds_stale(value, session, depth=3):
+    """Whether ``value`` (a fixture's value: containers, plain objects a few levels deep)
+    holds a student object of ``session`` that no live worker has any more (its worker was
+    killed or restarted). Module-level classes and functions are found again by name and do
+    not count."""
+    if isinstance(value, Remote):
+        try:
+            if object.__getattribute__(value, "_s") is not session or \
+                    object.__getattribute__(value, "_path") is not None:
+                return False
+            return (object.__getattribute__(value, "_gen") != session.generation or
+                    session.proc is None)
+        except AttributeError:
+            return False
+    if depth <= 0 or isinstance(value, (str, bytes, int, float, type, types.ModuleType)):
+        return False
+    if isinstance(value, dict):
+        items = list(value.values())
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        items = list(value)
+    else:
+        try:
+            items = list(vars(value).values())
+        except TypeError:
+            return False
+    return any(holds_stale(v, session, depth - 1) for v in items[:1000])
+
+
 class Exported:
     """A grader object handed to student code (``Session.export``), as the grader passes it."""
     __slots__ = ("id",)

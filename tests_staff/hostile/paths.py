@@ -1,0 +1,138 @@
+"""Hostile submissions against the grader's file handling, its mode choice, its limits and
+its restarts (issue 19; tests_staff/test_sandbox_paths.py). ``{VICTIM}``, ``{SCRATCH_TMP}``,
+``{ROOT}`` are filled in by the tests."""
+
+# vgg_cpu.py of the reference: when the driver is run to check a pool5 dump, it leaves a
+# symbolic link to a host file where the dump was; the test then rewrites "the dump" as root
+POOL5_LINK = '''
+import atexit as _ax, os as _os, sys as _sys
+def _plant():
+    a = _sys.argv
+    if "--check-pool5" in a:
+        p = a[a.index("--check-pool5") + 1]
+        try:
+            _os.replace(p, p + ".real")
+            _os.symlink("{VICTIM}", p)
+        except OSError:
+            pass
+_ax.register(_plant)
+'''
+
+# layer_1.py of the blank kit: a thread that, for as long as the worker lives, makes folders
+# in every test folder it can reach and swaps them for links to a host folder (the grader
+# hands new folders to the sandbox uid before each call: a walk that follows a link chmods
+# and chowns the host folder)
+HANDOVER_RACE = '''
+import os as _os, threading as _th
+def _race():
+    here = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+    top = _os.path.join(_os.path.dirname(here), "tmp")
+    n = 0
+    while True:
+        dirs = []
+        for dp, dn, fn in _os.walk(top):
+            dirs.append(dp)
+            if len(dirs) > 50:
+                break
+        if not dirs:
+            dirs = [_os.getcwd()]
+        for d in dirs:
+            a, b = _os.path.join(d, "x%d" % (n % 4)), _os.path.join(d, "y%d" % (n % 4))
+            n += 1
+            try:
+                _os.mkdir(a)
+                _os.mkdir(_os.path.join(a, "z"))
+                _os.rename(a, b)
+                _os.symlink("{VICTIM}", a)
+                _os.unlink(a)
+                _os.rename(b, a)
+                _os.rename(a, b)
+                _os.symlink("{VICTIM}", a)
+            except OSError:
+                pass
+            try:
+                _os.unlink(a)
+            except OSError:
+                pass
+            for p in (_os.path.join(b, "z"), b):
+                try:
+                    _os.rmdir(p)
+                except OSError:
+                    pass
+_th.Thread(target=_race, daemon=True).start()
+'''
+
+# layer_1.py: fork three children that each hold 700 MB (the per-process limit is 1 GiB)
+FORK_HOLD = '''
+def hold_in_children(n=3, mb=700):
+    import os, time
+    import numpy as np
+    r, w = os.pipe()
+    kids = []
+    for _ in range(n):
+        pid = os.fork()
+        if pid == 0:
+            a = np.ones(mb * 1024 * 1024 // 8)
+            os.write(w, b"1")
+            time.sleep(60)
+            os._exit(0)
+        kids.append(pid)
+    os.close(w)
+    got, deadline = 0, time.time() + 40
+    import select
+    while got < n and time.time() < deadline:
+        if select.select([r], [], [], 1)[0]:
+            d = os.read(r, 16)
+            if not d:
+                break
+            got += len(d)
+        if all(os.waitpid(k, os.WNOHANG)[0] for k in kids):
+            break
+    return got
+'''
+
+# a module-scoped fixture holding a student object, a test that loops in the student's
+# ReLULayer.backward (the worker is killed at the time limit), and tests after it that use
+# the fixture's object: they must pass (the fixture is made again in a fresh worker)
+RESTART_TESTS = '''
+import numpy as np
+import pytest
+from labkit.runtime.student import stu
+
+
+@pytest.fixture(scope="module")
+def fc():
+    layer = stu.layer_1.FullyConnectedLayer(4, 3)
+    layer.init_param()
+    return layer
+
+
+def test_a_before(fc):
+    assert fc.forward(np.ones((2, 4))).shape == (2, 3)
+
+
+def test_b_relu_backward_loops():
+    r = stu.layer_1.ReLULayer()
+    r.forward(np.ones((2, 3)))
+    r.backward(np.ones((2, 3)))
+
+
+@pytest.mark.parametrize("i", range(3))
+def test_c_after(fc, i):
+    assert fc.forward(np.ones((2, 4))).shape == (2, 3)
+
+
+def test_d_layer_3_crashes_at_import():
+    stu.layer_3.ContentLossLayer
+
+
+def test_e_after_crash(fc):
+    assert fc.forward(np.ones((2, 4))).shape == (2, 3)
+'''
+LOOP_BACKWARD = '''
+def _loop(self, *a, **k):
+    while True:
+        pass
+ReLULayer.backward = _loop
+'''
+EXIT_AT_IMPORT = "\nimport os\nos._exit(3)\n"
