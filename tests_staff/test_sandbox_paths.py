@@ -235,8 +235,7 @@ def test_forked_children_share_one_memory_limit(bases, tmp_path):
         if not s.sandbox.cgroup.memory_bounded:
             pytest.skip("no memory cgroup here (the watcher sums RSS instead)")
         try:
-            got = s.request("call", target=_attr(s, "layer_1", "hold_in_children"),
-                            args={"$": "list", "v": []})
+            got = _fn(s, "layer_1", "hold_in_children")()
         except StudentCrash as exc:
             assert "memory limit" in str(exc)
             got = None
@@ -245,11 +244,10 @@ def test_forked_children_share_one_memory_limit(bases, tmp_path):
         s.close()
 
 
-def _attr(session, module, name):
-    from labkit.staff.sandbox import wire
+def _fn(session, module, name):
+    """The worker's ``stu_upload.<module>.<name>`` (a proxy: calling it calls it there)."""
     from labkit.staff.sandbox.client import _module_handle
-    fn = session.request("getattr", target=_module_handle(session, module), name=name)
-    return wire.encode(object.__getattribute__(fn, "_h"))[0]
+    return session.request("getattr", target=_module_handle(session, module), name=name)
 
 
 @pytest.mark.slow
@@ -264,17 +262,14 @@ def test_scratch_disk_limit_and_answer_bound(bases, tmp_path, monkeypatch):
     stu = submission(bases, tmp_path, "kit", [("layer_1.py", code)])
     s = Session(str(stu), limits=Limits(memory=GIB, disk=32 << 20), timeout=60)
     try:
-        names, argv = s.request("call", target=_attr(s, "layer_1", "env"),
-                                args={"$": "list", "v": []})
+        names, argv = _fn(s, "layer_1", "env")()
         assert not any("TOKEN" in n or "PYTEST" in n for n in names), names
         assert not any("labkit" in a.lower() for a in argv[1:]), argv
         with pytest.raises(StudentCrash, match="scratch folder passed the limit"):
-            s.request("call", target=_attr(s, "layer_1", "fill"),
-                      args={"$": "list", "v": [64]})
+            _fn(s, "layer_1", "fill")(64)
         monkeypatch.setattr(client, "MAX_ANSWER", 1 << 20)
         with pytest.raises(StudentCrash, match="the grader reads at most"):
-            s.request("call", target=_attr(s, "layer_1", "big"),
-                      args={"$": "list", "v": [1 << 18]})
+            _fn(s, "layer_1", "big")(1 << 18)
     finally:
         s.close()
 

@@ -311,6 +311,10 @@ class Grader(Points):
             for fd in defs:
                 if id(fd) in self._shared_fixtures and fd.cached_result is not None and \
                         holds_stale(fd.cached_result[0], self.session):
+                    try:        # its teardown (and its dependants'), then made anew
+                        fd.finish(item._request)
+                    except Exception:       # a teardown that used the lost objects
+                        pass
                     fd.cached_result = None
 
     @pytest.hookimpl(hookwrapper=True)

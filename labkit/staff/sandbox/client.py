@@ -173,6 +173,11 @@ class Session:
                 self._start()
 
     def _kill(self):
+        # a new generation now, not at the next start: a handle encoded from here on for the
+        # old worker's objects is seen as stale (never sent to the next worker, where its id
+        # would name nothing, or another object)
+        self.generation += 1
+        self._release = []
         for fd in (self.wfd, self.rfd):
             try:
                 os.close(fd)
@@ -391,8 +396,7 @@ def holds_stale(value, session, depth=3):
             if object.__getattribute__(value, "_s") is not session or \
                     object.__getattribute__(value, "_path") is not None:
                 return False
-            return (object.__getattribute__(value, "_gen") != session.generation or
-                    session.proc is None)
+            return object.__getattribute__(value, "_gen") != session.generation
         except AttributeError:
             return False
     if depth <= 0 or isinstance(value, (str, bytes, int, float, type, types.ModuleType)):
