@@ -307,3 +307,154 @@ def test_get_random_img_uses_numpys_global_generator():
     expect_img = np.random.uniform(-20, 20, content.shape) * 0.5 + content * 0.5
     check("get_random_img(content, 0.5) after np.random.seed(1234)", a, expect_img, 1e-6,
           equation="uniform(-20, 20) noise * ratio + content * (1 - ratio)")
+
+
+# ------------------------------------------------------------------------ the transfer loop
+LOOP_CONTENT = {"relu2_1": 0.4, "relu3_1": 0.6}
+LOOP_STYLE = {"relu1_1": 0.5, "relu2_1": 0.3, "relu3_1": 0.2}
+LOOP_ALPHA, LOOP_BETA, LOOP_LR, LOOP_STEPS = 2.0, 0.005, 1.0, 3
+
+
+class RefFeatureNet:
+    """The reference feature network (the file's weights, the engine's img2col convolution
+    and max-pooling, reference ReLUs) with the student's VGG19 interface: the loop test
+    runs the student's loop on it, so the network's own code is not graded twice."""
+
+    def __init__(self, mat, last_layer):
+        from labkit.engine.attach import EngineConvolution, EngineMaxPooling
+        from labkit.runtime.matfile import load_vgg19_mat
+        from labkit.runtime.vgg19_spec import FEATURE_LAYER_NAMES
+        weights = load_vgg19_mat(mat)
+        self.names = FEATURE_LAYER_NAMES[:FEATURE_LAYER_NAMES.index(last_layer) + 1]
+        self.layers = {}
+        for name in self.names:
+            if name.startswith("conv"):
+                layer = weights.layer(name)
+                w = np.transpose(layer.weight, [2, 0, 1, 3]).astype(np.float64)
+                self.layers[name] = EngineConvolution(
+                    3, w.shape[0], w.shape[3], 1, 1, w, layer.bias.reshape(-1).astype(np.float64),
+                    method="img2col", need_param_grad=False)
+            elif name.startswith("relu"):
+                self.layers[name] = RefReLU()
+            else:
+                self.layers[name] = EngineMaxPooling(2, 2)
+
+    def forward(self, image, layer_list):
+        wanted, out, current = set(layer_list), {}, np.asarray(image, dtype=np.float64)
+        last = max(self.names.index(n) for n in wanted)
+        for name in self.names[:last + 1]:
+            current = self.layers[name].forward(current)
+            if name in wanted:
+                out[name] = np.array(current)
+        return out
+
+    def backward(self, dloss, layer_name=None):
+        dlosses = dloss if isinstance(dloss, dict) else {layer_name: dloss}
+        current = None
+        for name in reversed(self.names[:max(self.names.index(n) for n in dlosses) + 1]):
+            if name in dlosses:
+                d = np.asarray(dlosses[name], dtype=np.float64)
+                current = d if current is None else current + d
+            current = self.layers[name].backward(current)
+        return np.array(current)
+
+
+class RefAdam:
+    """Adam of eq. 3.17 (the student's AdamOptimizer is graded by test_adam)."""
+
+    def __init__(self, lr, shape):
+        self.lr, self.mt, self.vt, self.step = lr, np.zeros(shape), np.zeros(shape), 0
+
+    def update(self, x, grad):
+        self.step += 1
+        grad = np.asarray(grad, dtype=np.float64)
+        self.mt = 0.9 * self.mt + 0.1 * grad
+        self.vt = 0.999 * self.vt + 0.001 * grad * grad
+        m_hat, v_hat = self.mt / (1 - 0.9 ** self.step), self.vt / (1 - 0.999 ** self.step)
+        return np.asarray(x, dtype=np.float64) - self.lr * m_hat / (np.sqrt(v_hat) + 1e-8)
+
+
+def ref_transfer_loss(net, image, content_targets, style_targets):
+    """Eq. 3.16 and its image gradient with the engine's loss layers, in one backward pass."""
+    from labkit.engine.losses import ContentLoss, StyleLoss
+    feats = net.forward(image, [*LOOP_CONTENT, *LOOP_STYLE])
+    total, dlosses, losses = 0.0, {}, {"content": {}, "style": {}}
+    for part, weights, scale in (("content", LOOP_CONTENT, LOOP_ALPHA),
+                                 ("style", LOOP_STYLE, LOOP_BETA)):
+        for name, w in weights.items():
+            if part == "content":
+                layer, target = ContentLoss(), content_targets[name]
+            else:
+                layer, target = StyleLoss(), style_targets[name]
+            losses[part][name] = layer.forward(feats[name], target)
+            total += scale * w * losses[part][name]
+            d = scale * w * layer.backward(feats[name], target)
+            dlosses[name] = d if name not in dlosses else dlosses[name] + d
+    return total, net.backward(dlosses), losses
+
+
+@pytest.fixture(scope="module")
+def loop_case(full_fixture):
+    from labkit.runtime.images import load_rgb, preprocess
+    from labkit.runtime.matfile import load_vgg19_mat
+    net = RefFeatureNet(full_fixture["mat"], "relu3_1")
+    mean = np.asarray(load_vgg19_mat(full_fixture["mat"]).mean_pixel, dtype=np.float64)
+    rgb = load_rgb(full_fixture["image"])
+    content = preprocess(rgb, mean, 32, 48, np.float64)
+    style = preprocess(rgb[::-1, ::-1], mean, 32, 48, np.float64)
+    start = content + np.random.default_rng(61).uniform(-20, 20, content.shape)
+    content_feats, style_feats = net.forward(content, list(LOOP_CONTENT)), \
+        net.forward(style, list(LOOP_STYLE))
+    return net, start, {n: content_feats[n] for n in LOOP_CONTENT}, \
+        {n: style_feats[n] for n in LOOP_STYLE}
+
+
+def test_transfer_loop_first_steps_match_the_reference(loop_case):
+    """The loop of style_transfer.py (its loss function and its Adam loop: the original's
+    loop blanks) with the reference network, loss layers and Adam swapped in:
+    the loss and image gradient of eq. 3.16 (two content and three style layers, unequal
+    weights), then the first steps of the loop, equal the reference loop's."""
+    from labkit.engine.losses import ContentLoss, StyleLoss
+    from labkit.runtime.transfer import check_loop_functions
+    check_loop_functions()          # the original kit's file keeps its loop in __main__
+    net, start, content_targets, style_targets = loop_case
+    student_net = to_student(net)
+
+    def student_loss(image):
+        return stu.style_transfer.transfer_loss(
+            student_net, image, content_targets, style_targets, to_student(ContentLoss()),
+            {n: to_student(StyleLoss()) for n in LOOP_STYLE}, LOOP_ALPHA, LOOP_BETA,
+            dict(LOOP_CONTENT), dict(LOOP_STYLE))
+
+    total, diff, losses = student_loss(start.copy())
+    want_total, want_grad, want_losses = ref_transfer_loss(net, start, content_targets,
+                                                           style_targets)
+    for part, equation in (("content", "eq. 3.10"), ("style", "eqs. 3.12-3.13")):
+        for name, want in want_losses[part].items():
+            got = losses[part].get(name)
+            expect(got is not None, f"transfer_loss: losses['{part}'] has no entry for {name}")
+            expect_close(f"transfer_loss: the {part} loss at {name}", got, want, rtol=1e-9,
+                         equation=equation)
+    expect_close("transfer_loss: the total loss", total, want_total, rtol=1e-9,
+                 equation="eq. 3.16")
+    check("transfer_loss image_diff", np.asarray(diff), want_grad, 1e-9,
+          equation="eqs. 3.11, 3.15, 3.16")
+    # the loop: the student's style_transfer on the student's transfer_loss, reference Adam
+    seen = []
+    out = stu.style_transfer.style_transfer(
+        to_student(lambda image: student_loss(image)[:2], ("__call__",)), start.copy(),
+        LOOP_STEPS, LOOP_LR, optimizer=to_student(RefAdam(LOOP_LR, start.shape), ("update",)),
+        on_step=to_student(lambda k, image, loss: seen.append((k, np.array(image), loss)),
+                           ("__call__",)))
+    adam, x = RefAdam(LOOP_LR, start.shape), start
+    for k in range(1, LOOP_STEPS + 1):
+        loss, grad, _ = ref_transfer_loss(net, x, content_targets, style_targets)
+        x = adam.update(x, grad)
+        expect(len(seen) >= k and seen[k - 1][0] == k,
+               f"style_transfer: on_step saw steps {[s[0] for s in seen]}, expected 1, 2, 3")
+        check(f"style_transfer: the image after step {k}", seen[k - 1][1], x, 1e-8,
+              equation="one Adam step along loss_fn's image_diff, eq. 3.17")
+        expect_close(f"style_transfer: the loss given to on_step at step {k}", seen[k - 1][2],
+                     loss, rtol=1e-9, equation="the loss before that step's update")
+    check("style_transfer's returned image", np.asarray(out), x, 1e-8,
+          equation="the image after the last step")

@@ -47,6 +47,24 @@ def AdamOptimizer(lr, diff_shape):
     return stu.layer_3.AdamOptimizer(lr, diff_shape)
 
 
+LOOP_FUNCTIONS = ("transfer_loss", "style_transfer")
+
+
+def check_loop_functions():
+    """Raise AttributeError, naming the file and what to do, when the student's
+    style-transfer file lacks transfer_loss or style_transfer (the original kit's file keeps
+    its loop in ``__main__``, which neither the driver nor the grader runs)."""
+    for name in LOOP_FUNCTIONS:
+        try:
+            getattr(stu.style_transfer, name)
+        except AttributeError:
+            raise AttributeError(
+                f"the transfer loop: {stu.module_file('style_transfer')}.py has no {name}(); "
+                f"write the loop in transfer_loss and style_transfer (style_transfer.py of "
+                f"this kit), whatever the file is called: a loop in the file's __main__ "
+                f"block is not run") from None
+
+
 # ------------------------------------------------- one backward pass under the student's loss
 class NotLinear(TypeError):
     """The student's transfer_loss did something with a pending image gradient other than

@@ -3,7 +3,7 @@
     python -m labkit.staff.leaks student_kit/        # prints what it found; exit 1 if any
 
 The kit must hold no working implementation of a graded task anywhere: not in the runtime,
-not in the tests, not in the given parts of the student files. Three checks:
+not in the tests, not in the given parts of the student files. Four checks:
 
 1. **Folders**: nothing of ``labkit/engine``, ``labkit/staff``, ``tests_staff`` or
    ``tests_hidden`` is in the kit.
@@ -15,6 +15,13 @@ not in the tests, not in the given parts of the student files. Three checks:
    reference's answer (up to a permutation of its values, so layouts don't hide it) is a
    leak. The tasks: convolution forward, input and weight gradients, img2col, col2im,
    max-pooling forward and backward, the Gram style-loss gradient, the softmax-loss gradient.
+
+4. **The transfer loop**: the kit's own style-transfer machinery (``labkit.runtime.transfer``:
+   ``Objective``, ``run_transfer``) is run, in a subprocess inside the kit, with stand-in
+   network, loss layers and optimiser (the student's layer_3 classes replaced): with the
+   student's ``transfer_loss`` and ``style_transfer`` still stubs, it must stop at a stub
+   (NotImplementedError). A loss with its image gradient, or Adam steps, computed anyway
+   mean the kit holds a working loop outside the stubs.
 
 The answers come from this repository's reference solution, computed in another subprocess.
 """
@@ -269,19 +276,104 @@ def probe_calls(kit, root=ROOT, timeout=600):
             result["calls"]
 
 
+LOOP_PROBE_CODE = r'''
+import json, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+SCALE = {"relu1_1": 0.5, "relu2_1": 2.0}
+
+class Net:                      # linear stand-in: features = scale * image
+    mean_pixel = np.zeros(3)
+    def forward(self, image, layer_list):
+        return {n: SCALE[n] * image for n in layer_list}
+    def backward(self, dloss, layer_name=None):
+        d = dloss if isinstance(dloss, dict) else {layer_name: dloss}
+        return sum(SCALE[n] * v for n, v in d.items())
+
+class Content:
+    def forward(self, x, y):
+        return 0.5 * float(np.sum((x - y) ** 2))
+    def backward(self, x, y):
+        return x - y
+
+class Style:                    # "Gram" = x^2 elementwise: same shape, same maths pattern
+    def __init__(self, scale=1.0):
+        self.gram_style, self.scale = None, scale
+    def set_target(self, y):
+        self.gram_style = y * y
+        return self.gram_style
+    def forward(self, x, style_layer=None):
+        return 0.25 * float(np.sum((x * x - self.gram_style) ** 2))
+    def backward(self, x, style_layer=None):
+        return self.scale * x * (x * x - self.gram_style)
+
+class Adam:
+    def __init__(self, lr, shape):
+        self.lr, self.mt, self.vt, self.step = lr, np.zeros(shape), np.zeros(shape), 0
+    def update(self, x, grad):
+        self.step += 1
+        return x - 0.01 * self.lr * grad
+
+import stu_upload.layer_3 as layer_3
+layer_3.ContentLossLayer, layer_3.StyleLossLayer, layer_3.AdamOptimizer = Content, Style, Adam
+from labkit.runtime import transfer
+rng = np.random.default_rng(7)
+content, style, image = (rng.standard_normal((1, 3, 4, 5)) for _ in range(3))
+found = []
+try:
+    obj = transfer.Objective(Net(), content, style, "relu2_1", {"relu1_1": 1, "relu2_1": 1})
+    total, grad, parts = obj(image)
+    if np.isfinite(total) and np.all(np.isfinite(grad)) and np.any(grad):
+        found.append("labkit/runtime/transfer.py: Objective computes the transfer loss and "
+                     "its image gradient without the student's transfer_loss")
+except NotImplementedError:
+    pass
+except Exception as exc:
+    print(f"note: Objective: {type(exc).__name__}: {exc}", file=sys.stderr)
+try:
+    quad = lambda x: (float(np.sum(x * x)), 2 * x, {"content": 0.0, "style": 0.0, "tv": 0.0})
+    result = transfer.run_transfer(quad, image, 2, "adam", 1.0)
+    if result.steps == 2 and not np.array_equal(result.image, image):
+        found.append("labkit/runtime/transfer.py: run_transfer takes Adam steps without "
+                     "the student's style_transfer loop")
+except NotImplementedError:
+    pass
+except Exception as exc:
+    print(f"note: run_transfer: {type(exc).__name__}: {exc}", file=sys.stderr)
+print(json.dumps({"found": found}))
+'''
+
+
+def probe_loop(kit, timeout=300):
+    """[problem]: the kit's transfer machinery runs a loss or a loop of its own (check 4)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LABKIT_STU_DIR")}
+    with tempfile.TemporaryDirectory() as work:
+        r = subprocess.run([sys.executable, "-c", LOOP_PROBE_CODE, os.path.abspath(kit)],
+                           cwd=work, env={**env, "PYTHONPATH": os.path.abspath(kit),
+                                          "PYTHONDONTWRITEBYTECODE": "1"},
+                           capture_output=True, text=True, timeout=timeout,
+                           stdin=subprocess.DEVNULL)
+    last = (r.stdout.strip().splitlines() or [""])[-1]
+    try:
+        found = json.loads(last)["found"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return [f"the loop probe failed: {r.stderr.strip()[-500:]}"]
+    return [f"{f} (a working loop outside the stubs)" for f in found]
+
+
 def find_leaks(kit, root=ROOT, regions=None):
-    """Every problem of the three checks (empty: no leak found); ``regions``: the
+    """Every problem of the four checks (empty: no leak found); ``regions``: the
     reference's, as ``collect_regions(root)`` gives (None: collected here)."""
     problems = scan_folders(kit) + scan_lines(kit, root, regions)
     found, _ = probe_calls(kit, root)
-    return problems + found
+    return problems + found + probe_loop(kit)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="Probe a student kit for working answers.")
     p.add_argument("kit", help="the student kit folder")
     args = p.parse_args(argv)
-    problems = scan_folders(args.kit) + scan_lines(args.kit)
+    problems = scan_folders(args.kit) + scan_lines(args.kit) + probe_loop(args.kit)
     found, calls = probe_calls(args.kit)
     for line in problems + found:
         print(line)
