@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+from labkit.runtime.compare import expect, expect_close
 from labkit.runtime.gradcheck import assert_close, check_vjp
 from labkit.runtime.images import load_rgb, make_demo_image, preprocess, save_rgb
 from labkit.runtime.runlog import preserve_colors
@@ -343,11 +344,6 @@ def _image_gradient(vgg, terms, keep=lambda part, layer, w: w):
     return vgg.backward(dlosses)
 
 
-def _loss_message(kind, layer, got, want, equation, how):
-    return (f"transfer_loss: the {kind} loss at {layer} ({equation}) is {got:.6g}, expected "
-            f"{want:.6g}: {how}")
-
-
 def _gradient_diagnosis(vgg, got, terms):
     """Names the likely mistake when the image gradient is wrong: the usual slips (a part
     missing, the weights left out, a sum overwritten instead of added to) give these."""
@@ -368,8 +364,8 @@ def _gradient_diagnosis(vgg, got, terms):
         })
     for name, keep in variants.items():
         if np.allclose(_image_gradient(vgg, terms, keep), got, rtol=1e-6, atol=0):
-            return " Likely: " + name + "."
-    return (" Check in both loops: the gradient of the loss at the layer's features "
+            return "; likely: " + name + "."
+    return ("; check in both loops: the gradient of the loss at the layer's features "
             "(the loss layer's backward), back-propagated to the image (vgg.backward), "
             "times the layer's weight, added to content_diff / style_diff.")
 
@@ -385,28 +381,27 @@ def test_transfer_loss_is_eq_3_16_with_your_layers(tiny_mat):
         dict(LOOP_CONTENT), dict(LOOP_STYLE))
     want_total, want_grad, want_content, want_style, terms = expected_transfer_loss(
         vgg, image, content_targets, style_targets)
-    for n in LOOP_CONTENT:
-        got = losses["content"].get(n)
-        assert got is not None and got == pytest.approx(want_content[n], rel=1e-10), \
-            _loss_message("content", n, float("nan") if got is None else got, want_content[n],
-                          "eq. 3.10", "content_loss[layer] is content_loss_layer.forward of "
-                          "the image's features at that layer and the content target there")
-    for n in LOOP_STYLE:
-        got = losses["style"].get(n)
-        assert got is not None and got == pytest.approx(want_style[n], rel=1e-10), \
-            _loss_message("style", n, float("nan") if got is None else got, want_style[n],
-                          "eqs. 3.12-3.13", "style_loss[layer] is that layer's own style "
-                          "loss layer's forward of the image's features and the style target")
-    assert total == pytest.approx(want_total, rel=1e-10), \
-        f"transfer_loss: total {total:.8g}, expected {want_total:.8g} (eq. 3.16)"
-    diff = np.asarray(diff)
-    assert diff.shape == image.shape, \
-        f"transfer_loss: image_diff has shape {diff.shape}, expected the image's {image.shape}"
+    for part, weights, equation, how in (
+            ("content", LOOP_CONTENT, "eq. 3.10", "content_loss[layer] is content_loss_layer."
+             "forward of the image's features at that layer and the content target there"),
+            ("style", LOOP_STYLE, "eqs. 3.12-3.13", "style_loss[layer] is that layer's own "
+             "style loss layer's forward of the image's features and the style target")):
+        want = want_content if part == "content" else want_style
+        for n in weights:
+            got = losses[part].get(n)
+            expect(got is not None, f"transfer_loss: losses['{part}'] has no entry for {n}; "
+                   f"{how}")
+            expect_close(f"transfer_loss: the {part} loss at {n}", got, want[n], rtol=1e-10,
+                         equation=equation, hint=how)
+    expect_close("transfer_loss: the total loss", total, want_total, rtol=1e-10,
+                 equation="eq. 3.16", hint="alpha * sum_l w_l content_l + beta * sum_l w_l "
+                 "style_l")
     try:
-        assert_close("transfer_loss image_diff (eqs. 3.11, 3.15, 3.16)", diff, want_grad,
-                     threshold=1e-9)
+        expect_close("transfer_loss image_diff", diff, want_grad, rtol=1e-9,
+                     equation="eqs. 3.11, 3.15, 3.16")
     except AssertionError as exc:
-        raise AssertionError(str(exc) + _gradient_diagnosis(vgg, diff, terms)) from None
+        raise AssertionError(str(exc) + _gradient_diagnosis(vgg, np.asarray(diff), terms)) \
+            from None
 
 
 def test_transfer_loss_weights_default_to_the_mean(tiny_mat):
@@ -418,9 +413,8 @@ def test_transfer_loss_weights_default_to_the_mean(tiny_mat):
         1.0, 500.0)
     want = (np.mean([losses["content"][n] for n in LOOP_CONTENT])
             + 500.0 * np.mean([losses["style"][n] for n in LOOP_STYLE]))
-    assert total == pytest.approx(want, rel=1e-10), \
-        f"transfer_loss with no weights: total {total:.8g}, expected the mean over the " \
-        f"layers {want:.8g}"
+    expect_close("transfer_loss with no weights: the total loss", total, want, rtol=1e-10,
+                 equation="eq. 3.16 with w_l = 1/L, the original's mean over the layers")
 
 
 def test_style_transfer_takes_adam_steps(rng):
@@ -443,11 +437,14 @@ def test_style_transfer_takes_adam_steps(rng):
     for k in range(1, 4):
         loss, grad = loss_fn(x)
         x = ref_adam.update(x, grad)
-        assert len(seen) >= k and seen[k - 1][0] == k, \
-            f"style_transfer: on_step calls {[s[0] for s in seen]}, expected 1, 2, 3"
-        assert_close(f"style_transfer: the image after step {k} (one Adam step, eq. 3.17, "
-                     f"along loss_fn's image_diff)", seen[k - 1][1], x, threshold=1e-12)
-        assert seen[k - 1][2] == pytest.approx(loss, rel=1e-12)
-    assert_close("style_transfer's returned image", np.asarray(out), x, threshold=1e-12)
-    assert adam.step == 3, f"style_transfer: the optimizer given took {adam.step} steps, not 3"
-    assert not np.allclose(out, start)                          # control: it moved
+        expect(len(seen) >= k and seen[k - 1][0] == k,
+               f"style_transfer: on_step calls {[s[0] for s in seen]}, expected 1, 2, 3")
+        expect_close(f"style_transfer: the image after step {k}", seen[k - 1][1], x,
+                     rtol=1e-12, equation="one Adam step along loss_fn's image_diff, eq. 3.17",
+                     hint="image = the optimizer's update of image along image_diff")
+        expect_close(f"style_transfer: the loss given to on_step at step {k}", seen[k - 1][2],
+                     loss, rtol=1e-12, equation="the loss before that step's update")
+    expect_close("style_transfer's returned image", out, x, rtol=1e-12,
+                 equation="the image after the last step")
+    expect(adam.step == 3, f"style_transfer: the optimizer given took {adam.step} steps, not 3")
+    expect(not np.allclose(out, start), "style_transfer: the image did not move")  # control
