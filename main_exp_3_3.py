@@ -10,9 +10,14 @@ style_transfer.py (the feature network, transfer_loss and the style_transfer loo
 Options, input checks, Ctrl-C, checkpoints and the contact sheet live in labkit/runtime/
 (transfer_options, transfer_checks, signals, transfer_run, transfer_sheet).
 """
+import os
 import sys
 
 import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:           # python -I (no script folder on the path): find labkit
+    sys.path.insert(0, HERE)
 
 from labkit.runtime.cli import UserError, run_main
 from labkit.runtime.signals import StopSignals, exit_code_of_stop

@@ -271,9 +271,11 @@ def run_and_save(args, vgg, objective, image, content_rgb, hook=None, context=No
                 hook(k, img, record)
 
         ctx = context() if callable(context) else context
-        result = run_transfer(obj, x, start + n - step, args.optimizer, args.lr,
-                              bounds=(lows, lows + 255.0), on_step=on_step, context=ctx,
-                              start_step=step, optimizer_state=opt_state, live=live)
+        # a diverging run is reported once, as "nonfinite" (below), not by NumPy's warnings
+        with np.errstate(over="ignore", invalid="ignore"):
+            result = run_transfer(obj, x, start + n - step, args.optimizer, args.lr,
+                                  bounds=(lows, lows + 255.0), on_step=on_step, context=ctx,
+                                  start_step=step, optimizer_state=opt_state, live=live)
         history += result.history
         if result.status == "done" and args.optimizer == "adam" and start + n == total_steps:
             # the image before the last update: the previous step's, or this stage's start

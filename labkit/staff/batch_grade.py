@@ -31,6 +31,7 @@ and reports, and ``merge`` writes from all shards the same grades.csv, gradebook
 Gradescope files as one run would, byte for byte. On a terminal a progress line shows the
 submissions graded and an estimate of the time left.
 """
+import contextlib
 import csv
 import json
 import os
@@ -45,8 +46,8 @@ import zipfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
-from labkit.runtime.cli import LabParser
-from labkit.staff.grading import (HIDDEN_PREFIX, ROOT, _atomic, _write_json, points_for,
+from labkit.runtime.cli import LabParser, OutputError, atomic_path, output_target
+from labkit.staff.grading import (HIDDEN_PREFIX, ROOT, _write_json, points_for,
                                   run_grading)
 from labkit.staff.sandbox import integrity
 from labkit.staff.sandbox.process import SandboxError, copy_submission, detect_mode
@@ -351,6 +352,10 @@ def check_writable(path, what):
                           f"writable path")
     if os.path.isdir(path):
         raise SystemExit2(f"{what} {path}: is a folder; give a file name")
+    try:
+        output_target(path, what)       # a device, FIFO or socket is never replaced
+    except OutputError as exc:
+        raise SystemExit2(str(exc)) from None
 
 
 class SystemExit2(Exception):
@@ -502,11 +507,20 @@ def add_output_args(p):
                    "(Gradescope's format)")
 
 
+@contextlib.contextmanager
+def _csv_output(path, flag):
+    """A CSV the staff named (--out, --gradebook): the kit's one writer (labkit.runtime.cli.
+    atomic_path: never replaces a device/FIFO, writes through a link, umask permissions)."""
+    with atomic_path(path, flag=flag) as tmp, open(tmp, "w", encoding="utf-8",
+                                                   newline="") as f:
+        yield f
+
+
 def write_outputs(results, args):
     """grades.csv (--out), the gradebook, the reports and the Gradescope files of ``results``
     ([(row, report)] sorted by student): the same bytes for one run and for merged shards."""
     if args.out:
-        with _atomic(args.out, newline="") as f:
+        with _csv_output(args.out, "--out") as f:
             w = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator="\n")
             w.writeheader()
             for row, _ in results:
@@ -514,7 +528,7 @@ def write_outputs(results, args):
     if args.gradebook:
         manifest = _read_json(os.path.join(ROOT, "tests", "grading_manifest.json"))
         rows, cols = gradebook_rows(results, manifest)
-        with _atomic(args.gradebook, newline="") as f:
+        with _csv_output(args.gradebook, "--gradebook") as f:
             w = csv.DictWriter(f, fieldnames=cols, lineterminator="\n")
             w.writeheader()
             w.writerows(rows)
