@@ -266,3 +266,34 @@ def test_calibrate_on_a_full_disk_is_one_message(small, full_disk):
     with open(out, "rb") as f:
         assert f.read() == b"previous"
     assert not leftovers(folder)
+
+
+def test_read_only_file_system_is_one_message(tmp_path):
+    """A read-only mount (root: a tmpfs remounted ro; others: a folder without write
+    permission, which root would bypass)."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    (folder / "old.npz").write_bytes(b"old")
+    mounted = False
+    if os.geteuid() == 0:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs",
+                                  str(folder)], capture_output=True).returncode == 0
+        if not mounted:
+            pytest.skip("root without mount: a read-only folder cannot be made")
+        (folder / "old.npz").write_bytes(b"old")
+        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+    else:
+        os.chmod(folder, 0o555)
+    try:
+        for name in ("old.npz", "new.npz"):
+            with pytest.raises(OutputError, match="--out: cannot write") as err:
+                write(str(folder / name), flag="--out")
+            assert "Read-only" in str(err.value) or "Permission" in str(err.value)
+            with pytest.raises(cli.UserError, match="--out: cannot write"):
+                check_output_path(str(folder / name), "--out")
+        assert (folder / "old.npz").read_bytes() == b"old"
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+        else:
+            os.chmod(folder, 0o755)
