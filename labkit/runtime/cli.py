@@ -499,30 +499,36 @@ def md5sum(path, chunk=1 << 20):
 def download_weights(dest, url=spec.LEGACY_URL, md5=spec.LEGACY_MD5, timeout=30):
     """Download the real weights to ``dest`` with a progress bar and an MD5 check.
 
-    Writes to ``dest + '.part'`` and renames only after the checksum matches, so an
-    interrupted or failed download never leaves a file that looks complete.
+    Through the one writer (:func:`atomic_output`): the download goes to a temporary file
+    renamed only after the checksum matches, so an interrupted or failed download never
+    leaves a file that looks complete, and ``dest`` may not be a device, FIFO or folder.
     """
     import urllib.error         # lazily: the drivers' start-up
     import urllib.request
     from tqdm import tqdm
     check_output_path(dest, "--weights")
-    part = dest + ".part"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(part, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=os.path.basename(dest),
-                      disable=None) as bar:           # no bar when not on a terminal
-                for block in iter(lambda: response.read(1 << 20), b""):
-                    out.write(block)
-                    bar.update(len(block))
-    except (urllib.error.URLError, OSError, TimeoutError) as exc:
-        if os.path.exists(part):
-            os.remove(part)
-        raise UserError(f"download of {url} failed: {exc}.\n  Without internet access, "
-                        f"download the file on another machine and copy it to {dest}.") from None
-    got = md5sum(part)
-    if md5 and got != md5:
-        raise UserError(f"the downloaded file's MD5 is {got}, expected {md5}; it was kept as "
-                        f"{part} for inspection. Try the download again.")
-    os.replace(part, dest)
+    with atomic_output(dest, "--weights") as part:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response, \
+                    open(part, "wb") as out:
+                total = int(response.headers.get("Content-Length") or 0) or None
+                with tqdm(total=total, unit="B", unit_scale=True, desc=os.path.basename(dest),
+                          disable=None) as bar:           # no bar when not on a terminal
+                    for block in iter(lambda: response.read(1 << 20), b""):
+                        out.write(block)
+                        bar.update(len(block))
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+            raise UserError(f"download of {url} failed: {exc}.\n  Without internet access, "
+                            f"download the file on another machine and copy it to "
+                            f"{dest}.") from None
+        except OSError as exc:
+            if exc.errno in ENVIRONMENT_ERRNOS:
+                raise                   # a full disk: the writer's message
+            raise UserError(f"download of {url} failed: {exc.strerror or exc}.\n  Without "
+                            f"internet access, download the file on another machine and copy "
+                            f"it to {dest}.") from None
+        got = md5sum(part)
+        if md5 and got != md5:
+            raise UserError(f"the downloaded file's MD5 is {got}, expected {md5}; it was "
+                            f"discarded (nothing written to {dest}). Try the download again.")
     return dest
