@@ -8,6 +8,7 @@ import pytest
 
 from labkit.runtime import nofollow
 from labkit.runtime import vgg19_spec as spec
+from labkit.runtime.compare import expect, expect_equal, expect_shape
 from labkit.runtime.student import stu
 
 
@@ -31,18 +32,35 @@ def build(path, type=1, dtype=np.float64):
 
 def test_layer_names_and_shapes(mat_files):
     vgg = build(mat_files["legacy"])
-    assert vgg.param_layer_name == spec.LAB_LAYER_NAMES and len(vgg.param_layer_name) == 44
-    assert set(vgg.layers) == set(spec.LAB_LAYER_NAMES)
-    assert vgg.layers["conv1_1"].weight.shape == (3, 3, 3, 4)          # [Cin, K, K, Cout]
-    assert vgg.layers["fc6"].weight.shape == (7 * 7 * 32, 256)
+    expect(list(vgg.param_layer_name) == spec.LAB_LAYER_NAMES, f"param_layer_name: yours "
+           f"{list(vgg.param_layer_name)}, expected VGG19's 44 names {spec.LAB_LAYER_NAMES}")
+    expect(set(vgg.layers) == set(spec.LAB_LAYER_NAMES), f"build_model: layers "
+           f"{sorted(set(spec.LAB_LAYER_NAMES) - set(vgg.layers))} missing, "
+           f"{sorted(set(vgg.layers) - set(spec.LAB_LAYER_NAMES))} extra")
+    for name in spec.LAB_LAYER_NAMES:
+        layer = vgg.layers[name]
+        if name.startswith("conv"):
+            expect((layer.kernel_size, layer.padding, layer.stride) == (3, 1, 1),
+                   f"build_model: {name} has kernel {layer.kernel_size}, padding "
+                   f"{layer.padding}, stride {layer.stride}; VGG19's are 3, 1, 1")
+        elif name.startswith("pool"):
+            expect((layer.kernel_size, layer.stride) == (2, 2), f"build_model: {name} has "
+                   f"kernel {layer.kernel_size}, stride {layer.stride}; VGG19's are 2, 2")
+    expect_shape("conv1_1's weight", vgg.layers["conv1_1"].weight, (3, 3, 3, 4),
+                 equation="[Cin, K, K, Cout]")
+    expect_shape("fc6's weight", vgg.layers["fc6"].weight, (7 * 7 * 32, 256),
+                 equation="[H*W*Cin, Cout]")
 
 
 def test_load_model_transposes_like_the_lab(mat_files):
     vgg = build(mat_files["legacy"])
     w = vgg.file.layer("conv3_2").weight
-    assert np.array_equal(vgg.layers["conv3_2"].weight, np.transpose(w, [2, 0, 1, 3]))
+    expect_equal("conv3_2's weight after load_model", vgg.layers["conv3_2"].weight,
+                 np.transpose(w, [2, 0, 1, 3]),
+                 equation="the file's [K, K, Cin, Cout] as [Cin, K, K, Cout]")
     fc6 = vgg.file.layer("fc6").weight
-    assert np.array_equal(vgg.layers["fc6"].weight, fc6.reshape(-1, fc6.shape[3]))
+    expect_equal("fc6's weight after load_model", vgg.layers["fc6"].weight,
+                 fc6.reshape(-1, fc6.shape[3]), equation="[H, W, Cin, Cout] as [H*W*Cin, Cout]")
 
 
 def test_fc6_flatten_matches_matconvnet_convolution(mat_files, demo_image):
