@@ -223,23 +223,29 @@ def check_dlp_net(net, weights, layout=True):
         file_layer = weights.layer(name)
         assert layer.w is not None, f"layer {name!r}: no parameters loaded"
         fq = layer.filter_quant
-        ref = net_ints(file_layer.weight, fq)
-        got = layer.w.astype(np.int64)
-        assert (got.sum(), np.square(got).sum()) == (ref.sum(), np.square(ref).sum()), \
+        # quantisation is element-wise: the file's weights quantised once, in the file's
+        # shape; every layout is a transposition of these integers (no second quantisation)
+        from labkit.runtime.pycnml_sim import quantize
+        ref = quantize(np.asarray(file_layer.weight, np.float32), fq.position,
+                       fq.scale).reshape(np.shape(file_layer.weight))      # int8
+        got = np.asarray(layer.w).astype(np.int8, copy=False)
+        assert ((got.sum(dtype=np.int64), np.square(got, dtype=np.int64).sum()) ==
+                (ref.sum(dtype=np.int64), np.square(ref, dtype=np.int64).sum())), \
             f"layer {name!r}: the loaded weights are not the file's (under {fq})"
         if layout:
-            check_dlp_layout(name, layer, file_layer.weight, fq)
+            check_dlp_layout(name, got, ref)
         want_bias = np.sort(np.asarray(file_layer.bias, np.float32).ravel().astype(np.float16))
         assert np.array_equal(np.sort(layer.bias), want_bias), \
             f"layer {name!r}: the loaded biases are not the file's"
 
 
 def dlp_layouts(name, weight):
-    """{description: the float filter pycnml would be given} for the layout the lab asks for
-    (first) and the classic wrong ones. The file holds [K, K, Cin, Cout] (fc: [H, W, Cin,
-    Cout]); pycnml's conv takes [Cout, Cin, K, K] (handout note 2), its MLP [Cout, H*W*Cin]
-    (CnmlFlattenLayer flattens pool5 in H, W, C order)."""
-    w = np.asarray(weight, np.float32)
+    """{description: ``weight`` as pycnml would be given it} for the layout the lab asks for
+    (first) and the classic wrong ones (``weight``: the file's array, float or its INT8
+    values). The file holds [K, K, Cin, Cout] (fc: [H, W, Cin, Cout]); pycnml's conv takes
+    [Cout, Cin, K, K] (handout note 2), its MLP [Cout, H*W*Cin] (CnmlFlattenLayer flattens
+    pool5 in H, W, C order)."""
+    w = np.asarray(weight)
     if name.startswith("conv"):
         return {"[Cout, Cin, K, K]": np.transpose(w, [3, 2, 0, 1]),
                 "[Cout, Cin, K, K] with kh and kw swapped": np.transpose(w, [3, 2, 1, 0]),
@@ -252,15 +258,17 @@ def dlp_layouts(name, weight):
             "[H*W*Cin, Cout] (not transposed)": w.reshape(-1, w.shape[3])}
 
 
-def check_dlp_layout(name, layer, weight, fq):
-    """The INT8 filter of a conv/MLP layer in exactly pycnml's layout; a wrong one is named."""
-    got = np.asarray(layer.w).astype(np.int64).ravel()
-    layouts = dlp_layouts(name, weight)
+def check_dlp_layout(name, got, ref):
+    """``got`` (the layer's INT8 filter) in exactly pycnml's layout of ``ref`` (the file's
+    weights quantised, in the file's shape); a wrong layout is named."""
+    got = np.asarray(got).ravel()
+    layouts = dlp_layouts(name, ref)
     want_name, want = next(iter(layouts.items()))
-    want = net_ints(want, fq)
+    want = want.ravel()
     if np.array_equal(got, want):
         return
-    seen = next((d for d, f in layouts.items() if np.array_equal(got, net_ints(f, fq))), None)
+    seen = next((d for d, f in layouts.items() if f.size == got.size and
+                 np.array_equal(got, f.ravel())), None)
     first = int(np.flatnonzero(got != want)[0])
     raise AssertionError(
         f"layer {name!r}: the filter given to loadParams is in the wrong layout"
