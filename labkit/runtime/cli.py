@@ -140,14 +140,19 @@ def default_output_dir(name="output"):
     return name if os.path.isdir(name) else os.path.join(REPO_ROOT, name)
 
 
+EXAMPLE_NAMES = {"--out": "vgg19_quant_param_new.npz", "--dump-pool5": "pool5.npy",
+                 "--weights": spec.REAL_FILE_NAME}
+
+
 def check_output_path(path, flag):
     """Fail fast (before any slow work) when ``path`` cannot be written: something that is
     not a regular file in the way (:func:`output_target`), or a folder that cannot be
     created or written (probed with a temporary file). Raises UserError naming ``flag``."""
     path = os.fspath(path)
     if os.path.isdir(path):
+        name = EXAMPLE_NAMES.get(flag, "out" + (os.path.splitext(path)[1] or ".npz"))
         raise OutputError(f"{flag} {path} is a folder; give a file name (e.g. "
-                          f"{os.path.join(path, 'out' + (os.path.splitext(path)[1] or '.out'))}).")
+                          f"{os.path.join(path, name)}).")
     target, _ = output_target(path, flag)
     folder = os.path.dirname(os.path.abspath(target))
     check_output_dir(folder, flag, shown=os.path.dirname(target) or ".")
