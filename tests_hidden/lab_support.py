@@ -91,15 +91,79 @@ def reference_forward(weights, image):
     return acts
 
 
+SUMS_NAME = "SHA256SUMS.json"
+
+
+def _owned_folder(folder):
+    """``folder`` made (mode 0711: the sandbox may open the shared files by name, not list
+    them) or checked: a real folder of this user that no one else can write; else a fresh
+    private folder (a folder someone else made first, e.g. another submission's code in a
+    shared /tmp, is never used)."""
+    import stat
+    try:
+        os.makedirs(folder, mode=0o711, exist_ok=True)
+        st = os.lstat(folder)
+        ok = (stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and
+              not st.st_mode & 0o022)
+    except OSError:
+        ok = False
+    if not ok:
+        folder = tempfile.mkdtemp(prefix=f"labkit-lab-fixtures-seed{FIXTURE_SEED}-")
+    os.chmod(folder, 0o711)
+    return folder
+
+
+def _sha256(path):
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_json(path, value):
+    import json
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(value, f)
+
+
+def _verify(folder, names):
+    """Each file: this user's, one link, not writable by others, and the hash recorded when
+    it was made (SHA256SUMS.json, written then). Raises RuntimeError."""
+    import json
+    import stat
+    sums_path = os.path.join(folder, SUMS_NAME)
+    try:
+        with open(sums_path, encoding="utf-8") as f:
+            sums = json.load(f)
+    except (OSError, ValueError):
+        sums = {}
+    for name in names:
+        path = os.path.join(folder, name)
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            raise RuntimeError(f"hidden fixture {path} is not a private file of the grader; "
+                               f"remove {folder} and grade again")
+        if name not in sums:        # made before hashes were kept: recorded now (trusted folder)
+            sums[name] = _sha256(path)
+            _atomic(sums_path, lambda p: _write_json(p, sums))
+        elif _sha256(path) != sums[name]:
+            raise RuntimeError(f"hidden fixture {path} changed since it was made; remove "
+                               f"{folder} and grade again")
+
+
 def make_full_fixture(folder):
     """Write (once) the full-size .mat, cat1.jpg, the quant file and the reference outputs
-    into ``folder``; returns {'mat', 'image', 'quant', 'pool5', 'prob'}."""
+    into ``folder`` (the grader's own: see _owned_folder; the reference outputs readable by
+    the grader only), checked by hash before use; returns {'mat', 'image', 'quant', 'pool5',
+    'prob', 'folder'}."""
     from labkit.runtime import pycnml_sim
     from labkit.runtime.calibrate import QUANT_LAYERS
     from labkit.runtime.fixtures import random_vgg19_params, write_vgg19_mat
     from labkit.runtime.images import load_rgb, make_demo_image, preprocess, save_rgb
     from labkit.runtime.matfile import load_vgg19_mat
-    os.makedirs(folder, exist_ok=True)
+    folder = _owned_folder(folder)
     mat, image = os.path.join(folder, MAT_NAME), os.path.join(folder, IMAGE_NAME)
     quant, ref = os.path.join(folder, QUANT_NAME), os.path.join(folder, REF_NAME)
     if not os.path.exists(image):
@@ -120,6 +184,8 @@ def make_full_fixture(folder):
         _atomic(quant, lambda p: pycnml_sim.save_quant_npz(p, inputs, filters))
         _atomic(ref, lambda p: np.savez(p, pool5=acts["pool5"], prob=acts["prob"],
                                         image=x))
+    os.chmod(ref, 0o600)            # the expected outputs: never readable by student code
+    _verify(folder, [IMAGE_NAME, MAT_NAME, QUANT_NAME, REF_NAME])
     with np.load(ref) as data:
         out = {k: data[k] for k in data.files}
     out.update(mat=mat, image=image, quant=quant, folder=folder)

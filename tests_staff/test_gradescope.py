@@ -69,3 +69,21 @@ def test_gradescope_setup_script_is_valid_bash():
         r = subprocess.run(["bash", "-n", os.path.join(ROOT, "labkit", "staff", "gradescope",
                                                         name)], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
+
+
+def test_gradescope_script_stops_clearly_without_its_sandbox(tmp_path):
+    """A container where bubblewrap cannot make namespaces (simulated: CAP_SYS_ADMIN
+    dropped): nothing is graded, and results.json says why (score 0)."""
+    if os.geteuid() != 0 or not shutil.which("capsh"):
+        pytest.skip("needs root and capsh")
+    ag = autograder(tmp_path, {"stu_upload/layer_1.py": "X = 1\n"})
+    env = {**os.environ, "AUTOGRADER_ROOT": str(ag), "LABKIT_GS_WORK": str(tmp_path / "work"),
+           "LABKIT_GS_PYTHON": sys.executable, "LABKIT_GS_HIDDEN": ""}
+    r = subprocess.run(["capsh", "--drop=cap_sys_admin", "--", "-c", f"bash '{SCRIPT}'"],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    with open(ag / "results" / "results.json", encoding="utf-8") as f:
+        res = json.load(f)
+    assert res["score"] == 0 and res["tests"] == []
+    assert "sandbox mode bwrap" in res["output"] and "namespaces" in res["output"]
+    assert not os.path.exists(tmp_path / "work" / "lk_subs")       # nothing was run

@@ -1,5 +1,7 @@
 """labkit/runtime/student.py: the student's modules by either naming, resolved lazily."""
+import hashlib
 import os
+import shutil
 
 import pytest
 
@@ -37,9 +39,8 @@ def test_original_names_and_fallback_attributes(folder):
 
 def test_alias_files_are_skipped_and_our_names_win(folder):
     (folder / "layer_1.py").write_text("class ReLULayer:\n    ORIGIN = 'layer_1'\n")
-    (folder / "layers_1.py").write_text('"""labkit: alias of stu_upload.layer_1"""\n'
-                                        "from stu_upload.layer_1 import *\n")
-    (folder / "layers_2.py").write_text('"""labkit: alias of stu_upload.layer_2"""\n')
+    for name in ("layers_1.py", "layers_2.py"):          # this kit's alias files
+        shutil.copy(os.path.join(ROOT, "stu_upload", name), folder / name)
     install(str(folder))
     assert student.module_file("layer_1", str(folder)) == "layer_1"
     assert stu.layer_1.ReLULayer.ORIGIN == "layer_1"
@@ -60,3 +61,27 @@ def test_a_syntax_error_costs_only_its_module(folder):
     assert type(relu()).__name__ == "ReLULayer"
     with pytest.raises(SyntaxError):
         conv(3, 1, 1, 0, 1)
+
+
+def test_alias_mark_counts_only_on_the_kits_own_alias_files(folder):
+    """A student file that carries the alias mark is still the student's file: the
+    experiment counts as submitted (percent divides by its points)."""
+    (folder / "layer_1.py").write_text('"""labkit: alias of stu_upload.layers_1"""\n'
+                                       "class ReLULayer:\n    pass\n")
+    (folder / "layers_1.py").write_text("# labkit: alias of stu_upload.layer_1\n")
+    assert student.present("layer_1", str(folder))
+    assert student.experiments_present(str(folder))["3.1"]
+    shutil.copy(os.path.join(ROOT, "stu_upload", "layers_2.py"), folder / "layers_2.py")
+    assert not student.present("layer_2", str(folder))
+
+
+def test_alias_sha256_lists_every_alias_file_of_the_kit():
+    """When an alias file changes, update labkit.runtime.student.ALIAS_SHA256 with its hash."""
+    folder = os.path.join(ROOT, "stu_upload")
+    found = set()
+    for name in sorted(os.listdir(folder)):
+        with open(os.path.join(folder, name), "rb") as f:
+            data = f.read()
+        if student.ALIAS_MARK.encode() in data[:400]:
+            found.add(hashlib.sha256(data).hexdigest())
+    assert found == set(student.ALIAS_SHA256), "update student.ALIAS_SHA256"

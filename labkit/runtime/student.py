@@ -18,7 +18,8 @@ logical name       files tried, in order
 ``style_transfer`` ``style_transfer.py``, ``exp_3_3_style_transfer.py``
 =================  =============================================
 
-A file that is only an alias of the other name (it says ``labkit: alias of``) is skipped,
+A file that is only an alias of the other name (this kit's alias file, byte for byte: it says
+``labkit: alias of``; ``ALIAS_SHA256``) is skipped,
 so a folder with our files and the alias files resolves to our files, and a folder where a
 student dropped the original ``layers_1.py`` over the alias resolves to the student's file.
 The original kit keeps ``AdamOptimizer`` and ``get_random_img`` in the style-transfer file:
@@ -32,6 +33,15 @@ import sys
 
 PACKAGE = "stu_upload"
 ALIAS_MARK = "labkit: alias of"
+# the sha256 of this kit's own alias files (stu_upload/layers_1.py ...): only a byte-identical
+# copy counts as an alias (anything else carrying the mark is the student's file, submitted).
+# tests_staff/test_student_resolver.py says when the alias files change and this must follow.
+ALIAS_SHA256 = frozenset({
+    "3221c487478de02becb9fc795f6c5bbc26dcfb03434b10bb521e59dcc656b85e",    # layers_1.py
+    "76f3888db0f7f39452943333039efeed1b678b3c1958688684c2d07c4935d030",    # layers_2.py
+    "c363f5c9abffde1a4a23eb424c5f923ed30fcaf5692dd0d056de14e83e209365",    # layers_3.py
+    "63ff4e0453f5eefffec63b9b6db3e4e6c3d39d312bbc266a44c0c00f7f41378b",    # exp_3_3_style_transfer.py
+})
 
 NAMES = {
     "layer_1": ("layer_1", "layers_1"),
@@ -122,11 +132,15 @@ def package_dir():
 
 
 def _is_alias(path):
+    """Whether ``path`` is one of this kit's alias files, byte for byte (ALIAS_SHA256)."""
+    import hashlib
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return ALIAS_MARK in f.read(400)
+        with open(path, "rb") as f:
+            data = f.read(8193)
     except OSError:
         return False
+    return len(data) <= 8192 and ALIAS_MARK.encode() in data and \
+        hashlib.sha256(data).hexdigest() in ALIAS_SHA256
 
 
 def module_file(logical, folder=None):

@@ -216,8 +216,8 @@ def _grade_one(index, student, path, args, work):
         check_tree(src)
         pkg = find_package(src)
         clean = os.path.join(folder, "graded", PACKAGE)
-        copy_submission(pkg, clean)         # regular files only: links are never followed
-    except (SubmissionError, SandboxError) as exc:
+        refused = copy_submission(pkg, clean)   # regular files only, links never followed;
+    except (SubmissionError, SandboxError) as exc:  # packages, .so, .pyc ... refused (notes)
         row["notes"] = str(exc)
         return row, None
     json_path = os.path.join(folder, "report.json")
@@ -241,7 +241,7 @@ def _grade_one(index, student, path, args, work):
         tail = (proc.stdout + proc.stderr).strip().splitlines()[-1:] or ["no output"]
         row["notes"] = f"grading crashed: {tail[0][:200]}".replace(clean, PACKAGE)
         return row, None
-    notes = []
+    notes = list(refused[:5])
     if report["collection_errors"]:
         for module, msg in report["collection_errors"].items():
             notes.append(f"{module}: {msg.replace('could not import the test module: ', '')}")

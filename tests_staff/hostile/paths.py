@@ -1,6 +1,6 @@
 """Hostile submissions against the grader's file handling, its mode choice, its limits and
-its restarts (issue 19; tests_staff/test_sandbox_paths.py). ``{VICTIM}``, ``{SCRATCH_TMP}``,
-``{ROOT}`` are filled in by the tests."""
+its restarts (issue 19; tests_staff/test_sandbox_paths.py). ``{VICTIM}`` is filled in by
+the tests."""
 
 # vgg_cpu.py of the reference: when the driver is run to check a pool5 dump, it leaves a
 # symbolic link to a host file where the dump was; the test then rewrites "the dump" as root
@@ -16,50 +16,6 @@ def _plant():
         except OSError:
             pass
 _ax.register(_plant)
-'''
-
-# layer_1.py of the blank kit: a thread that, for as long as the worker lives, makes folders
-# in every test folder it can reach and swaps them for links to a host folder (the grader
-# hands new folders to the sandbox uid before each call: a walk that follows a link chmods
-# and chowns the host folder)
-HANDOVER_RACE = '''
-import os as _os, threading as _th
-def _race():
-    here = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
-    top = _os.path.join(_os.path.dirname(here), "tmp")
-    n = 0
-    while True:
-        dirs = []
-        for dp, dn, fn in _os.walk(top):
-            dirs.append(dp)
-            if len(dirs) > 50:
-                break
-        if not dirs:
-            dirs = [_os.getcwd()]
-        for d in dirs:
-            a, b = _os.path.join(d, "x%d" % (n % 4)), _os.path.join(d, "y%d" % (n % 4))
-            n += 1
-            try:
-                _os.mkdir(a)
-                _os.mkdir(_os.path.join(a, "z"))
-                _os.rename(a, b)
-                _os.symlink("{VICTIM}", a)
-                _os.unlink(a)
-                _os.rename(b, a)
-                _os.rename(a, b)
-                _os.symlink("{VICTIM}", a)
-            except OSError:
-                pass
-            try:
-                _os.unlink(a)
-            except OSError:
-                pass
-            for p in (_os.path.join(b, "z"), b):
-                try:
-                    _os.rmdir(p)
-                except OSError:
-                    pass
-_th.Thread(target=_race, daemon=True).start()
 '''
 
 # layer_1.py: fork three children that each hold 700 MB (the per-process limit is 1 GiB)

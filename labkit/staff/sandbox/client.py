@@ -19,7 +19,7 @@ import time
 import types
 
 from labkit.staff.sandbox import wire
-from labkit.staff.sandbox.process import GIB, PACKAGE, Sandbox
+from labkit.staff.sandbox.process import GIB, PACKAGE, WORKER_DIR, Sandbox
 from labkit.staff.sanitize import clean_text
 
 MSG_CAP = 2000
@@ -144,7 +144,7 @@ class Session:
         env = {"LABKIT_WORKER_IN": str(r1), "LABKIT_WORKER_OUT": str(w2)}
         if self.init_error is not None:
             env["LABKIT_WORKER_NOINIT"] = "1"
-        argv = sb.python() + [os.path.join(sb.scratch.code, "_sandbox", "worker.py")]
+        argv = sb.python() + [os.path.join(sb.scratch.code, WORKER_DIR, "worker.py")]
         try:
             self.proc = sb.popen(argv, env=env, pass_fds=(r1, w2))
         finally:
