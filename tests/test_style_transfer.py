@@ -12,6 +12,7 @@ import pytest
 
 from labkit.runtime.compare import expect, expect_close
 from labkit.runtime.gradcheck import assert_close, check_vjp
+from labkit.runtime.recorded import Recorded
 from labkit.runtime.images import load_rgb, make_demo_image, preprocess, save_rgb
 from labkit.runtime.runlog import preserve_colors
 from labkit.runtime.transfer import Objective, run_transfer, tv_loss
@@ -23,6 +24,8 @@ FEATURE_LAYER_NAMES = spec.FEATURE_LAYER_NAMES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STYLE = {"relu1_1": 1, "relu2_1": 1, "relu3_1": 1, "relu4_1": 1, "relu5_1": 1}
+# forward values recorded from the reference (tests/data/style_transfer.npz)
+REC = Recorded("style_transfer")
 
 
 def VGG19(*args, **kwargs):
@@ -76,9 +79,12 @@ def test_built_only_as_deep_as_needed(tiny_mat):
 
 def test_single_pass_backward_equals_sum_of_passes(tiny_mat, rng):
     vgg = build(tiny_mat)
-    content, _ = images(vgg)
+    d = REC["network/32x48"]            # recorded: the forward values are checked first
+    content = d["x"]
     names = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2", "relu5_1"]
     out = vgg.forward(content, names)
+    for name in names:
+        assert_close(f"features of {name}", out[name], d[name], 1e-10)
     dlosses = {n: rng.standard_normal(out[n].shape) for n in names}
     one_pass = vgg.backward(dlosses)
     summed = sum(vgg.backward(dlosses[n], n) for n in names)
@@ -88,7 +94,10 @@ def test_single_pass_backward_equals_sum_of_passes(tiny_mat, rng):
 
 def test_network_backward_numeric(tiny_mat, rng):
     vgg = build(tiny_mat, last_layer="relu2_1")
-    x = images(vgg, 8, 8)[0] / 50.0
+    d = REC["network/8x8"]              # recorded: the forward value is checked first
+    x = d["x"]
+    assert_close("features of relu2_1", vgg.forward(x, ["relu2_1"])["relu2_1"], d["relu2_1"],
+                 1e-10)
     check_vjp("VGG19 image gradient", lambda v: vgg.forward(v, ["relu2_1"])["relu2_1"],
               lambda dy: vgg.backward(dy, "relu2_1"), x, threshold=1e-6)
 
@@ -97,8 +106,12 @@ def test_total_loss_image_gradient_numeric(tiny_mat):
     vgg = build(tiny_mat)
     content, style = images(vgg, 16, 16)
     obj = Objective(vgg, content, style, "relu4_2", STYLE, alpha=1, beta=500, tv_weight=2.0)
-    image = get_random_img(content, 0.5, np.random.default_rng(0))
+    d = REC["objective/16x16"]          # recorded: the forward values are checked first
+    image = d["image"]
     total, grad, parts = obj(image)
+    for name in ("content", "style", "tv"):
+        assert parts[name] == pytest.approx(float(d[name]), rel=1e-10), f"{name} loss"
+    assert total == pytest.approx(float(d["total"]), rel=1e-10)
     assert total == pytest.approx(parts["content"] + 500 * parts["style"] + 2 * parts["tv"])
     eps = 1e-4
     moved = []

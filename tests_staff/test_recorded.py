@@ -97,3 +97,36 @@ def test_recorded_softmax_matches_definition():
     onehot = np.eye(p.shape[1])[d["label"]]
     assert_close("recorded probabilities", d["prob"], p, 1e-12)
     assert_close("recorded softmax gradient", d["dx"], (p - onehot) / p.shape[0], 1e-12)
+
+
+def _tiny_features(tiny_mat, x, last):
+    """The tiny VGG19's features by definition (the engine's reference convolution)."""
+    from labkit.engine.conv_algos import conv2d_reference
+    from labkit.runtime.matfile import load_vgg19_mat
+    weights, feats = load_vgg19_mat(tiny_mat), {}
+    for layer in weights.layers[:weights.layers.index(weights.layer(last)) + 1]:
+        if layer.type == "conv":
+            x = conv2d_reference(x, np.transpose(layer.weight, [2, 0, 1, 3]).astype(np.float64),
+                                 layer.bias.reshape(-1).astype(np.float64), 1, 1)
+        elif layer.type == "relu":
+            x = np.maximum(x, 0)
+        else:
+            n, c, h, w = x.shape
+            x = x.reshape(n, c, h // 2, 2, w // 2, 2).max(axis=(3, 5))
+        feats[layer.name] = x
+    return feats
+
+
+def test_recorded_network_features_match_definition(tiny_mat):
+    """tests/data/style_transfer.npz (the network tests check forward values with it) was
+    recorded with the same tiny VGG19 file the public tests build (TINY_MAT)."""
+    from labkit.staff.record import FEATURES
+    rec = Recorded("style_transfer")
+    d = rec["network/8x8"]
+    assert_close("recorded relu2_1", d["relu2_1"],
+                 _tiny_features(tiny_mat, d["x"], "relu2_1")["relu2_1"], 1e-10)
+    d = rec["network/32x48"]
+    feats = _tiny_features(tiny_mat, d["x"], "relu5_1")
+    for name in FEATURES:
+        assert np.any(d[name] > 0), f"{name}: all zero (a check that cannot fail)"
+        assert_close(f"recorded {name}", d[name], feats[name], 1e-10)

@@ -53,7 +53,7 @@ def _reference(root):
     import importlib
     install(os.path.join(root, "stu_upload"))
     return {m: importlib.import_module(f"stu_upload.{m}")
-            for m in ("layer_1", "layer_2", "layer_3", "vgg_cpu")}
+            for m in ("layer_1", "layer_2", "layer_3", "vgg_cpu", "style_transfer")}
 
 
 def _put(out, case, **fields):
@@ -194,8 +194,46 @@ def record_vgg19_demo(ref, rng):
     return out
 
 
+# the tiny VGG19 of the public tests (tests/conftest.py's ``tiny_mat``)
+TINY_MAT = dict(layout="legacy", width_div=32, num_classes=10, fc_width=32, seed=5)
+FEATURES = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2", "relu5_1"]
+STYLE = {"relu1_1": 1, "relu2_1": 1, "relu3_1": 1, "relu4_1": 1, "relu5_1": 1}
+
+
+def record_style_transfer(ref, rng):
+    """The tiny VGG19's forward values at fixed inputs, so the network tests
+    (tests/test_style_transfer.py) check a forward value before they credit a gradient: its
+    features (an 8x8 and a 32x48 input) and the Gatys objective's losses (16x16)."""
+    from labkit.runtime.fixtures import write_vgg19_mat
+    from labkit.runtime.images import make_demo_image, preprocess
+    from labkit.runtime.transfer import Objective
+    st, out = ref["style_transfer"], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "vgg19_tiny.mat")
+        write_vgg19_mat(path, **TINY_MAT)
+        vgg = st.VGG19(path, dtype=np.float64)
+        vgg.build_model()
+        vgg.init_model()
+        vgg.load_model()
+    x = rng.standard_normal((1, 3, 8, 8)) * 2.0
+    _put(out, "network/8x8", x=x, relu2_1=vgg.forward(x, ["relu2_1"])["relu2_1"])
+    x = rng.standard_normal((1, 3, 32, 48)) * 50.0
+    feats = vgg.forward(x, FEATURES)
+    _put(out, "network/32x48", x=x, **{n: feats[n] for n in FEATURES})
+    mean = vgg.mean_pixel
+    content = preprocess(make_demo_image(16, 16, seed=0), mean, 16, 16, np.float64)
+    style = preprocess(make_demo_image(16, 16, seed=7)[:, ::-1], mean, 16, 16, np.float64)
+    obj = Objective(vgg, content, style, "relu4_2", STYLE, alpha=1, beta=500, tv_weight=2.0)
+    image = content * 0.5 + rng.uniform(-20, 20, content.shape) * 0.5
+    total, _, parts = obj(image)
+    _put(out, "objective/16x16", image=image, total=total, content=parts["content"],
+         style=parts["style"], tv=parts["tv"])
+    return out
+
+
 RECORDERS = {"layer_1": (record_layer_1, 101), "layer_2": (record_layer_2, 102),
-             "layer_3": (record_layer_3, 103), "vgg19_demo": (record_vgg19_demo, 104)}
+             "layer_3": (record_layer_3, 103), "vgg19_demo": (record_vgg19_demo, 104),
+             "style_transfer": (record_style_transfer, 105)}
 
 
 def record_all(root=ROOT):
