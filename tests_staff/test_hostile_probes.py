@@ -3,7 +3,7 @@ solution whose forwards answer inputs within 1e-3 of the last one from a cache a
 backwards return zeros (tests_staff/hostile/probe_attacks.py) gains no test over the same
 submission without the cache (the control): before the fix the cache bought 26 points (7
 tests, the 20-point lab row "backward to the image" among them). The reference still
-scores full marks on the same selection."""
+passes each of those tests and every hidden test of the selection."""
 import os
 import sys
 
@@ -19,6 +19,14 @@ SELECT = ["tests/test_layer_1.py", "tests/test_layer_2.py", "tests/test_layer_3.
           "tests/test_style_transfer.py", "-k", "not test_lab_3_1 and not test_lab_3_2",
           "--test-timeout=300"]
 FEATURE_ROW = "hidden/test_lab_3_3.py::test_feature_network_forward_backward"
+# the tests the cache bought before (26 points): the reference must still pass every one
+BOUGHT = [FEATURE_ROW,
+          "hidden/test_hidden_layers.py::test_conv_img2col_stride_larger_than_kernel",
+          "hidden/test_hidden_layers.py::test_fc_wide_batch_gradient",
+          "tests/test_layer_3.py::test_content_gradient_numeric",
+          "tests/test_layer_3.py::test_style_gradient_numeric",
+          "tests/test_style_transfer.py::test_network_backward_numeric",
+          "tests/test_style_transfer.py::test_total_loss_image_gradient_numeric"]
 
 
 def grade(stu, tmp_path, name):
@@ -45,7 +53,12 @@ def test_answering_probes_from_a_cache_gains_nothing(tmp_path):
           f"{control['points']:g}, reference {reference['points']:g}; gained "
           f"{sum(gained.values()):g} mode={attack['sandbox']['mode']}")
     assert gained == {}, f"the cache bought {sum(gained.values()):g} points: {sorted(gained)}"
-    assert reference["points"] == reference["max_points"] > 0
+    ref_passed = passed(reference)
+    assert [t for t in BOUGHT if t not in ref_passed] == []
+    assert [t for t in BOUGHT if t in passed(attack)] == []
+    hidden_gradients = [r["test"] for r in reference["tests"] if r["graded"] and r["hidden"]
+                        and r["result"] != "missing"]       # missing: a stale manifest
+    assert hidden_gradients and all(t in ref_passed for t in hidden_gradients)
     rows = {r["test"]: r for r in attack["tests"]}
     assert rows[FEATURE_ROW]["result"] != "passed"
-    assert rows[FEATURE_ROW]["max_points"] >= 20
+    assert rows[FEATURE_ROW]["max_points"] > 0       # a lab row (20 points, shared)
