@@ -70,6 +70,68 @@ def test_copy_refuses_a_linked_top_folder(tmp_path):
     assert not os.path.exists(tmp_path / "dest" / "layer_1.py")
 
 
+def test_copy_refuses_a_link_above_the_package(tmp_path):
+    """zed/peer -> ../alice: the package's parent is a link (a classmate's folder)."""
+    from labkit.staff.sandbox.process import SandboxError, copy_submission
+    (tmp_path / "alice" / "stu_upload").mkdir(parents=True)
+    (tmp_path / "alice" / "stu_upload" / "layer_1.py").write_text("ALICE = 1\n")
+    (tmp_path / "zed").mkdir()
+    os.symlink("../alice", tmp_path / "zed" / "peer")
+    with pytest.raises(SandboxError, match=r"zed/peer is a symbolic link \(to '../alice'\); "
+                       r"refused"):
+        copy_submission(str(tmp_path / "zed" / "peer" / "stu_upload"), str(tmp_path / "dest"))
+    assert not os.path.exists(tmp_path / "dest" / "layer_1.py")
+
+
+def _batch_row(tmp_path, name):
+    """batch_grade's row for submissions/NAME, refused before any grading (args unused)."""
+    from labkit.staff.batch_grade import grade_one, submissions
+    (tmp_path / "work").mkdir(exist_ok=True)
+    items = dict(submissions(str(tmp_path / "subs")))
+    assert name in items, items
+    row, report = grade_one(0, name, items[name], None, str(tmp_path / "work"))
+    return row, report
+
+
+@pytest.mark.parametrize("layout", ["inside", "peer", "top", "zip", "package"])
+def test_batch_refuses_links_on_the_way(tmp_path, layout):
+    """Red-team finding: mallory/x -> the repository was graded as the reference (17/17), and
+    zed/peer -> ../alice as a classmate's code; a link as the submission itself, as a zip, or
+    as stu_upload is refused too, with the reason, before anything runs."""
+    subs = tmp_path / "subs"
+    (subs / "alice" / "stu_upload").mkdir(parents=True)
+    (subs / "alice" / "stu_upload" / "layer_1.py").write_text("ALICE = 1\n")
+    name = "mallory"
+    if layout == "inside":
+        (subs / name).mkdir()
+        os.symlink(ROOT, subs / name / "x")
+    elif layout == "peer":
+        (subs / name).mkdir()
+        os.symlink("../alice", subs / name / "peer")
+    elif layout == "top":
+        os.symlink("alice", subs / name)
+    elif layout == "zip":
+        shutil.make_archive(str(tmp_path / "alice"), "zip", subs / "alice")
+        os.symlink(tmp_path / "alice.zip", subs / "mallory.zip")
+    else:
+        (subs / name).mkdir()
+        os.symlink(os.path.join(ROOT, "stu_upload"), subs / name / "stu_upload")
+    row, report = _batch_row(tmp_path, name)
+    assert report is None and row["status"] == "error" and row["points"] == 0, row
+    assert "is a symbolic link" in row["notes"] and "refused" in row["notes"], row
+    assert "grading error" not in row["notes"], row       # refused, not crashed
+
+
+def test_gradescope_submission_linking_to_the_source_is_refused(tmp_path):
+    """Gradescope: cp -r keeps links; submission/x -> /autograder/source got 17/17."""
+    from tests_staff.test_gradescope import autograder, run
+    ag = autograder(tmp_path, {})
+    os.symlink(ag / "source", ag / "submission" / "x")
+    res, r = run(ag, tmp_path, LABKIT_GS_PYTEST_ARGS="tests/test_layer_1.py")
+    assert res["score"] == 0 and "x is a symbolic link" in res["output"] and \
+        "refused" in res["output"], (res, r.stdout[-2000:], r.stderr[-2000:])
+
+
 def test_copy_takes_only_the_kits_source_files(tmp_path):
     from labkit.staff.sandbox.process import copy_submission
     src = tmp_path / "stu_upload"

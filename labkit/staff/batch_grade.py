@@ -110,9 +110,22 @@ def _short(text, limit=120):
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+def _link_refused(path, top):
+    try:
+        target = os.readlink(path)
+    except OSError:
+        target = "?"
+    rel = os.path.relpath(path, os.path.dirname(top))
+    return SubmissionError(f"{rel} is a symbolic link (to {target!r}); refused: a submission "
+                           f"holds real files and folders only (a link would be graded as "
+                           f"what it points at)")
+
+
 def check_tree(folder):
-    """Refuse a submission folder deeper than MAX_DEPTH or with more than MAX_ENTRIES
-    entries (an iterative walk: no recursion, links never followed)."""
+    """Refuse a submission that is a symbolic link, is deeper than MAX_DEPTH or has more than
+    MAX_ENTRIES entries (an iterative walk: no recursion, links never followed)."""
+    if os.path.islink(folder):
+        raise _link_refused(folder, folder)
     count, stack = 0, [(folder, 0)]
     while stack:
         path, depth = stack.pop()
@@ -148,11 +161,24 @@ def _walk(folder):
 
 def find_package(folder, depth=3):
     """The submission's stu_upload folder (shallowest first), or a folder of loose .py
-    files; raises SubmissionError."""
+    files; raises SubmissionError. No link is followed: a symbolic link to a folder on the
+    way (``stu_upload`` itself, or any folder of a level searched) is refused with the
+    reason, since a link would grade what it points at (the reference, a classmate)."""
+    def real_dir(path):                 # a folder, not a link to one
+        try:
+            return stat.S_ISDIR(os.lstat(path).st_mode)
+        except OSError:
+            return False
     level = [folder]
     for _ in range(depth + 1):
+        for d in level:
+            for n in sorted(os.listdir(d)):
+                p = os.path.join(d, n)
+                if (n == PACKAGE or not (n == "__MACOSX" or n.startswith("."))) and \
+                        os.path.islink(p) and (os.path.isdir(p) or n == PACKAGE):
+                    raise _link_refused(p, folder)
         found = sorted(os.path.join(d, PACKAGE) for d in level
-                       if os.path.isdir(os.path.join(d, PACKAGE)))
+                       if real_dir(os.path.join(d, PACKAGE)))
         if len(found) > 1:
             raise SubmissionError(f"{len(found)} {PACKAGE} folders at the same depth")
         if found:
@@ -160,7 +186,7 @@ def find_package(folder, depth=3):
         nxt = []
         for d in level:
             nxt += sorted(os.path.join(d, n) for n in os.listdir(d)
-                          if os.path.isdir(os.path.join(d, n)) and n != "__MACOSX"
+                          if real_dir(os.path.join(d, n)) and n != "__MACOSX"
                           and not n.startswith("."))
         level = nxt
     # loose files: the shallowest folder with .py files
@@ -179,10 +205,10 @@ def submissions(folder):
         path = os.path.join(folder, name)
         if name.startswith("."):
             continue
-        if os.path.isdir(path):
+        if name.lower().endswith(".zip") and not os.path.isdir(path):
+            items.append((name[:-4], path))     # a link to a zip: a row, refused there
+        elif os.path.isdir(path) or os.path.islink(path):   # a link too (refused there)
             items.append((name, path))
-        elif name.lower().endswith(".zip"):
-            items.append((name[:-4], path))
     names = [n for n, _ in items]
     dupes = {n for n in names if names.count(n) > 1}
     return [(n + (" (zip)" if n in dupes and p.lower().endswith(".zip") else ""), p)
@@ -209,6 +235,8 @@ def _grade_one(index, student, path, args, work):
     os.makedirs(folder)
     try:
         src = path
+        if os.path.islink(path):
+            raise _link_refused(path, path)
         if path.lower().endswith(".zip"):
             src = os.path.join(folder, "unzipped")
             os.makedirs(src)
@@ -468,7 +496,7 @@ def main(argv=None):
         with ThreadPoolExecutor(max(1, args.jobs)) as pool:
             futures = []
             for s, path in items:
-                fut = pool.submit(grade_one, index[s], s, os.path.abspath(path), args, work)
+                fut = pool.submit(grade_one, index[s], s, path, args, work)
                 fut.add_done_callback(lambda f: progress.update(
                     f.result()[0] if not f.exception() else {"status": "error"}))
                 futures.append(fut)
@@ -655,6 +683,9 @@ def check_args(p, args):
             raise SystemExit2(f"--hidden {args.hidden}: no such folder")
     if not os.path.isdir(args.submissions):
         raise SystemExit2(f"{args.submissions}: no such folder")
+    # staff's own path, resolved once: below it no link is followed (check_tree,
+    # find_package, copy_submission opens every folder from / with O_NOFOLLOW)
+    args.submissions = os.path.realpath(args.submissions)
     if not submissions(args.submissions):
         raise SystemExit2(f"{args.submissions}: no sub-folders or .zip files")
     if args.shard is not None:

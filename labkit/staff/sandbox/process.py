@@ -197,26 +197,50 @@ def _code_suffixes():
     return tuple(set(m.all_suffixes()) - {".py"}) + (".pth", ".pyc", ".pyo", ".egg-link")
 
 
-def open_submission(src):
-    """A file descriptor of the submission folder ``src``: its parent is the caller's (staff
-    paths, trusted); ``src`` itself is opened with O_NOFOLLOW (a symbolic link is refused,
-    SandboxError with the reason)."""
-    src = os.path.abspath(src)
-    parent = os.open(os.path.dirname(src) or "/", os.O_RDONLY | os.O_DIRECTORY)
+def open_dir_nofollow(path, what="the submission folder"):
+    """A file descriptor of the folder ``path``, opened one component at a time from ``/``
+    with O_NOFOLLOW: a symbolic link anywhere on the way (the folder itself, its parent, a
+    link a student planted in a submission's tree) is refused, SandboxError naming the link
+    and its target (a grader that followed it would grade, or write, what the link points
+    at: the reference, a classmate's folder)."""
+    path = os.path.abspath(path)
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open("/", flags)
+    done = "/"
     try:
-        return os.open(os.path.basename(src), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
-                       dir_fd=parent)
-    except OSError as exc:
-        try:
-            st = os.lstat(os.path.basename(src), dir_fd=parent)
-        except OSError:
-            st = None
-        if st is not None and stat.S_ISLNK(st.st_mode):
-            raise SandboxError(f"{os.path.basename(src)} is a symbolic link "
-                               f"(to {os.readlink(src)!r}); refused: submit the folder itself")
-        raise SandboxError(f"cannot open the submission folder {src}: {exc.strerror}")
-    finally:
-        os.close(parent)
+        for part in [p for p in path.split(os.sep) if p]:
+            here = os.path.join(done, part)
+            try:
+                nfd = os.open(part, flags, dir_fd=fd)
+            except OSError as exc:
+                try:
+                    st = os.lstat(part, dir_fd=fd)
+                except OSError:
+                    st = None
+                if st is not None and stat.S_ISLNK(st.st_mode):
+                    try:
+                        target = os.readlink(part, dir_fd=fd)
+                    except OSError:
+                        target = "?"
+                    raise SandboxError(
+                        f"{here if here != path else os.path.basename(path)} is a symbolic link "
+                        f"(to {target!r}); refused: {what} and the folders above it must be "
+                        f"real folders (submit the folder itself; staff: give its real path, "
+                        f"realpath)") from None
+                raise SandboxError(f"cannot open {what} {path}: {exc.strerror}") from None
+            os.close(fd)
+            fd, done = nfd, here
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def open_submission(src):
+    """A file descriptor of the submission folder ``src``, no link followed on the way
+    (``open_dir_nofollow``: a symbolic link, the folder or any folder above it, is refused,
+    SandboxError with the reason)."""
+    return open_dir_nofollow(src)
 
 
 def copy_submission(src, dest, limit=MAX_SUBMISSION_BYTES):
