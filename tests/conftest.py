@@ -17,7 +17,8 @@ legacy.install()
 # grading (--grade, --stu-dir, --hidden, ...; inactive otherwise): labkit/staff/grading.py,
 # in the course repository only (the student kit has no staff tools). When pytest took a
 # student kit's folder for its rootdir (``--stu-dir KIT`` written with a space), the kit's
-# ``labkit`` comes first on sys.path: load the plugin from this repository instead.
+# ``labkit`` comes first on sys.path: load the plugin from this repository instead (it then
+# refuses to grade: staff grade with ``python -m labkit.staff.grade``).
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 try:
     import labkit.staff.grading  # noqa: F401

@@ -450,3 +450,62 @@ def test_hidden_fixture_folder_made_by_someone_else_is_not_used(tmp_path, monkey
     os.chmod(ours / "a.npz", 0o666)
     with pytest.raises(RuntimeError, match="not a private file"):
         lab_support._verify(str(ours), ["a.npz"])
+
+
+# ----------------------------------- 3. --stu-dir PATH (a space): the student's pytest files
+def evil_folder(tmp_path):
+    """A student folder whose pytest.ini and conftest.py write a marker when pytest loads
+    them (as the grader, root), beside a blank kit package."""
+    evil = tmp_path / "evil"
+    (evil / "stu_upload").mkdir(parents=True)
+    marker = tmp_path / "PWNED"
+    (evil / "pytest.ini").write_text("[pytest]\npythonpath = .\naddopts = -p rtevil\n")
+    for name in ("rtevil.py", "conftest.py"):
+        (evil / name).write_text(f"open({str(marker) + '_' + name!r}, 'w').write('pwned')\n")
+    (evil / "stu_upload" / "layer_1.py").write_text("X = 1\n")
+    return evil, marker
+
+
+def _pwned(marker):
+    return sorted(p.name for p in marker.parent.glob(marker.name + "*"))
+
+
+def test_grade_wrapper_never_loads_the_students_pytest_files(tmp_path):
+    """python -m labkit.staff.grade --stu-dir PATH (a space, from any folder): pytest runs with
+    this repository's ini file and rootdir, PATH only as --stu-dir=PATH."""
+    evil, marker = evil_folder(tmp_path)
+    json_path = tmp_path / "r.json"
+    r = subprocess.run([sys.executable, "-m", "labkit.staff.grade", "--stu-dir", str(evil),
+                        "--grade-json", str(json_path), "-q", "-p", "no:cacheprovider",
+                        os.path.join(ROOT, "tests", "test_layer_1.py"), "-k",
+                        "test_relu_forward_matches_the_definition or test_relu_forward"],
+                       cwd=str(evil), capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": ROOT})
+    assert _pwned(marker) == [], (r.stdout[-2000:], r.stderr[-2000:])
+    report = json.loads(json_path.read_text())
+    assert report["stu_dir"] == str(evil / "stu_upload"), report["stu_dir"]
+    assert "GRADE:" in r.stdout
+
+
+def test_grade_wrapper_refuses_a_test_path_outside_the_repository(tmp_path):
+    from labkit.staff.grade import main
+    evil, _ = evil_folder(tmp_path)
+    assert main(["--stu-dir=" + str(evil), str(evil)]) == 2
+
+
+@pytest.mark.parametrize("fixed", [False, True])
+def test_plugin_refuses_a_spaced_stu_dir(tmp_path, fixed):
+    """The space form straight through pytest (what the docstring used to show): the plugin
+    stops (exit 4, no grade), whatever the ini file/rootdir. It cannot undo what pytest
+    loaded before it ran: that is why the wrapper is the documented command."""
+    evil, marker = evil_folder(tmp_path)
+    (evil / "pytest.ini").write_text("[pytest]\n")       # no addopts: pytest gets to our plugin
+    json_path = tmp_path / "r.json"
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    if fixed:
+        cmd += ["-c", os.path.join(ROOT, "pytest.ini"), f"--rootdir={ROOT}"]
+    cmd += ["--stu-dir", str(evil), f"--grade-json={json_path}", "tests/test_layer_1.py"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode == 4 and "not graded" in out and "labkit.staff.grade" in out, out[-3000:]
+    assert not json_path.exists() and "GRADE:" not in r.stdout

@@ -13,7 +13,8 @@ student's row says why). Whatever goes wrong with one submission is its row's st
 stops the batch. Only the submission's ``stu_upload`` folder is used (found at any depth
 up to 3; a folder of loose ``*.py`` files counts as one); it is copied alone into a clean
 folder, so a submission's own pytest.ini, conftest.py or labkit copy never takes part.
-Each student is graded by ``python -m pytest --stu-dir=...`` in its own process, with this
+Each student is graded by ``python -m pytest -c ROOT/pytest.ini --rootdir=ROOT
+--stu-dir=...`` (``labkit.staff.grade.pytest_command``) in its own process, with this
 repository's tests, a per-test time limit and a wall-clock limit per student.
 
 The CSV (student, points, max_points, percent, failed_tests, status, notes) is sorted by
@@ -690,6 +691,12 @@ def check_args(p, args):
         raise SystemExit2(f"{args.submissions}: no sub-folders or .zip files")
     if args.shard is not None:
         args.shard = parse_shard(args.shard)
+    from labkit.staff.grade import UsageError, split_args
+    try:        # after '--': OPTION=VALUE, test paths inside the repository (run from it)
+        opts, tests = split_args(args.pytest_args, cwd=ROOT)
+    except UsageError as exc:
+        raise SystemExit2(f"pytest arguments after '--': {exc}")
+    args.pytest_args = opts + tests
     if not args.out and not args.results:
         raise SystemExit2("--out: give the CSV file to write (or --results DIR for a shard)")
     if args.results:

@@ -4,8 +4,8 @@ Active only with ``--grade``, ``--stu-dir``, ``--hidden``, ``--grade-json`` or
 ``--grade-csv``; a plain ``pytest -q`` is unchanged.
 
     python -m pytest --grade                          # grade ./stu_upload (the kit: yours)
-    python -m pytest --stu-dir PATH                   # grade another folder's stu_upload
-    python -m pytest --stu-dir PATH --hidden tests_hidden --grade-json r.json --grade-csv r.csv
+    python -m labkit.staff.grade --stu-dir PATH       # grade another folder's stu_upload
+    python -m labkit.staff.grade --stu-dir PATH --hidden tests_hidden --grade-json r.json
     python -m labkit.staff.grading manifest [--hidden tests_hidden]    # staff: rebuild the manifest
 
 Which tests are *graded*: those that pass on the reference and fail on the blank student kit,
@@ -18,6 +18,10 @@ SyntaxError) or a test that did not run scores 0 with a message, instead of vani
 
 Points per test come from ``POINTS`` below (first matching pattern, default 1). A per-test time
 limit (``--test-timeout``, SIGALRM) turns an endless loop into one failed test.
+
+Grade another folder only through ``python -m labkit.staff.grade`` (labkit/staff/grade.py):
+``python -m pytest --stu-dir PATH`` with a space lets pytest read PATH's ``pytest.ini`` and
+import its ``conftest.py`` before this plugin runs (the plugin then refuses, too late).
 
 With ``--stu-dir`` the student's code never runs in this process: it runs in a sandboxed
 worker (``labkit/staff/sandbox/``, ``--sandbox``), the tests get proxies (``import stu_upload``
@@ -109,33 +113,40 @@ PATH_OPTIONS = ("--stu-dir", "--hidden", "--grade-json", "--grade-csv", "--grade
 
 
 def _check_rootdir(config):
-    """pytest picks its rootdir and ini file before it knows plugin options, so in
-    ``--stu-dir PATH`` it may take PATH for a test folder and read PATH's own pytest.ini (a
-    kit has one). Then run again as ``--stu-dir=PATH`` (a command-line run), or stop:
-    never grade with the wrong configuration."""
+    """Grade only with this repository's configuration. pytest picks its rootdir and ini file,
+    and imports the ``conftest.py`` of the paths it is given, before it knows plugin options:
+    in ``--stu-dir PATH`` (a space) it takes PATH for a test path, and the student's
+    ``pytest.ini``/``conftest.py`` may already have run. Refuse then (exit 4, one message:
+    grade with ``python -m labkit.staff.grade``, which fixes ``-c``, ``--rootdir`` and
+    writes OPTION=VALUE): a rootdir or ini file other than this repository's, or a test path
+    outside the repository and the hidden tests folder."""
+    how = "grade with 'python -m labkit.staff.grade --stu-dir PATH ...'"
+    root, inv = str(config.rootpath), str(config.invocation_params.dir)
+    ini = str(config.inipath) if config.inipath else None
+    if root != ROOT or ini != os.path.join(ROOT, "pytest.ini"):
+        raise pytest.UsageError(
+            f"pytest chose {root} as its rootdir ({ini or 'no ini file'}), not this "
+            f"repository ({ROOT}): the value of an option written with a space was taken for a "
+            f"test path, and that folder's pytest.ini/conftest.py may have run; not graded: "
+            f"{how}")
+    hidden = config.getoption("hidden")
+    hidden = os.path.normpath(os.path.join(inv, hidden)) if hidden else None
+
+    def outside(arg):
+        path = os.path.normpath(os.path.join(inv, str(arg).partition("::")[0]))
+        return not any(path == d or path.startswith(d + os.sep) for d in (ROOT, hidden) if d)
     args = list(config.invocation_params.args)
-    spaced = [a for a in args if a in PATH_OPTIONS]
-    inv, root = str(config.invocation_params.dir), str(config.rootpath)
-    if not spaced or inv == root or inv.startswith(root + os.sep):
-        os.environ.pop("LABKIT_REEXEC", None)
-        return
-    if args == sys.argv[1:] and not os.environ.get("LABKIT_REEXEC"):
-        fixed, i = [], 0
-        while i < len(args):
-            if args[i] in PATH_OPTIONS and i + 1 < len(args):
-                fixed.append(f"{args[i]}={args[i + 1]}")
-                i += 2
-            else:
-                fixed.append(args[i])
-                i += 1
-        print(f"note: pytest took the value of {spaced[0]} for a test path; running again as "
-              f"{spaced[0]}=...", file=sys.stderr, flush=True)
-        os.environ["LABKIT_REEXEC"] = "1"
-        os.chdir(inv)
-        os.execv(sys.executable, [sys.executable, "-m", "pytest", *fixed])
-    raise pytest.UsageError(
-        f"pytest read the value of {spaced[0]} as a test path and chose the wrong rootdir "
-        f"({root}); write the option with '=', e.g. {spaced[0]}=PATH, or add -c pytest.ini")
+    for opt, value in zip(args, args[1:]):     # pytest's first pass took VALUE for a test path
+        if opt in PATH_OPTIONS and opt != "--hidden" and outside(value):
+            raise pytest.UsageError(
+                f"{opt} {value}: written with a space, pytest took {value} for a test path "
+                f"before this plugin ran (its conftest.py may have run); not graded: {how}")
+    if config.args_source == pytest.Config.ArgsSource.ARGS:
+        for arg in config.args:
+            if outside(arg):
+                raise pytest.UsageError(
+                    f"{arg}: a test path outside this repository ({ROOT}); not graded (its "
+                    f"conftest.py may have run): {how}")
 
 
 class Grader(Points):

@@ -19,17 +19,17 @@ def run_grading(stu_dir, json_path, extra=(), hidden=None, manifest=None, timeou
     """Grade ``stu_dir`` in a fresh ``python -m pytest``; returns (report or None, process).
     On ``timeout`` the grader's process group and the submission's processes are killed and
     ``subprocess.TimeoutExpired`` is raised (a partial report may be at ``json_path``)."""
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-           "-p", "no:hypothesispytest",     # @given still works; saves its start-up per run
-           "-c", os.path.join(cwd, "pytest.ini"), f"--rootdir={cwd}",
-           f"--stu-dir={stu_dir}", f"--grade-json={json_path}"]
+    from labkit.staff.grade import pytest_command
+    opts = ["-q", "-p", "no:cacheprovider",
+            "-p", "no:hypothesispytest",     # @given still works; saves its start-up per run
+            f"--stu-dir={os.path.abspath(stu_dir)}", f"--grade-json={os.path.abspath(json_path)}"]
     if hidden:
-        cmd += [f"--hidden={hidden}"]
+        opts += [f"--hidden={os.path.abspath(hidden)}"]
     if manifest:
-        cmd += [f"--grade-manifest={manifest}"]
+        opts += [f"--grade-manifest={manifest}"]
     if sandbox:
-        cmd += [f"--sandbox={sandbox}"]
-    cmd += list(extra)
+        opts += [f"--sandbox={sandbox}"]
+    cmd = pytest_command(opts + list(extra), root=cwd)   # ini and rootdir fixed, OPTION=VALUE
     info = json_path + ".sandbox"
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("PYTEST_", "LABKIT_STU_DIR", "LABKIT_SANDBOX"))}

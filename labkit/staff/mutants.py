@@ -80,9 +80,11 @@ def run_one(mutant, workdir, stu_src=None, timeout=1800):
     report_path = os.path.join(folder, "grade.json")
     modules = [os.path.splitext(os.path.basename(p))[0] for p in mutant["public"]]
     keyword = " or ".join(modules + EXPERIMENT_MODULES[mutant["file"]])
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--stu-dir", stu,
-           "--sandbox", "off", "--grade-manifest", "none", "--hidden", HIDDEN,
-           "--grade-json", report_path, "-k", keyword, *mutant["public"]]
+    from labkit.staff.grade import pytest_command
+    cmd = pytest_command(["-q", "-p", "no:cacheprovider", f"--stu-dir={stu}", "--sandbox=off",
+                          "--grade-manifest=none", f"--hidden={HIDDEN}",
+                          f"--grade-json={report_path}", "-k", keyword],
+                         [os.path.join(ROOT, t) for t in mutant["public"]])
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
     result = {"id": mutant["id"], "file": mutant["file"], "mistake": mutant["mistake"],

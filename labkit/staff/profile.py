@@ -1,6 +1,6 @@
 """Where the time of a grading goes: a pytest plugin for the grader's process.
 
-    python -m pytest --stu-dir=PATH -p labkit.staff.profile --grade-profile=prof.json ...
+    python -m labkit.staff.grade --stu-dir PATH -p labkit.staff.profile --grade-profile=prof.json ...
     python benchmarks/bench_grading.py --profile          # runs it and prints the table
 
 Per test (setup, call and teardown together) it records: the wall time; the time spent
