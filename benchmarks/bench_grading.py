@@ -112,13 +112,22 @@ def batch_only(stu, tmp, tests, n, jobs, hidden=None):
     for i in range(n):
         shutil.copytree(stu, os.path.join(subs, f"s{i:03d}", "stu_upload"),
                         ignore=shutil.ignore_patterns("__pycache__"))
-    args = [subs, "--out", os.path.join(tmp, "g.csv"), "--jobs", str(jobs)]
+    args = [subs, "--out", os.path.join(tmp, "g.csv"), "--jobs", str(jobs), "--timeout",
+            "3600"]                     # a measurement: not cut short by the default 900 s
     if hidden:
         args += ["--hidden", hidden]
     t = time.perf_counter()
     rc = batch_grade.main(args + ["--", *tests])
     dt = time.perf_counter() - t
     assert rc == 0
+    import csv
+    with open(os.path.join(tmp, "g.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    bad = [r for r in rows if r["status"] != "graded" or r["points"] != r["max_points"]]
+    if bad:
+        print(f"WARNING: {len(bad)} of {n} not fully graded (e.g. {bad[0]['status']}, "
+              f"{bad[0]['points']}/{bad[0]['max_points']}: {bad[0]['notes'][:120]}); the time "
+              f"below is not a correct grading's")
     per = dt / n
     print(f"batch of {n} (measured), --jobs {jobs}: {dt:.1f} s, {per:.2f} s per submission")
     print(f"extrapolated (not measured) to 300 submissions: {per * 300 / 3600:.2f} h "
