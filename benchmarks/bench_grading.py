@@ -131,7 +131,7 @@ def batch_only(stu, tmp, tests, n, jobs, hidden=None):
     per = dt / n
     print(f"batch of {n} (measured), --jobs {jobs}: {dt:.1f} s, {per:.2f} s per submission")
     print(f"extrapolated (not measured) to 300 submissions: {per * 300 / 3600:.2f} h "
-          f"(target <= 2 h)")
+          f"(the issue's target for full gradings, --full: <= 2 h)")
 
 
 def main():
