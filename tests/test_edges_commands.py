@@ -52,6 +52,8 @@ def assert_one_error(r, *needles):
     ("batch_grade", ["subs", "--out", "x.csv", "--jobs", "q"], ["--jobs", "whole number"]),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_bad_command_line_is_one_error_line(command, args, needles):
+    if command == "batch_grade" and not os.path.isdir(os.path.join(ROOT, "labkit", "staff")):
+        pytest.skip("batch_grade is a staff tool: not in the student kit")
     assert_one_error(run(command, *args), *needles)
 
 
