@@ -18,7 +18,7 @@ from labkit.runtime.runlog import preserve_colors
 from labkit.runtime.transfer import Objective, run_transfer, tv_loss
 from labkit.runtime import nofollow
 from labkit.runtime import vgg19_spec as spec
-from labkit.runtime.student import seed_numpy, stu
+from labkit.runtime.student import seed_numpy, stu, to_student
 
 FEATURE_LAYER_NAMES = spec.FEATURE_LAYER_NAMES
 
@@ -442,9 +442,10 @@ def test_style_transfer_takes_adam_steps(rng):
     start = rng.standard_normal(target.shape)
     seen = []
     adam = stu.layer_3.AdamOptimizer(0.5, target.shape)
-    out = stu.style_transfer.style_transfer(
-        loss_fn, start.copy(), 3, 0.5, optimizer=adam,
-        on_step=lambda k, img, loss: seen.append((k, np.array(img), loss)))
+    out = stu.style_transfer.style_transfer(      # to_student: graded in the sandbox too
+        to_student(loss_fn, ("__call__",)), start.copy(), 3, 0.5, optimizer=adam,
+        on_step=to_student(lambda k, img, loss: seen.append((k, np.array(img), loss)),
+                           ("__call__",)))
     ref_adam = stu.layer_3.AdamOptimizer(0.5, target.shape)      # your Adam, graded on its own
     x = start.copy()
     for k in range(1, 4):

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from labkit.runtime import vgg19_spec as _spec
-from labkit.runtime.student import stu
+from labkit.runtime.student import runs_here, stu, to_student
 
 FEATURE_LAYER_NAMES = _spec.FEATURE_LAYER_NAMES      # conv1_1 ... pool5
 
@@ -253,6 +253,7 @@ class Objective:
         self.alpha, self.beta, self.tv_weight = float(alpha), float(beta), float(tv_weight)
         self.layer_list = sorted({content_layer, *self.style_weights},
                                  key=FEATURE_LAYER_NAMES.index)
+        given = loss_layers is not None     # not the student's: handed to student code
         loss_layers = loss_layers or StudentLosses
         self.content_loss = loss_layers.content()
         content_feats = vgg.forward(content_image, self.layer_list)
@@ -265,6 +266,8 @@ class Objective:
         for name in self.style_weights:
             self.style_loss[name] = loss_layers.style()
             self.style_loss[name].gram_style = targets[name]    # the blended target A
+        self._handed = ((lambda layer: to_student(layer, ("forward", "backward"))) if given
+                        else (lambda layer: layer))
         self.evaluations = 0
 
     def style_target(self, name):
@@ -279,11 +282,12 @@ class Objective:
         (default: the network): (total, image gradient, {"content": .., "style": ..})."""
         return stu.style_transfer.transfer_loss(
             self.vgg if net is None else net, image, {self.content_layer: self.content_target},
-            {name: None for name in self.style_weights}, self.content_loss, self.style_loss,
+            {name: None for name in self.style_weights}, self._handed(self.content_loss),
+            {name: self._handed(layer) for name, layer in self.style_loss.items()},
             self.alpha, self.beta, {self.content_layer: 1.0}, dict(self.style_weights))
 
     def _loss_and_gradient(self, image):
-        if self.one_pass:
+        if self.one_pass and runs_here():   # (graded in the sandbox: as written)
             try:
                 total, diff, losses = self.transfer_loss(image, OnePassNet(self.vgg))
                 grad = diff.resolve() if isinstance(diff, PendingGradient) else diff
@@ -397,6 +401,12 @@ def run_transfer(objective, image, steps, optimizer="adam", lr=1.0, bounds=None,
                           optimizer_state=state["snaps"].get(state["step"]))
 
 
+class _StopLoop(Exception):
+    """Carries a stop (Ctrl-C, a non-finite loss) out of the student's loop: an ordinary
+    exception, so it also crosses the sandbox's callback channel; _run_adam re-raises the
+    stop itself."""
+
+
 def _run_adam(evaluate, record, image, steps, lr, optimizer_state=None):
     """The student's loop (style_transfer.py's ``style_transfer``) with the student's Adam,
     restored from ``optimizer_state`` for an exact resume; each step is recorded."""
@@ -405,22 +415,39 @@ def _run_adam(evaluate, record, image, steps, lr, optimizer_state=None):
         adam.mt = np.array(optimizer_state["mt"])
         adam.vt = np.array(optimizer_state["vt"])
         adam.step = int(optimizer_state["step"])
-    last = {}
+    last, stop = {}, {}
 
+    def stopping(fn):
+        def call(*args):
+            try:
+                return fn(*args)
+            except (KeyboardInterrupt, NonFiniteLoss) as exc:
+                stop["exc"] = exc
+                raise _StopLoop(str(exc)) from None
+        return call
+
+    @stopping
     def loss_fn(x):
         last["start"] = time.perf_counter()
         total, grad, parts = evaluate(x)       # loss of x, the image before this update
         last.update(total=total, parts=parts)
         return total, grad
 
+    @stopping
     def on_step(step, x, loss):
         # copies: a student's update may change mt / vt in place
         record(x, last["total"], last["parts"], time.perf_counter() - last["start"],
                {"mt": np.array(adam.mt), "vt": np.array(adam.vt), "step": adam.step})
 
-    # finite: a finite gradient gives a finite Adam step
-    return stu.style_transfer.style_transfer(loss_fn, image, steps, lr, optimizer=adam,
-                                             on_step=on_step)
+    # to_student: graded in the sandbox, the student's loop calls these back here
+    try:
+        return stu.style_transfer.style_transfer(
+            to_student(loss_fn, ("__call__",)), image, steps, lr, optimizer=adam,
+            on_step=to_student(on_step, ("__call__",)))
+    except Exception:
+        if "exc" in stop:
+            raise stop["exc"] from None
+        raise
 
 
 def _run_lbfgs(evaluate, record, image, steps, bounds, state):
