@@ -228,7 +228,8 @@ class Grader(Points):
         try:
             self.session = Session(self.stu_pkg, mode=config.getoption("sandbox"),
                                    limits=Limits(memory=int(memory * GIB)),
-                                   timeout=call_timeout)
+                                   timeout=call_timeout,
+                                   hidden=hidden and os.path.abspath(hidden))
         except SandboxError as exc:
             raise pytest.UsageError(str(exc))
         self.sandbox_mode = self.session.mode

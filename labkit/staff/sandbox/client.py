@@ -117,8 +117,9 @@ def make_exception(err, limits=None):
 class Session:
     """One submission: its sandbox and the worker serving it now."""
 
-    def __init__(self, stu_pkg, mode="auto", limits=None, timeout=60.0, base=None):
-        self.sandbox = Sandbox(stu_pkg, mode=mode, limits=limits, base=base)
+    def __init__(self, stu_pkg, mode="auto", limits=None, timeout=60.0, base=None,
+                 hidden=None):
+        self.sandbox = Sandbox(stu_pkg, mode=mode, limits=limits, base=base, hidden=hidden)
         self.mode, self.limits = self.sandbox.mode, self.sandbox.limits
         self.timeout = timeout
         self.proc = None

@@ -711,7 +711,7 @@ class Watcher:
 class Sandbox:
     """How one submission's processes start (mode, uid, limits, scratch) and end."""
 
-    def __init__(self, stu_pkg, mode="auto", limits=None, base=None, watch=True):
+    def __init__(self, stu_pkg, mode="auto", limits=None, base=None, watch=True, hidden=None):
         self.mode = detect_mode(mode)
         self.limits = limits or Limits()
         self.uid = fresh_uid() if self.mode in ("bwrap", "uid") else None
@@ -720,7 +720,7 @@ class Sandbox:
         self.cgroup = Cgroup(os.path.basename(self.scratch.path), self.limits.total_memory,
                              self.limits.nproc)
         if self.mode == "uid":
-            self.check_uid_isolation()
+            self.check_uid_isolation(uid_secret_paths(hidden=hidden))
         self.watcher = Watcher(self) if watch else None
 
     def check_uid_isolation(self, paths=None):
@@ -879,9 +879,9 @@ class Sandbox:
 
 
 def uid_secret_paths(root=ROOT, hidden=None):
-    """Files the sandbox uid must not be able to read in mode uid: one file of each of the
-    reference solution, the tests, the hidden tests and the hidden fixtures' reference
-    outputs (a readable one is enough to refuse)."""
+    """Files the sandbox uid must not be able to read in mode uid: the ``.py`` files of the
+    reference solution, the tests and the hidden tests, and the hidden fixtures' reference
+    outputs (one readable file is enough to refuse)."""
     out = []
     for folder in (os.path.join(root, PACKAGE), os.path.join(root, "tests"),
                    hidden or os.path.join(root, "tests_hidden")):
@@ -889,10 +889,12 @@ def uid_secret_paths(root=ROOT, hidden=None):
             names = sorted(n for n in os.listdir(folder) if n.endswith(".py"))
         except OSError:
             continue
-        out += [os.path.join(folder, n) for n in names[:2]]
-    fixtures = os.environ.get("LABKIT_LAB_FIXTURES")
-    if fixtures:
-        out.append(os.path.join(fixtures, "reference_cat1.npz"))
+        out += [os.path.join(folder, n) for n in names[:50]]
+    import tempfile
+    for fixtures in (os.environ.get("LABKIT_LAB_FIXTURES"),
+                     os.path.join(tempfile.gettempdir(), "labkit-lab-fixtures-seed19")):
+        if fixtures and os.path.exists(os.path.join(fixtures, "reference_cat1.npz")):
+            out.append(os.path.join(fixtures, "reference_cat1.npz"))
     return out
 
 
