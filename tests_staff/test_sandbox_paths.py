@@ -320,13 +320,20 @@ def test_scratch_disk_limit_and_answer_bound(bases, tmp_path, monkeypatch):
     code = ("def fill(mb):\n    import os, time\n    with open(os.path.expanduser('~/big'), 'wb')"
             " as f:\n        for _ in range(mb):\n            f.write(b'x' * 1048576)\n"
             "    time.sleep(30)\n\ndef big(n):\n    import numpy\n    return numpy.ones(n)\n"
-            "\ndef env():\n    import os, sys\n    return [sorted(os.environ), sys.argv]\n")
+            "\ndef env():\n    import os, sys\n    return [sorted(os.environ), sys.argv]\n"
+            "\ndef tmpfill():\n    import os\n    n = 0\n    try:\n        for i in range(10):\n"
+            "            with open('/tmp/f%d' % i, 'wb') as f:\n                for _ in range(200):\n"
+            "                    f.write(b'x' * 1048576)\n                    f.flush()\n"
+            "                    n += 1\n    except OSError:\n        pass\n"
+            "    for i in range(10):\n        if os.path.exists('/tmp/f%d' % i):\n"
+            "            os.remove('/tmp/f%d' % i)\n    return n\n")
     stu = submission(bases, tmp_path, "kit", [("layer_1.py", code)])
     s = Session(str(stu), limits=Limits(memory=GIB, disk=32 << 20), timeout=60)
     try:
         names, argv = _fn(s, "layer_1", "env")()
         assert not any("TOKEN" in n or "PYTEST" in n for n in names), names
         assert not any(w in a.lower() for a in argv for w in ("labkit", "sandbox", "grad")), argv
+        assert 400 <= _fn(s, "layer_1", "tmpfill")() <= 512        # /tmp: 512 MiB at most
         with pytest.raises(StudentCrash, match="scratch folder passed the limit"):
             _fn(s, "layer_1", "fill")(64)
         monkeypatch.setattr(client, "MAX_ANSWER", 1 << 20)

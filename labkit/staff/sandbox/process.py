@@ -440,6 +440,51 @@ class Scratch:
         root's). Cheap enough to run before every call to student code."""
         hand_over(path or self.tmp, self.uid, keep=1, seen=self._seen)
 
+    def purge(self):
+        """Remove what the submission wrote (``work/``, ``output/``, its files under the
+        tests' folder) after it passed the disk limit, so the next worker starts under it;
+        through file descriptors (no link followed). Call with its processes killed."""
+        dflags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+        for top in (self.work, self.output_dir):
+            try:
+                fd = os.open(top, dflags)
+            except OSError:
+                continue
+            try:
+                for name in os.listdir(fd):
+                    try:
+                        if stat.S_ISDIR(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+                            shutil.rmtree(name, dir_fd=fd, ignore_errors=True)
+                        else:
+                            os.unlink(name, dir_fd=fd)
+                    except OSError:
+                        pass
+            finally:
+                os.close(fd)
+        os.makedirs(os.path.join(self.work, "tmp"), exist_ok=True)
+        hand_over(self.work, self.uid, keep=-1)
+        if self.uid is None:
+            return
+        stack = []
+        try:
+            stack.append(os.open(self.tmp, dflags))
+        except OSError:
+            pass
+        while stack:
+            fd = stack.pop()
+            try:
+                for name in os.listdir(fd):
+                    try:
+                        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                        if stat.S_ISDIR(st.st_mode):
+                            stack.append(os.open(name, dflags, dir_fd=fd))
+                        elif st.st_uid == self.uid:
+                            os.unlink(name, dir_fd=fd)
+                    except OSError:
+                        pass
+            finally:
+                os.close(fd)
+
     def usage(self, limit_files=DISK_FILES + 1):
         """(bytes, files) under ``work`` and ``tmp`` (no link followed), counting stops
         after ``limit_files`` entries."""
@@ -685,13 +730,14 @@ class Watcher:
         used, files = sb.scratch.usage(lim.files + 1)
         if used > lim.disk or files > lim.files:
             return (f"its files in the scratch folder passed the limit of {lim.disk / GIB:g} "
-                    f"GiB / {lim.files} files ({used / GIB:.2f} GiB, {files} files)")
+                    f"GiB / {lim.files} files ({used / GIB:.2f} GiB, {files} files; removed)",
+                    "disk")
         if not sb.cgroup.memory_bounded:
             pids = sb.members()
             rss = _rss_of(pids)
             if rss > lim.total_memory:
                 return (f"its processes together held {rss / GIB:.2f} GiB, past the "
-                        f"{lim.total_memory / GIB:g} GiB per submission")
+                        f"{lim.total_memory / GIB:g} GiB per submission", "memory")
         return None
 
     def _run(self):
@@ -701,8 +747,13 @@ class Watcher:
             except Exception:       # the watcher must not die of a vanished folder
                 why = None
             if why:
-                self.violation = why
-                self.sandbox.kill_stragglers()
+                self.violation = why[0]
+                try:
+                    self.sandbox.kill_stragglers()
+                    if why[1] == "disk":
+                        self.sandbox.scratch.purge()
+                except Exception:
+                    pass
 
     def stop(self):
         self._stop.set()
