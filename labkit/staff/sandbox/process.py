@@ -279,14 +279,14 @@ def copy_submission(src, dest, limit=MAX_SUBMISSION_BYTES):
             if name.endswith(".py") and name[:-3] not in expected:
                 notes.append(f"refused {shown}: not one of the kit's module files")
                 continue
-            total += st.st_size
-            if total > limit:
-                raise SandboxError(f"submission larger than {limit >> 20} MB")
             ffd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
             with os.fdopen(ffd, "rb") as fi:
                 if not stat.S_ISREG(os.fstat(ffd).st_mode):
                     continue
-                data = fi.read(limit + 1)
+                data = fi.read(limit - total + 1)
+            total += len(data)
+            if total > limit:
+                raise SandboxError(f"submission larger than {limit >> 20} MB")
             with open(os.path.join(dest, name), "xb") as fo:
                 fo.write(data)
     finally:
