@@ -18,7 +18,7 @@ from labkit.runtime.runlog import preserve_colors
 from labkit.runtime.transfer import Objective, run_transfer, tv_loss
 from labkit.runtime import nofollow
 from labkit.runtime import vgg19_spec as spec
-from labkit.runtime.student import seed_numpy, stu, to_student
+from labkit.runtime.student import seed_numpy, stu, student_folder, to_student
 
 FEATURE_LAYER_NAMES = spec.FEATURE_LAYER_NAMES
 
@@ -201,9 +201,10 @@ def test_ctrl_c_saves_image_and_log(tiny_mat, tmp_path):
 def test_save_load_round_trip(tiny_mat, tmp_path):
     vgg = build(tiny_mat, last_layer="relu1_1")
     image = get_random_img(images(vgg)[0], 0.5, np.random.default_rng(0))
-    path = str(tmp_path / "x.png")
-    rgb = vgg.save_image(image, (1, 3, 32, 48), path)
-    back, shape = vgg.load_image(path, 32, 48)
+    with student_folder(tmp_path / "saved") as saved:     # where the student's code writes
+        path = str(saved / "x.png")
+        rgb = vgg.save_image(image, (1, 3, 32, 48), path)
+        back, shape = vgg.load_image(path, 32, 48)
     assert shape == (32, 48, 3)
     expected = np.clip(np.round(image[0].transpose(1, 2, 0) + vgg.mean_pixel), 0, 255)
     assert np.array_equal(rgb, expected.astype(np.uint8))
@@ -218,9 +219,9 @@ def test_load_image_and_save_image_follow_the_original_protocol(tiny_mat, tmp_pa
     save_rgb(make_demo_image(30, 50, seed=2), src)
     image, shape = vgg.load_image(src, 24, 40)
     assert image.shape == (1, 3, 24, 40) and tuple(shape) == (30, 50, 3)
-    out = str(tmp_path / "out.png")
-    rgb = vgg.save_image(image, shape, out)
-    assert rgb.shape == (30, 50, 3) and load_rgb(out).shape == (30, 50, 3)
+    with student_folder(tmp_path / "saved") as saved:     # where the student's code writes
+        rgb = vgg.save_image(image, shape, str(saved / "out.png"))
+    assert rgb.shape == (30, 50, 3) and load_rgb(str(saved / "out.png")).shape == (30, 50, 3)
     # the round trip through 24x40 is close to the source picture (bilinear both ways)
     assert np.abs(rgb.astype(float) - make_demo_image(30, 50, seed=2)).mean() < 20
 

@@ -185,6 +185,8 @@ def make_full_fixture(folder):
         _atomic(ref, lambda p: np.savez(p, pool5=acts["pool5"], prob=acts["prob"],
                                         image=x))
     os.chmod(ref, 0o600)            # the expected outputs: never readable by student code
+    for path in (image, mat, quant):    # shared with the sandbox as they are (a hard link)
+        os.chmod(path, 0o644)
     _verify(folder, [IMAGE_NAME, MAT_NAME, QUANT_NAME, REF_NAME])
     with np.load(ref) as data:
         out = {k: data[k] for k in data.files}

@@ -23,7 +23,7 @@ from labkit.engine.conv_algos import (conv2d_input_grad_reference, conv2d_refere
 from labkit.runtime import nofollow
 from labkit.runtime.gradcheck import check_directional
 from labkit.runtime.compare import expect, expect_close, expect_shape
-from labkit.runtime.student import seed_numpy, stu, to_student
+from labkit.runtime.student import seed_numpy, stu, student_folder, to_student
 from lab_support import RefReLU, deferred, unwrap
 
 TOL = 1e-10
@@ -290,10 +290,10 @@ def test_feature_network_forward_backward(feature_net, full_fixture, tmp_path):
                       grad, x, dloss, directions=2, eps=1e-5, seed=51, threshold=1e-5,
                       reference=reference, forward_threshold=1e-9)
     # save_image resizes back to the picture's shape
-    out = str(tmp_path / "out.jpg")
-    vgg.save_image(x, shape, out)
+    with student_folder(tmp_path / "saved") as saved:     # where the student's code writes
+        vgg.save_image(x, shape, str(saved / "out.jpg"))
     from PIL import Image
-    with Image.open(nofollow.open(tmp_path, "out.jpg")) as im:
+    with Image.open(nofollow.open(tmp_path, "saved/out.jpg")) as im:
         expect(im.size == (400, 300), f"save_image(image, original_shape, path) wrote a "
                f"{im.size[0]}x{im.size[1]} picture, expected 400x300 (the original shape)")
 

@@ -209,6 +209,166 @@ def test_hand_over_race_swapping_folders_for_links(tmp_path):
     assert unchanged(v)
 
 
+# ------------------------------- 1. opt-in hand-over: only folders a test gives, for a while
+def _as_uid(uid, fn, cwd):
+    """``fn()`` in a child running as ``uid`` (the sandbox user) in ``cwd`` (entered as
+    root: pytest's folders above are root's 0700): its exit status."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.chdir(cwd)
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            fn()
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def test_hand_over_gives_only_the_given_folders(tmp_path):
+    """Folders no test gave stay root's (group uid, 0750: readable, not writable); what the
+    uid left there while it could write (a link to a host file, a FIFO, its file) is
+    removed or made root's; a given folder and what is below it are the uid's."""
+    from labkit.staff.sandbox.process import hand_over
+    v = victim_folder(tmp_path)
+    top = tmp_path / "tmp"
+    mine, root_side = top / "t" / "test_x0" / "mine", top / "t" / "examples0" / "tmpab"
+    (mine / "sub").mkdir(parents=True)
+    root_side.mkdir(parents=True)
+    os.chmod(root_side, 0o700)
+    (root_side / "input.npy").write_bytes(b"data")
+    seen = {}
+    hand_over(str(top), 4242, keep=1, seen=seen, given=[str(top / "t" / "examples0")])
+    # while examples0 was given the uid planted things; now a test takes it back
+    os.symlink(v / "f", root_side / "pool5.npy")
+    os.lchown(root_side / "pool5.npy", 4242, 4242)
+    os.mkfifo(root_side / "fifo")
+    os.chown(root_side / "fifo", 4242, 4242)
+    (root_side / "theirs.npy").write_bytes(b"x")
+    os.chown(root_side / "theirs.npy", 4242, 4242)
+    os.symlink(v / "f", root_side / "test_link")        # the test's own link: kept
+    hand_over(str(top), 4242, keep=1, seen=seen, given=[str(mine)])
+    assert sorted(os.listdir(root_side)) == ["input.npy", "test_link", "theirs.npy"]
+    for d in (root_side, top / "t" / "examples0", top / "t" / "test_x0"):
+        st = os.lstat(d)
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, 4242, 0o750), d
+    assert os.lstat(root_side / "theirs.npy").st_uid == 0
+    assert os.lstat(root_side / "input.npy").st_uid == 0
+    assert os.lstat(mine).st_uid == 4242 and os.lstat(mine / "sub").st_uid == 4242
+    assert unchanged(v)
+    # the uid can read the test's file, not add a link next to it
+    assert _as_uid(4242, lambda: open("tmpab/input.npy", "rb").read(), root_side.parent) == 0
+    assert _as_uid(4242, lambda: os.symlink(v / "f", "tmpab/pool5.npy"), root_side.parent) == 1
+    assert _as_uid(4242, lambda: os.symlink(v / "f", "mine/pool5.npy"), mine.parent) == 0
+
+
+def test_root_side_writer_in_a_folder_student_code_ran_in(tmp_path):
+    """The red-team's rootwrite: the in-process exp 3.1 driver (root) calls student code
+    with its output in a test folder; the student's uid plants pool5.npy -> a host file
+    before root writes the dump through atomic_path. Before: the folder was handed over at
+    the first call and root rewrote the host file."""
+    from labkit.runtime.cli import atomic_path
+    from labkit.staff.sandbox.process import Scratch
+    v = victim_folder(tmp_path)
+    sc = Scratch(os.path.join(ROOT, "stu_upload"), base=str(tmp_path), uid=4242)
+    try:
+        folder = os.path.join(sc.tmp, "t", "examples0", "tmpab")
+        os.makedirs(folder)
+        sc.give()                   # a call into student code
+        target = os.path.join(folder, "pool5.npy")
+        assert _as_uid(4242, lambda: os.symlink(v / "f", "tmpab/pool5.npy"),
+                       os.path.dirname(folder)) == 1
+        with atomic_path(target) as tmp:
+            np.save(tmp, np.ones(3))
+        assert unchanged(v) and not os.path.islink(target)
+    finally:
+        sc.remove()
+
+
+def test_driver_folders_are_leased_and_taken_back(tmp_path):
+    """A driver may write in its folders while it runs (a link too); when it ends they are
+    root's again and the link is gone before the test reads: the red-team's ckleak2 (the
+    test copied a driver's checkpoint that the submission had swapped for a link)."""
+    from labkit.staff.sandbox.drivers import _driver_folders
+    from labkit.staff.sandbox.process import Scratch
+    v = victim_folder(tmp_path)
+    sc = Scratch(os.path.join(ROOT, "stu_upload"), base=str(tmp_path), uid=4242)
+    try:
+        folder = os.path.join(sc.tmp, "t", "ckpt0")
+        os.makedirs(folder)
+        other = os.path.join(sc.tmp, "t", "test_y0")
+        os.makedirs(other)
+        leased = sc.lease(_driver_folders(
+            folder, ["--output-dir", os.path.join(folder, "out", "a"),
+                     f"--resume={other}/x_checkpoint.npz", "/etc/passwd",
+                     os.path.join(sc.tmp, "t")], sc.tmp))
+        assert leased == [folder, other]
+        ck = os.path.join(folder, "x_checkpoint.npz")
+        t = os.path.dirname(folder)
+        assert _as_uid(4242, lambda: os.symlink(v / "f", "ckpt0/x_checkpoint.npz"), t) == 0
+        sc.take_back(leased)
+        assert not os.path.lexists(ck)
+        assert _as_uid(4242, lambda: os.symlink(v / "f", "ckpt0/x_checkpoint.npz"), t) == 1
+        assert os.lstat(folder).st_uid == 0 and unchanged(v)
+    finally:
+        sc.remove()
+
+
+def test_share_never_follows_a_link_nor_changes_a_mode(tmp_path):
+    """share() of a link (a fixture folder someone else prepared) is refused; a private
+    file is copied, the grader's file keeps its mode (before: realpath, a hard link and
+    chmod 0444 of the target, a dummy 0600 file became world-readable)."""
+    from labkit.staff.sandbox.process import SandboxError, Scratch
+    secret = tmp_path / "secret.py"
+    secret.write_text("hidden\n")
+    os.chmod(secret, 0o600)
+    os.symlink(secret, tmp_path / "imagenet-vgg-verydeep-19.mat")
+    sc = Scratch(os.path.join(ROOT, "stu_upload"), base=str(tmp_path), uid=4242)
+    try:
+        with pytest.raises(SandboxError, match="link"):
+            sc.share(str(tmp_path / "imagenet-vgg-verydeep-19.mat"))
+        dest = sc.share(str(secret))
+        assert stat.S_IMODE(os.lstat(secret).st_mode) == 0o600
+        assert os.lstat(dest).st_ino != os.lstat(secret).st_ino
+        assert open(dest).read() == "hidden\n" and stat.S_IMODE(os.lstat(dest).st_mode) == 0o444
+        public = tmp_path / "cat1.jpg"
+        public.write_bytes(b"jpg")
+        os.chmod(public, 0o644)
+        assert os.lstat(sc.share(str(public))).st_ino == os.lstat(public).st_ino
+        assert stat.S_IMODE(os.lstat(public).st_mode) == 0o644
+    finally:
+        sc.remove()
+
+
+@pytest.mark.slow
+def test_planted_links_never_reach_root_side_reads_and_writes(tmp_path):
+    """The red-team's rootwrite.sh and ckleak2.sh in one grading: a daemon in the worker
+    plants links to a host file in every test folder it can write to, while the in-process
+    exp 3.1 driver writes pool5.npy (root) and the checkpoint tests copy a driver's
+    checkpoint (root). Before: the host file became the student's pool5 dump."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("host file\n")
+    os.chmod(victim, 0o600)
+    stu = tmp_path / "sub" / "stu_upload"
+    shutil.copytree(os.path.join(ROOT, "stu_upload"), stu,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    with open(stu / "__init__.py", "a", encoding="utf-8") as f:
+        f.write(attacks.PLANT_LINKS_DAEMON.replace("{VICTIM}", str(victim)))
+    report, proc = grade(stu, tmp_path, [
+        "tests/test_layer_1.py::test_relu_gradient",
+        "tests/test_edges_commands.py::test_exp_3_1_file_kinds",
+        "tests/test_edges_checkpoint.py::test_the_real_checkpoint_passes",
+        "tests/test_edges_checkpoint.py::test_resume_without_its_log",
+        "--test-timeout=300"], manifest="none")
+    assert report is not None, proc.stdout[-2000:] + proc.stderr[-2000:]
+    print("ATTACK plant_links", {r["test"].split("::")[-1]: r["result"]
+                                 for r in report["tests"]})
+    assert victim.read_text() == "host file\n", "root wrote through the submission's link"
+    assert stat.S_IMODE(os.lstat(victim).st_mode) == 0o600
+
+
 # --------------------------------------------------------------- 1. nofollow helpers
 def test_nofollow_reads_and_writes_refuse_links(tmp_path):
     from labkit.runtime import nofollow

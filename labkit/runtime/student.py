@@ -27,8 +27,10 @@ The original kit keeps ``AdamOptimizer`` and ``get_random_img`` in the style-tra
 ``layer_3``). A module is imported only when one of its attributes is read, so a student's
 SyntaxError in one file costs only the tests that touch that file.
 """
+import contextlib
 import importlib
 import os
+import pathlib
 import sys
 
 PACKAGE = "stu_upload"
@@ -67,7 +69,7 @@ class StudentModuleMissing(ImportError):
     """No file of a logical student module is in the stu_upload folder."""
 
 
-_FOLDER = {"path": None, "seed_hook": None, "export_hook": None}
+_FOLDER = {"path": None, "seed_hook": None, "export_hook": None, "folder_hook": None}
 
 
 def use_package_dir(folder):
@@ -106,6 +108,32 @@ def to_student(obj, methods=("forward", "backward")):
     if _FOLDER["export_hook"] is None:
         return obj
     return _FOLDER["export_hook"](obj, methods)
+
+
+def use_folder_hook(hook):
+    """``hook(folder, give)`` lets student code that runs elsewhere (the sandboxed grader's
+    worker, another user) write in a test's ``folder`` (``give`` True) or ends that (False);
+    None: student code runs in this process, with the test's rights."""
+    _FOLDER["folder_hook"] = hook
+
+
+@contextlib.contextmanager
+def student_folder(folder):
+    """``with student_folder(tmp_path / "out") as out: vgg.save_image(..., out / "x.png")``:
+    the folder (made if missing) where the student's code may write while the block runs.
+    Graded in the sandbox only such folders are the student's; when the block ends the
+    grader takes the folder back (a link the student's code left there is removed) before
+    the test reads it. Elsewhere it is just the folder."""
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    hook = _FOLDER["folder_hook"]
+    if hook is not None:
+        hook(str(folder), True)
+    try:
+        yield folder
+    finally:
+        if hook is not None:
+            hook(str(folder), False)
 
 
 def runs_here():

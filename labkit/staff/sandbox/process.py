@@ -300,33 +300,79 @@ def _hand_over_fd(fd, uid, mode):
     os.fchmod(fd, mode)
 
 
-def hand_over(top, uid, keep=0, seen=None, max_entries=200_000):
-    """Make the folders under ``top`` that the grader (root) made writable by ``uid``:
-    through file descriptors only (every entry opened with O_NOFOLLOW relative to its
-    folder's fd, then fchown/fchmod), so a link or a swapped folder planted by the
-    submission is never followed. Folders at depth <= ``keep`` stay root's (mode 0711: they
-    can be passed through, not renamed into); root-owned regular files with one link are
-    handed over too (a test's input that student code rewrites). ``seen``: {(dev, ino):
-    mtime_ns} of folders already done (rescanned only when changed)."""
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+
+
+def _under(path, roots):
+    return any(path == r or path.startswith(r + os.sep) for r in roots)
+
+
+def _claim_entry(fd, name, est, uid):
+    """An entry of a folder the grader has just made its own again: the sandbox uid's links,
+    FIFOs and sockets are removed (root would follow or block on them), its files become
+    root's (group ``uid``, mode kept: readable, no longer writable by it)."""
+    if est.st_uid != uid:
+        return
+    if stat.S_ISLNK(est.st_mode) or stat.S_ISFIFO(est.st_mode) or stat.S_ISSOCK(est.st_mode):
+        try:
+            os.unlink(name, dir_fd=fd)
+        except OSError:
+            pass
+    elif stat.S_ISREG(est.st_mode):
+        try:
+            ffd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
+        except OSError:
+            return
+        try:
+            fst = os.fstat(ffd)
+            if stat.S_ISREG(fst.st_mode) and fst.st_uid == uid:
+                os.fchown(ffd, 0, uid)
+                os.fchmod(ffd, stat.S_IMODE(fst.st_mode) & 0o755)
+        finally:
+            os.close(ffd)
+
+
+def hand_over(top, uid, keep=0, seen=None, max_entries=200_000, given=None):
+    """Set who may write the folders under ``top``, through file descriptors only (every
+    entry opened with O_NOFOLLOW relative to its folder's fd, then fchown/fchmod), so a link
+    or a swapped folder planted by the submission is never followed.
+
+    Folders at depth <= ``keep`` stay root's (mode 0711: passed through, not renamed into).
+    Below: ``given`` None hands every folder to ``uid`` (mode 0700; root-owned regular files
+    with one link too: a test's input that student code rewrites). Otherwise only the
+    folders in ``given`` (absolute paths) and everything below them are handed over; every
+    other folder is made root's (group ``uid``, mode 0750: the sandbox may read what a test
+    gives it, never add, replace or link an entry) and what the uid left in it (links,
+    FIFOs, sockets) is removed, its files made root's. ``seen``: {(dev, ino): (mtime_ns,
+    given)} of folders already done (their entries rescanned only when changed)."""
     if uid is None:
         return
     seen = {} if seen is None else seen
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    roots = None if given is None else [os.path.normpath(g) for g in given]
     try:
-        top_fd = os.open(top, flags)
+        top_fd = os.open(top, _DIR_FLAGS)
     except OSError:
         return
-    stack, count = [(top_fd, 0)], 0
+    stack, count = [(top_fd, 0, os.path.normpath(top), False)], 0
     while stack:
-        fd, depth = stack.pop()
+        fd, depth, path, inside = stack.pop()
         try:
             st = os.fstat(fd)
-            if st.st_uid == 0 and depth > keep:
-                _hand_over_fd(fd, uid, 0o700)
-            elif depth <= keep and st.st_uid == 0:
+            mine = depth > keep and (roots is None or inside or _under(path, roots))
+            if depth <= keep:
+                if st.st_uid != 0:
+                    os.fchown(fd, 0, 0)
                 os.fchmod(fd, 0o711)
+            elif mine:
+                if st.st_uid == 0:
+                    _hand_over_fd(fd, uid, 0o700)
+            else:
+                if st.st_uid != 0 or st.st_gid != uid:
+                    os.fchown(fd, 0, uid)       # first: then no entry can be added
+                if stat.S_IMODE(st.st_mode) != 0o750:
+                    os.fchmod(fd, 0o750)
             key = (st.st_dev, st.st_ino)
-            changed = seen.get(key) != st.st_mtime_ns
+            changed = seen.get(key) != (st.st_mtime_ns, mine)
             for name in os.listdir(fd):
                 count += 1
                 if count > max_entries:
@@ -337,11 +383,15 @@ def hand_over(top, uid, keep=0, seen=None, max_entries=200_000):
                     continue
                 if stat.S_ISDIR(est.st_mode):
                     try:
-                        stack.append((os.open(name, flags, dir_fd=fd), depth + 1))
+                        stack.append((os.open(name, _DIR_FLAGS, dir_fd=fd), depth + 1,
+                                      os.path.join(path, name), mine))
                     except OSError:
                         pass
-                elif changed and stat.S_ISREG(est.st_mode) and est.st_uid == 0 and \
-                        est.st_nlink == 1 and depth > keep:
+                elif not changed or depth <= keep:
+                    continue
+                elif not mine:
+                    _claim_entry(fd, name, est, uid)
+                elif stat.S_ISREG(est.st_mode) and est.st_uid == 0 and est.st_nlink == 1:
                     try:
                         ffd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK,
                                       dir_fd=fd)
@@ -354,7 +404,7 @@ def hand_over(top, uid, keep=0, seen=None, max_entries=200_000):
                             os.fchown(ffd, uid, uid)
                     finally:
                         os.close(ffd)
-            seen[key] = os.fstat(fd).st_mtime_ns
+            seen[key] = (st.st_mtime_ns, mine)
         except OSError:
             pass
         finally:
@@ -376,6 +426,7 @@ class Scratch:
         self.log = os.path.join(self.path, "output.log")
         self.uid = uid
         self._seen = {}
+        self._given, self._leases = set(), {}
         with open(os.path.join(self.path, MARKER), "w", encoding="utf-8") as f:
             f.write("labkit grading scratch folder\n")     # (root's: a killed grader's
         #                                                      leftovers are recognised by it)
@@ -415,30 +466,107 @@ class Scratch:
 
     def share(self, path):
         """A read-only copy of the grader's file ``path`` that the sandboxed processes can
-        read (a hard link when on the same file system: the file becomes world-readable and
-        stays owned by the grader, so they cannot change it); returns its path. For test
-        data such as the full-size lab fixture, never for answers."""
-        path = os.path.realpath(path)
-        if not os.path.isfile(path):
-            raise SandboxError(f"cannot share {path}: not a file")
-        dest = os.path.join(self.share_dir, __import__("hashlib").sha1(path.encode()).hexdigest()[:12],
-                            os.path.basename(path))
-        if not os.path.exists(dest):
-            os.makedirs(os.path.dirname(dest), mode=0o755, exist_ok=True)
-            os.chmod(os.path.dirname(dest), 0o755)
-            try:
-                os.link(path, dest)
-            except OSError:
-                shutil.copyfile(path, dest)
-            os.chmod(dest, 0o444)
-        return dest
+        read; returns its path. For test data such as the full-size lab fixture, never for
+        answers. ``path`` is opened with O_NOFOLLOW (a link is refused: SandboxError) and
+        only that open file is shared: a hard link to it (kept only when it links the
+        very inode that was checked) when it is the grader's own regular file, already
+        readable by others and writable by no one else; else a copy read from the open
+        file. No mode of the grader's file is ever changed."""
+        import hashlib
+        path = os.path.abspath(path)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK |
+                         getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:
+            raise SandboxError(f"cannot share {path}: {exc.strerror} (a link is refused)")
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise SandboxError(f"cannot share {path}: not a regular file")
+            folder = os.path.join(self.share_dir, hashlib.sha1(
+                f"{path}:{st.st_dev}:{st.st_ino}".encode()).hexdigest()[:12])
+            dest = os.path.join(folder, os.path.basename(path))
+            if os.path.lexists(dest):
+                return dest
+            os.makedirs(folder, mode=0o755, exist_ok=True)
+            os.chmod(folder, 0o755)
+            mode = stat.S_IMODE(st.st_mode)
+            if st.st_uid == os.geteuid() and mode & 0o004 and not mode & 0o022:
+                try:            # the entry now; kept only when it is the inode checked
+                    os.link(path, dest, follow_symlinks=False)
+                    lst = os.lstat(dest)
+                    if stat.S_ISREG(lst.st_mode) and (lst.st_dev, lst.st_ino) == (
+                            st.st_dev, st.st_ino):
+                        return dest
+                    os.unlink(dest)
+                except OSError:
+                    pass
+            out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o444)
+            with os.fdopen(out, "wb") as fo:
+                os.lseek(fd, 0, os.SEEK_SET)
+                os.set_blocking(fd, True)
+                while True:
+                    block = os.read(fd, 1 << 22)
+                    if not block:
+                        break
+                    fo.write(block)
+            return dest
+        finally:
+            os.close(fd)
 
     def give(self, path=None):
-        """Hand what the grader made under the tests' folder (``tmp``: pytest's base folder
-        and below it each test's own folder) to the sandbox uid before student code runs
-        there: ``hand_over`` (file descriptors, no link followed; the base folder stays
-        root's). Cheap enough to run before every call to student code."""
-        hand_over(path or self.tmp, self.uid, keep=1, seen=self._seen)
+        """Before student code runs (each call into it, each driver): the folders under the
+        tests' folder ``tmp`` that a test gave to student code (``give_folder``, a driver's
+        working and output folders while it runs: ``lease``) are handed to the sandbox uid;
+        every other folder there is the grader's (readable by the uid, not writable) and
+        what the uid left in it is removed (``hand_over``: file descriptors, no link
+        followed). Cheap enough to run before every call to student code."""
+        hand_over(path or self.tmp, self.uid, keep=1, seen=self._seen,
+                  given=self._given | set(self._leases))
+
+    def _in_tmp(self, folder):
+        folder = os.path.normpath(os.path.abspath(str(folder)))
+        rel = os.path.relpath(folder, self.tmp)
+        if rel == ".." or rel.startswith(".." + os.sep) or len(rel.split(os.sep)) < 2:
+            return None             # outside; tmp and tmp/t stay the grader's
+        return folder
+
+    def give_folder(self, folder):
+        """Give ``folder`` (a test's own folder under ``tmp``) to student code for good: it
+        may write there, links included (read what it wrote with labkit.runtime.nofollow,
+        or take it back first: ``take_back``). Returns whether it was given (False: not a
+        test's folder)."""
+        folder = self._in_tmp(folder)
+        if folder is None:
+            return False
+        self._given.add(folder)
+        self.give()
+        return True
+
+    def lease(self, folders):
+        """Give ``folders`` (test folders under ``tmp``) to student code until
+        ``take_back`` (a driver's, while it runs). Returns the folders leased."""
+        got = [f for f in map(self._in_tmp, folders) if f is not None]
+        for f in got:
+            self._leases[f] = self._leases.get(f, 0) + 1
+        if got:
+            self.give()
+        return got
+
+    def take_back(self, folders):
+        """End a lease (or a ``give_folder``): the folders are the grader's again, the uid's
+        links, FIFOs and sockets in them removed and its files made root's, before the
+        grader reads them."""
+        for f in map(self._in_tmp, folders):
+            if f is None:
+                continue
+            self._given.discard(f)
+            n = self._leases.get(f, 0) - 1
+            if n > 0:
+                self._leases[f] = n
+            else:
+                self._leases.pop(f, None)
+        self.give()
 
     def purge(self):
         """Remove what the submission wrote (``work/``, ``output/``, its files under the
