@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 
+from labkit.runtime import nofollow
 from labkit.runtime.checkpoint import load_checkpoint, resolve, save_checkpoint
 from labkit.runtime.colour import histogram_transfer, match_channel, render
 from labkit.runtime.gradcheck import GradientCheckError, check_vjp
@@ -233,7 +234,13 @@ DEMO = ["--demo", "--skip-speed-test", "--no-progress", "--conv", "lab", "--heig
 
 
 def _final_image(folder):
-    (path,) = glob.glob(os.path.join(folder, "*_checkpoint.npz"))
+    """The checkpoint's image and step, read without following a link (the folder is the
+    student's when graded: a private copy for load_checkpoint, which takes a path)."""
+    import tempfile
+    (rel,) = nofollow.glob(folder, "*_checkpoint.npz")
+    path = os.path.join(tempfile.mkdtemp(), os.path.basename(rel))
+    with open(path, "wb") as f:
+        f.write(nofollow.read_bytes(folder, rel))
     ck = load_checkpoint(path)
     return ck["image"], ck["step"]
 
@@ -273,7 +280,8 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, dtype, extra, k,
     else:
         assert rel <= 1e-5
     assert not np.array_equal(resumed, image_k)               # control: it did go on
-    rows = open(glob.glob(str(tmp_path / "b" / "*_log.csv"))[0]).read().splitlines()
+    with nofollow.open(tmp_path, nofollow.glob(tmp_path, "b/*_log.csv")[0], "r") as f:
+        rows = f.read().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == [str(i) for i in range(1, 7)]
     assert glob.glob(str(tmp_path / "b" / "*_sheet.png"))
     assert not [p for p in os.listdir(tmp_path / "b") if ".tmp" in p]

@@ -676,3 +676,47 @@ def test_plugin_refuses_a_spaced_stu_dir(tmp_path, fixed):
     out = r.stdout + r.stderr
     assert r.returncode == 4 and "not graded" in out and "labkit.staff.grade" in out, out[-3000:]
     assert not json_path.exists() and "GRADE:" not in r.stdout
+
+
+# ------------------------- the reference's full marks: grader callbacks in the student loop
+def test_interrupt_in_a_grader_callback_keeps_the_worker(bases, tmp_path):
+    """A test's hook raises KeyboardInterrupt inside a grader function that the student's
+    loop calls back (exp 3.3's on_step): the grader sees its KeyboardInterrupt, the student's
+    code is interrupted where it called, and the worker (with the objects it holds) lives on.
+    Before, the worker was killed: the interrupted run's network was lost."""
+    from labkit.staff.sandbox.client import Session
+    from labkit.staff.sandbox.process import GIB, Limits
+    code = ("def loop(cb, n):\n    for i in range(n):\n        cb(i)\n    return n\n\n"
+            "def ping():\n    return 'pong'\n")
+    stu = submission(bases, tmp_path, "kit", [("layer_1.py", code)])
+    s = Session(str(stu), limits=Limits(memory=GIB), timeout=60)
+    seen = []
+
+    def hook(i):
+        seen.append(i)
+        if i == 2:
+            raise KeyboardInterrupt
+
+    try:
+        loop, ping = _fn(s, "layer_1", "loop"), _fn(s, "layer_1", "ping")
+        gen = s.generation
+        with pytest.raises(KeyboardInterrupt):
+            loop(s.export(hook, ("__call__",)), 5)
+        assert seen == [0, 1, 2]
+        assert s.generation == gen and ping() == "pong" and s.generation == gen
+        assert loop(s.export(lambda i: None, ("__call__",)), 3) == 3      # control
+    finally:
+        s.close()
+
+
+@pytest.mark.slow
+def test_reference_interrupted_and_resumed_passes_sandboxed(tmp_path):
+    """Red-team correctness finding: the reference failed this test when graded ("WireError:
+    a function cannot be sent"): exp 3.3's loop callbacks and the engine's loss layers go to
+    the student's code through to_student."""
+    report, proc = grade(os.path.join(ROOT, "stu_upload"), tmp_path, [
+        "tests/test_style_features.py::test_interrupted_and_resumed_equals_uninterrupted"])
+    assert report is not None, (proc.stdout + proc.stderr)[-3000:]
+    results = {r["test"]: r for r in report["tests"]}
+    assert len(results) >= 4 and all(r["result"] == "passed" for r in results.values()), \
+        [(t, r["result"], r["message"]) for t, r in results.items()]

@@ -292,6 +292,9 @@ class Session:
             return wire.pack({"cbok": tree}, out)
         except (wire.WireError, StudentError):     # the worker is gone or misbehaved
             raise
+        except KeyboardInterrupt as exc:    # the grader's own (a test's hook, Ctrl-C): the
+            self._interrupt = exc           # student's code is interrupted where it called,
+            return wire.pack({"cbint": 1}, [])  # the worker lives on; request() raises exc
         except Exception as exc:
             return wire.pack({"cberr": _cap(f"{type(exc).__name__}: {exc}")}, [])
 
@@ -346,8 +349,14 @@ class Session:
                 raise StudentCrash("grading of this submission has ended")
             if op in ("call", "setattr", "setitem") and self.before_call is not None:
                 self.before_call()
-            header, ans_blobs = self._request(dict(fields, op=op), list(blobs),
-                                              self.timeout if timeout is None else timeout)
+            self._interrupt = None
+            try:
+                header, ans_blobs = self._request(dict(fields, op=op), list(blobs),
+                                                  self.timeout if timeout is None else timeout)
+            finally:
+                interrupt, self._interrupt = getattr(self, "_interrupt", None), None
+            if interrupt is not None:       # a grader callback raised KeyboardInterrupt: the
+                raise interrupt             # grader's (never one the worker reports)
             gen = self.generation
             out = header.get("out")
             if isinstance(out, str) and out:    # the student's prints: where tests see them

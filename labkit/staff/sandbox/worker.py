@@ -126,6 +126,8 @@ def callback(gid, name, args, kwargs):
             return _dec(header["cbok"], in_blobs)
         if "cberr" in header:
             raise GraderCallError(str(header["cberr"])[:300])
+        if "cbint" in header:           # the grader's callback was interrupted (Ctrl-C, a
+            raise KeyboardInterrupt     # test's hook): so is the student's code that called
         fout.write(answer(header, in_blobs))
         fout.flush()
 
