@@ -365,7 +365,7 @@ def test_planted_links_never_reach_root_side_reads_and_writes(tmp_path):
     assert report is not None, proc.stdout[-2000:] + proc.stderr[-2000:]
     print("ATTACK plant_links", {r["test"].split("::")[-1]: r["result"]
                                  for r in report["tests"]})
-    assert victim.read_text() == "host file\n", "root wrote through the submission's link"
+    assert victim.read_bytes() == b"host file\n", "root wrote through the submission's link"
     assert stat.S_IMODE(os.lstat(victim).st_mode) == 0o600
 
 
