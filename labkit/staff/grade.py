@@ -25,7 +25,7 @@ from labkit.staff.points import ROOT
 # a space is kept with its option (never taken for a test path)
 PATH_OPTIONS = ("--stu-dir", "--hidden", "--grade-json", "--grade-csv", "--grade-manifest",
                 "--grade-profile", "--basetemp")
-VALUE_OPTIONS = PATH_OPTIONS + ("--test-timeout", "--sandbox", "--sandbox-memory",
+VALUE_OPTIONS = PATH_OPTIONS + ("--test-timeout", "--setup-timeout", "--sandbox", "--sandbox-memory",
                                 "--call-timeout", "-k", "-m", "--tb", "-p", "-o",
                                 "--maxfail", "--deselect", "-W", "--durations")
 

@@ -71,6 +71,9 @@ def pytest_addoption(parser):
     g.addoption("--grade-csv", metavar="PATH", help="write the per-test grades as CSV")
     g.addoption("--test-timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                 help="per-test time limit while grading (0: none)")
+    g.addoption("--setup-timeout", type=float, default=None, metavar="SECONDS",
+                help="time limit of a test's set-up, where module fixtures shared by many "
+                "tests are built (default: 3 x --test-timeout; 0: none)")
     g.addoption("--sandbox", default="auto",
                 choices=("auto", "bwrap", "uid", "none", "off"),
                 help="with --stu-dir: how student code is isolated (auto: the strongest that "
@@ -154,6 +157,8 @@ class Grader(Points):
         self.config = config
         self.root = str(config.rootpath)
         self.timeout = config.getoption("test_timeout") or 0
+        setup = config.getoption("setup_timeout")
+        self.setup_timeout = 3 * self.timeout if setup is None else setup
         self.results, self.collect_errors, self.deselected = {}, {}, set()
         self.init_error = None
         self._keyword = None        # (-k expression, compiled or None if it does not compile)
@@ -289,13 +294,14 @@ class Grader(Points):
         self.deselected.update(self.canonical(i.nodeid) for i in items)
 
     @contextlib.contextmanager
-    def _time_limit(self):
-        """SIGALRM after --test-timeout seconds (main thread, where setitimer exists)."""
-        if not self.timeout or not hasattr(signal, "setitimer") or \
+    def _time_limit(self, limit=None):
+        """SIGALRM after ``limit`` (default --test-timeout) seconds (main thread, where
+        setitimer exists)."""
+        limit = self.timeout if limit is None else limit
+        if not limit or not hasattr(signal, "setitimer") or \
                 threading.current_thread() is not threading.main_thread():
             yield
             return
-        limit = self.timeout
 
         def on_alarm(signum, frame):
             raise TestTimeout(f"time limit of {limit:g} s exceeded")
@@ -333,7 +339,7 @@ class Grader(Points):
     def pytest_runtest_setup(self, item):
         if self.session is not None:
             self._refresh_fixtures(item)
-        with self._time_limit():
+        with self._time_limit(self.setup_timeout):
             yield
 
     @pytest.hookimpl(hookwrapper=True)
