@@ -720,3 +720,65 @@ def test_reference_interrupted_and_resumed_passes_sandboxed(tmp_path):
     results = {r["test"]: r for r in report["tests"]}
     assert len(results) >= 4 and all(r["result"] == "passed" for r in results.values()), \
         [(t, r["result"], r["message"]) for t, r in results.items()]
+
+
+# ------------------------------------------------- 6. the grader holds an answer once
+def _rss_mib():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+
+
+def test_an_answer_is_held_once(bases, tmp_path):
+    """Red-team finding: a 1 GiB answer (the old cap) grew the root grader to 2.1 GiB (chunks
+    joined, then np.load's copy). Now the cap is 256 MiB and an answer is read into one buffer
+    the array shares: a 200 MiB answer raises the grader's peak by well under twice its
+    size; past the cap the worker is ended and the grader reads nothing more."""
+    import gc
+    from labkit.staff.sandbox.client import MAX_ANSWER, Session, StudentCrash
+    from labkit.staff.sandbox.process import GIB, Limits
+    assert MAX_ANSWER <= 256 << 20
+    code = "def big(n):\n    import numpy\n    return numpy.full(n, 7.0)\n"
+    stu = submission(bases, tmp_path, "kit", [("layer_1.py", code)])
+    s = Session(str(stu), limits=Limits(memory=2 * GIB), timeout=120)
+    try:
+        big = _fn(s, "layer_1", "big")
+        big(1000)
+        gc.collect()
+        before = _rss_mib()
+        n = 200 * 2 ** 20 // 8
+        a = big(n)
+        grew = _rss_mib() - before
+        assert a.shape == (n,) and a.flags.writeable and a[-1] == 7.0
+        a[0] = 1.0                                      # a writable array of its own
+        print(f"200 MiB answer: grader peak +{grew:.0f} MiB")
+        assert grew < 1.5 * 200, grew                   # was about 2x (400 MiB)
+        del a
+        with pytest.raises(StudentCrash, match="the grader reads at most 256 MiB"):
+            big(300 * 2 ** 20 // 8)
+    finally:
+        s.close()
+
+
+def test_load_array_refuses_bad_blobs():
+    import io
+    from labkit.staff.sandbox.wire import WireError, load_array
+    buf = io.BytesIO()
+    np.save(buf, np.arange(12.0).reshape(3, 4), allow_pickle=False)
+    good = bytearray(buf.getvalue())
+    arr = load_array(good)
+    assert np.array_equal(arr, np.arange(12.0).reshape(3, 4)) and arr.flags.writeable
+    arr[0, 0] = 5                                       # shares the buffer it was read into
+    assert load_array(good)[0, 0] == 5
+    f = io.BytesIO()
+    np.save(f, np.asfortranarray(np.arange(6).reshape(2, 3)))
+    assert np.array_equal(load_array(f.getvalue()), np.arange(6).reshape(2, 3))
+    assert load_array(f.getvalue()).flags.writeable                 # bytes: a copy
+    for bad in (good[:-8], good + b"\0" * 8, b"NOTNUMPY" + bytes(good[8:]), b""):
+        with pytest.raises(WireError):
+            load_array(bad)
+    o = io.BytesIO()
+    np.save(o, np.array([1, None], dtype=object), allow_pickle=True)
+    with pytest.raises(WireError):
+        load_array(o.getvalue())
