@@ -782,3 +782,45 @@ def test_load_array_refuses_bad_blobs():
     np.save(o, np.array([1, None], dtype=object), allow_pickle=True)
     with pytest.raises(WireError):
         load_array(o.getvalue())
+
+
+# ------------------------------------------- 5. disk: a size-limited file system, not a poll
+def test_fallocate_stops_at_the_scratch_limit(bases, tmp_path):
+    """Red-team finding: posix_fallocate of 32 x 256 MiB in work/ took 0.02 s, past the
+    watcher's 1 s poll (8 GiB of the host's disk). work/ is now a tmpfs of the disk limit:
+    the allocation past it fails at once (ENOSPC), and the host's disk is not touched."""
+    from labkit.staff.sandbox.client import Session
+    from labkit.staff.sandbox.process import GIB, Limits
+    code = ("def fill(n, mb):\n    import os\n    done, err = 0, None\n"
+            "    for i in range(n):\n        fd = os.open(f'big{i}', os.O_WRONLY | os.O_CREAT, 0o600)\n"
+            "        try:\n            os.posix_fallocate(fd, 0, mb << 20)\n            done += 1\n"
+            "        except OSError as e:\n            err = e.errno\n            break\n"
+            "        finally:\n            os.close(fd)\n    return done, err, os.getcwd()\n")
+    stu = submission(bases, tmp_path, "kit", [("layer_1.py", code)])
+    s = Session(str(stu), limits=Limits(memory=GIB, disk=64 << 20), timeout=60)
+    try:
+        if s.sandbox.mode not in ("bwrap", "uid"):
+            pytest.skip("mode none: no mount")
+        free = shutil.disk_usage(s.sandbox.scratch.path).free
+        done, err, cwd = _fn(s, "layer_1", "fill")(32, 16)
+        print(f"fallocate 32 x 16 MiB under a 64 MiB limit: {done} done, errno {err}")
+        assert done * 16 <= 64 and err == 28, (done, err, cwd)          # ENOSPC
+        assert shutil.disk_usage(s.sandbox.scratch.path).free > free - (32 << 20)
+        assert os.path.ismount(s.sandbox.scratch.work)
+    finally:
+        s.close()
+    assert not os.path.exists(s.sandbox.scratch.path)
+
+
+def test_scratch_refuses_to_grade_without_its_file_system(tmp_path, monkeypatch):
+    """Fails closed: where the tmpfs cannot be mounted, no grading (SandboxError)."""
+    from labkit.staff.sandbox import process
+    real = subprocess.run
+    monkeypatch.setattr(process.subprocess, "run", lambda cmd, *a, **k: real(
+        ["false"] if cmd[:1] == ["mount"] else cmd, *a, **k))
+    stu = tmp_path / "stu_upload"
+    stu.mkdir()
+    (stu / "layer_1.py").write_text("X = 1\n")
+    with pytest.raises(process.SandboxError, match="size-limited file system.*not graded"):
+        process.Scratch(str(stu), base=str(tmp_path), uid=None, work_limit=(64 << 20, 1000))
+    assert [p for p in os.listdir(tmp_path) if p.startswith("sbx")] == []

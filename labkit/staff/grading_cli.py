@@ -71,6 +71,9 @@ def _end_submission(info_path):
     if isinstance(scratch, str) and scratch and os.path.isfile(
             os.path.join(scratch, process.MARKER)):     # (root's marker: our scratch folder)
         import shutil
+        work = os.path.join(scratch, "work")
+        if os.path.ismount(work):           # its size-limited tmpfs (Scratch._mount_work)
+            subprocess.run(["umount", "-l", work], capture_output=True)
         shutil.rmtree(scratch, ignore_errors=True)
     with contextlib.suppress(OSError):
         os.unlink(info_path)
