@@ -318,20 +318,7 @@ class Session:
         return Exported(gid)
 
     def _read_exact(self, n, deadline):
-        chunks, left = [], n
-        while left:
-            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if wait == 0.0:
-                raise TimeoutError
-            r, _, _ = select.select([self.rfd], [], [], wait)
-            if not r:
-                raise TimeoutError
-            chunk = os.read(self.rfd, min(left, 1 << 22))
-            if not chunk:
-                raise self._died()
-            chunks.append(chunk)
-            left -= len(chunk)
-        return b"".join(chunks)
+        return bytes(self._read_into(n, deadline))
 
     def _read_into(self, n, deadline):
         """``n`` bytes into one bytearray (no chunks joined: the answer is held once)."""

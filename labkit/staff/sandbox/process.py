@@ -171,9 +171,16 @@ def kill_processes(uid, token):
     """SIGKILL every process of ``uid`` (when not None) or else every process whose
     environment holds ``LABKIT_SANDBOX_TOKEN=token``, until none is left (50 rounds at
     most). Returns how many were found."""
+    return kill_until_gone(lambda: processes_of_uid(uid) if uid is not None
+                           else processes_with_token(token))
+
+
+def kill_until_gone(list_pids):
+    """SIGKILL the processes ``list_pids()`` names until it names none (50 rounds at most).
+    Returns how many were found."""
     found = 0
     for _ in range(50):
-        pids = processes_of_uid(uid) if uid is not None else processes_with_token(token)
+        pids = list_pids()
         if not pids:
             break
         found += len(pids)
@@ -810,19 +817,7 @@ class Cgroup:
         return 0
 
     def kill(self):
-        found = 0
-        for _ in range(50):
-            pids = self.pids()
-            if not pids:
-                break
-            found += len(pids)
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-            time.sleep(0.02)
-        return found
+        return kill_until_gone(self.pids)
 
     def remove(self):
         found = self.kill()
