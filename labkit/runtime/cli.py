@@ -160,18 +160,20 @@ def check_output_path(path, flag):
 
 
 def check_output_dir(folder, flag, shown=None):
-    """Create ``folder`` if needed and check that a file can be written there."""
+    """Create ``folder`` if needed and check that a file can be written there (probed with a
+    temporary file), before any slow work. Raises UserError naming ``flag``."""
     shown = shown or folder
+    if os.path.lexists(folder) and not os.path.isdir(folder):
+        try:
+            kind = "a file" if os.path.isfile(folder) else file_kind(os.stat(folder).st_mode)
+        except OSError:
+            kind = "a broken link"
+        raise UserError(f"{flag} {shown} is {kind}, not a folder; pass a folder name.")
     try:
         os.makedirs(folder, exist_ok=True)
-    except FileExistsError:
-        raise UserError(f"{flag}: cannot use {shown} as a folder: a file of that name exists. "
-                        f"Choose another path.") from None
     except OSError as exc:
-        raise UserError(f"{flag}: cannot create the folder {shown}: {exc.strerror or exc}. "
-                        f"Choose a folder you can write to.") from None
-    if not os.path.isdir(folder):
-        raise UserError(f"{flag}: {shown} is not a folder. Choose another path.")
+        raise UserError(f"{flag} {shown} cannot be created ({exc.strerror or exc}); pass a "
+                        f"folder you can write to.") from None
     try:
         fd, probe = tempfile.mkstemp(prefix=".write_test_", dir=folder)
         os.close(fd)

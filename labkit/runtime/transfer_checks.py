@@ -4,12 +4,11 @@ is a UserError (exit 2, one message naming the flag). ``check_inputs`` is what t
 calls; it reads the images once and hands them on.
 """
 import os
-import tempfile
 from types import SimpleNamespace
 
 import numpy as np
 
-from labkit.runtime.cli import UserError
+from labkit.runtime.cli import UserError, check_output_dir
 from labkit.runtime.transfer_options import START_IMAGES, demo_content_shape, style_size, working_size
 
 
@@ -48,27 +47,8 @@ def check_inputs(args, ckpt=None):
     inputs.deepest = deepest_layer([args.content_layer, *args.style_weights])
     check_sizes(args, inputs.stages, inputs.deepest)
     check_memory(args, inputs.stages, inputs.deepest)
-    check_output_dir(args.output_dir)
+    check_output_dir(args.output_dir, "--output-dir")
     return inputs
-
-
-def check_output_dir(folder):
-    """Create the output folder and prove it is writable, before any work."""
-    if os.path.lexists(folder) and not os.path.isdir(folder):
-        from labkit.runtime.cli import file_kind
-        try:
-            kind = ("a file" if os.path.isfile(folder) else file_kind(os.stat(folder).st_mode))
-        except OSError:
-            kind = "a broken link"
-        raise UserError(f"--output-dir {folder} is {kind}, not a folder; pass a folder name.")
-    try:
-        os.makedirs(folder, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write_test", dir=folder)
-        os.close(fd)
-        os.remove(probe)
-    except OSError as exc:
-        raise UserError(f"--output-dir {folder} cannot be created or written "
-                        f"({exc.strerror or exc}); pass a folder you can write to.") from None
 
 
 def check_weights_file(path):
