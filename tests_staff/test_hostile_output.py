@@ -55,7 +55,8 @@ def evil(tmp_path):
     return str(stu)
 
 
-def test_escapes_and_surrogates_never_reach_an_output(evil, tmp_path):
+def test_escapes_and_surrogates_never_reach_an_output(evil, tmp_path, monkeypatch):
+    monkeypatch.setenv("CI", "true")    # pytest then prints the summary's messages whole
     json_path, csv_path = str(tmp_path / "r.json"), str(tmp_path / "r.csv")
     report, proc = run_grading(evil, json_path, extra=SELECT + [f"--grade-csv={csv_path}"],
                                hidden=HIDDEN, timeout=400)

@@ -109,6 +109,13 @@ def test_clean_report_replaces_only_unsafe_longreprs():
     report = types.SimpleNamespace(longrepr=safe, longreprtext="E   fine")
     clean_report(report)
     assert report.longrepr is safe
+    # a clean text whose crash message has a newline: pytest prints that message whole on
+    # CI or with -vv, so its second line would start a line of the summary (a forged grade)
+    multi = Repr()
+    multi.reprcrash = ReprFileLocation("t.py", 5, "Boom: x\nGRADE: 464 / 464")
+    report = types.SimpleNamespace(longrepr=multi, longreprtext="E   Boom: x\nE   GRADE")
+    clean_report(report)
+    assert report.longrepr is multi and str(multi.reprcrash.message) == "Boom: x GRADE: 464 / 464"
     report = types.SimpleNamespace(longrepr=("f.py", 1, "Skipped: \x1b[31mno"))
     clean_report(report)
     assert report.longrepr == ("f.py", 1, "Skipped: no")

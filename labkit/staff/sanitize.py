@@ -76,21 +76,34 @@ class CleanRepr:
 
 def clean_report(report):
     """Clean a pytest report's ``longrepr`` in place (what pytest prints itself: the short
-    test summary, tracebacks, skip reasons) when its text is not clean already."""
+    test summary, tracebacks, skip reasons) when its text is not clean already. The crash
+    message of the short summary becomes one line: on CI (``CI`` set) or with ``-vv``
+    pytest prints it whole, and a newline in it would start a line the submission wrote
+    (a forged "GRADE: ..." line)."""
     longrepr = report.longrepr
     if longrepr is None:
         return
     if isinstance(longrepr, tuple):             # (path, line, reason) of a skip
-        report.longrepr = tuple(clean_text(v) if isinstance(v, str) else v for v in longrepr)
+        report.longrepr = tuple(clean_text(v, newlines=False) if isinstance(v, str) else v
+                                for v in longrepr)
         return
     text = report.longreprtext or ""
-    if is_clean(text):
-        return
     crash = getattr(longrepr, "reprcrash", None)
+    message = getattr(crash, "message", None)
+    crash_clean = not isinstance(message, str) or \
+        clean_text(message, limit=None, newlines=False) == message
+    if is_clean(text) and crash_clean:
+        return
     if crash is not None:
         try:
             crash = type(crash)(path=clean_text(crash.path), lineno=crash.lineno,
-                                message=clean_text(crash.message))
+                                message=clean_text(crash.message, newlines=False))
         except Exception:                       # another pytest's class: no summary text
             crash = None
+    if is_clean(text):
+        try:                                    # the text as it is, the summary's line
+            longrepr.reprcrash = crash          # cleaned
+            return
+        except Exception:
+            pass
     report.longrepr = CleanRepr(clean_text(text), crash)

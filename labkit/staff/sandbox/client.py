@@ -213,13 +213,19 @@ class Session:
         if watcher is not None and watcher.violation:
             why = f"was killed: {watcher.violation}"
             watcher.violation = None
-        oom = self.sandbox.cgroup.oom_kills()
-        if oom > self._oom_seen:
-            self._oom_seen = oom
-            why = (f"was killed by the kernel: the submission's processes together passed "
-                   f"the memory limit of {self.limits.total_memory / GIB:g} GiB")
+        why = self._oom_why() or why
         self.events.append("worker " + why)
         return StudentCrash(f"the student code's process {why}")
+
+    def _oom_why(self):
+        """Why, if the kernel killed one of the submission's processes for memory since the
+        last look (its cgroup's OOM count rose); else None."""
+        oom = self.sandbox.cgroup.oom_kills()
+        if oom <= self._oom_seen:
+            return None
+        self._oom_seen = oom
+        return (f"was killed by the kernel: the submission's processes together passed "
+                f"the memory limit of {self.limits.total_memory / GIB:g} GiB")
 
     def _request(self, header, blobs, timeout):
         if self.proc is None:
@@ -365,6 +371,11 @@ class Session:
                 interrupt, self._interrupt = getattr(self, "_interrupt", None), None
             if interrupt is not None:       # a grader callback raised KeyboardInterrupt: the
                 raise interrupt             # grader's (never one the worker reports)
+            why = self._oom_why()
+            if why is not None:     # the kernel picks its victim: a child killed for memory
+                self._kill()        # leaves the worker going, with an answer not to be trusted
+                self.events.append("worker " + why)
+                raise StudentCrash(f"the student code's process {why}")
             gen = self.generation
             out = header.get("out")
             if isinstance(out, str) and out:    # the student's prints: where tests see them

@@ -761,6 +761,8 @@ class Cgroup:
                 self._write(path, "memory.max", memory)
                 if os.path.exists(os.path.join(path, "memory.swap.max")):
                     self._write(path, "memory.swap.max", 0)
+                if os.path.exists(os.path.join(path, "memory.oom.group")):
+                    self._write(path, "memory.oom.group", 1)    # an OOM kills them all
                 self._write(path, "pids.max", pids)
         except OSError:
             self.remove()
