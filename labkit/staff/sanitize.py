@@ -88,11 +88,11 @@ def clean_report(report):
                                 for v in longrepr)
         return
     text = report.longreprtext or ""
+    text_clean = is_clean(text)
     crash = getattr(longrepr, "reprcrash", None)
     message = getattr(crash, "message", None)
-    crash_clean = not isinstance(message, str) or \
-        clean_text(message, limit=None, newlines=False) == message
-    if is_clean(text) and crash_clean:
+    if text_clean and (not isinstance(message, str) or
+                       clean_text(message, limit=None, newlines=False) == message):
         return
     if crash is not None:
         try:
@@ -100,7 +100,7 @@ def clean_report(report):
                                 message=clean_text(crash.message, newlines=False))
         except Exception:                       # another pytest's class: no summary text
             crash = None
-    if is_clean(text):
+    if text_clean:
         try:                                    # the text as it is, the summary's line
             longrepr.reprcrash = crash          # cleaned
             return

@@ -213,7 +213,9 @@ class Session:
         if watcher is not None and watcher.violation:
             why = f"was killed: {watcher.violation}"
             watcher.violation = None
-        why = self._oom_why() or why
+        return self._crash(self._oom_why() or why)
+
+    def _crash(self, why):
         self.events.append("worker " + why)
         return StudentCrash(f"the student code's process {why}")
 
@@ -374,8 +376,7 @@ class Session:
             why = self._oom_why()
             if why is not None:     # the kernel picks its victim: a child killed for memory
                 self._kill()        # leaves the worker going, with an answer not to be trusted
-                self.events.append("worker " + why)
-                raise StudentCrash(f"the student code's process {why}")
+                raise self._crash(why)
             gen = self.generation
             out = header.get("out")
             if isinstance(out, str) and out:    # the student's prints: where tests see them

@@ -805,17 +805,23 @@ class Cgroup:
         return sorted(found)
 
     def oom_kills(self):
-        """How many times the kernel hit the memory limit (v1 failcnt / v2 oom_kill)."""
-        for p in self.paths:
-            for name, key in (("memory.events", "oom_kill"), ("memory.oom_control", "oom_kill")):
-                try:
-                    with open(os.path.join(p, name), encoding="ascii") as f:
-                        for line in f:
-                            k, _, v = line.partition(" ")
-                            if k == key and int(v) > 0:
-                                return int(v)
-                except (OSError, ValueError):
-                    pass
+        """How many times the kernel killed a member for memory (the ``oom_kill`` count of
+        v2 memory.events / v1 memory.oom_control). Read before every call into student code:
+        the files that exist are found once."""
+        files = getattr(self, "_oom_files", None)
+        if files is None:
+            files = self._oom_files = [os.path.join(p, name) for p in self.paths
+                                       for name in ("memory.events", "memory.oom_control")
+                                       if os.path.exists(os.path.join(p, name))]
+        for path in files:
+            try:
+                with open(path, encoding="ascii") as f:
+                    for line in f:
+                        k, _, v = line.partition(" ")
+                        if k == "oom_kill" and int(v) > 0:
+                            return int(v)
+            except (OSError, ValueError):
+                pass
         return 0
 
     def kill(self):
