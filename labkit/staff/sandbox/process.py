@@ -339,7 +339,16 @@ def _claim_entry(fd, name, est, uid):
             os.close(ffd)
 
 
-def hand_over(top, uid, keep=0, seen=None, max_entries=200_000, given=None):
+def _outermost(folders):
+    """The folders of ``folders`` not below another of them (sorted)."""
+    out = []
+    for f in sorted(os.path.normpath(f) for f in folders):
+        if not _under(f, out):
+            out.append(f)
+    return out
+
+
+def hand_over(top, uid, keep=0, seen=None, max_entries=200_000, given=None, record=None):
     """Set who may write the folders under ``top``, through file descriptors only (every
     entry opened with O_NOFOLLOW relative to its folder's fd, then fchown/fchmod), so a link
     or a swapped folder planted by the submission is never followed.
@@ -351,16 +360,19 @@ def hand_over(top, uid, keep=0, seen=None, max_entries=200_000, given=None):
     other folder is made root's (group ``uid``, mode 0750: the sandbox may read what a test
     gives it, never add, replace or link an entry) and what the uid left in it (links,
     FIFOs, sockets) is removed, its files made root's. ``seen``: {(dev, ino): (mtime_ns,
-    given)} of folders already done (their entries rescanned only when changed)."""
+    given)} of folders already done (their entries rescanned only when changed).
+    ``record``: a dict filled with {path: (dev, ino, mtime_ns, ctime_ns)} of every folder
+    left root's, as it is after the walk. Returns False when the walk stopped early (more
+    than ``max_entries`` entries, or a folder it could not finish), else True."""
     if uid is None:
-        return
+        return True
     seen = {} if seen is None else seen
     roots = None if given is None else [os.path.normpath(g) for g in given]
     try:
         top_fd = os.open(top, _DIR_FLAGS)
     except OSError:
-        return
-    stack, count = [(top_fd, 0, os.path.normpath(top), False)], 0
+        return False
+    stack, count, complete = [(top_fd, 0, os.path.normpath(top), False)], 0, True
     while stack:
         fd, depth, path, inside = stack.pop()
         try:
@@ -383,6 +395,7 @@ def hand_over(top, uid, keep=0, seen=None, max_entries=200_000, given=None):
             for name in os.listdir(fd):
                 count += 1
                 if count > max_entries:
+                    complete = False
                     break
                 try:
                     est = os.stat(name, dir_fd=fd, follow_symlinks=False)
@@ -393,7 +406,7 @@ def hand_over(top, uid, keep=0, seen=None, max_entries=200_000, given=None):
                         stack.append((os.open(name, _DIR_FLAGS, dir_fd=fd), depth + 1,
                                       os.path.join(path, name), mine))
                     except OSError:
-                        pass
+                        complete = False
                 elif not changed or depth <= keep:
                     continue
                 elif not mine:
@@ -412,10 +425,14 @@ def hand_over(top, uid, keep=0, seen=None, max_entries=200_000, given=None):
                     finally:
                         os.close(ffd)
             seen[key] = (st.st_mtime_ns, mine)
+            if record is not None and not mine:
+                st = os.fstat(fd)
+                record[path] = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
         except OSError:
-            pass
+            complete = False
         finally:
             os.close(fd)
+    return complete
 
 
 class Scratch:
@@ -437,6 +454,7 @@ class Scratch:
         self.uid = uid
         self._seen = {}
         self._given, self._leases = set(), {}
+        self._walked, self._root_side = None, {}    # the last whole walk (give)
         with open(os.path.join(self.path, MARKER), "w", encoding="utf-8") as f:
             f.write("labkit grading scratch folder\n")     # (root's: a killed grader's
         #                                                      leftovers are recognised by it)
@@ -530,9 +548,38 @@ class Scratch:
         working and output folders while it runs: ``lease``) are handed to the sandbox uid;
         every other folder there is the grader's (readable by the uid, not writable) and
         what the uid left in it is removed (``hand_over``: file descriptors, no link
-        followed). Cheap enough to run before every call to student code."""
-        hand_over(path or self.tmp, self.uid, keep=1, seen=self._seen,
-                  given=self._given | set(self._leases))
+        followed).
+
+        Cheap enough to run before every call to student code: after a whole walk, only the
+        uid's folders can change without the grader (every other folder is root's, not
+        writable by the uid, nor is the folder it is in), so the next calls walk only the
+        given folders, after one lstat of each root-side folder recorded by that walk (a
+        test's new folder changes its parent's mtime). A change there, or in the given
+        folders' set (``give_folder``, ``lease``, ``take_back``), walks the whole tree
+        again."""
+        given = frozenset(self._given) | frozenset(self._leases)
+        if path is None and given == self._walked and self._root_side_unchanged():
+            for top in _outermost(given):
+                hand_over(top, self.uid, keep=-1, seen=self._seen)
+            return
+        record = {}
+        complete = hand_over(path or self.tmp, self.uid, keep=1, seen=self._seen,
+                             given=given, record=record)
+        self._walked, self._root_side = None, record
+        if path is None and complete:
+            self._walked = given
+
+    def _root_side_unchanged(self):
+        """Whether every folder the last whole walk left root's is still the same folder,
+        with no entry added, removed or renamed and no mode or owner changed."""
+        for p, sig in self._root_side.items():
+            try:
+                st = os.lstat(p)
+            except OSError:
+                return False
+            if (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns) != sig:
+                return False
+        return True
 
     def _in_tmp(self, folder):
         folder = os.path.normpath(os.path.abspath(str(folder)))
