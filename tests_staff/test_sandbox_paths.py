@@ -810,26 +810,31 @@ def test_an_answer_is_held_once(bases, tmp_path, monkeypatch):
 
 
 def test_load_array_refuses_bad_blobs():
-    import io
-    from labkit.staff.sandbox.wire import WireError, load_array
-    buf = io.BytesIO()
-    np.save(buf, np.arange(12.0).reshape(3, 4), allow_pickle=False)
-    good = bytearray(buf.getvalue())
-    arr = load_array(good)
-    assert np.array_equal(arr, np.arange(12.0).reshape(3, 4)) and arr.flags.writeable
+    """An array crosses as its bytes, its dtype and shape in the header (never pickle): read
+    in place over a bytearray (held once), a copy over bytes; a size that does not match,
+    an object or record dtype, a malformed dtype or shape are refused."""
+    from labkit.staff.sandbox.wire import WireError, decode, encode, load_array
+    a = np.arange(12.0).reshape(3, 4)
+    good = bytearray(a.tobytes())
+    arr = load_array(good, "<f8", [3, 4])
+    assert np.array_equal(arr, a) and arr.flags.writeable
     arr[0, 0] = 5                                       # shares the buffer it was read into
-    assert load_array(good)[0, 0] == 5
-    f = io.BytesIO()
-    np.save(f, np.asfortranarray(np.arange(6).reshape(2, 3)))
-    assert np.array_equal(load_array(f.getvalue()), np.arange(6).reshape(2, 3))
-    assert load_array(f.getvalue()).flags.writeable                 # bytes: a copy
-    for bad in (good[:-8], good + b"\0" * 8, b"NOTNUMPY" + bytes(good[8:]), b""):
+    assert load_array(good, "<f8", [3, 4])[0, 0] == 5
+    assert load_array(bytes(good), "<f8", [3, 4]).flags.writeable       # bytes: a copy
+    f = np.asfortranarray(np.arange(6).reshape(2, 3))
+    tree, blobs = encode(f)
+    assert np.array_equal(decode(tree, [bytes(b) for b in blobs]), f)
+    for blob, dt, shape in ((good[:-8], "<f8", [3, 4]), (good + b"\0" * 8, "<f8", [3, 4]),
+                            (b"", "<f8", [3, 4]), (good, "|O", [12]), (good, "O", [12]),
+                            (good, "<f8,<i4", [4]), (good, "[('a', '<f8')]", [12]),
+                            (good, "<f8", [3, -4]), (good, "<f8", [3.0, 4]),
+                            (good, "<f8", "3,4"), (good, None, [3, 4]),
+                            (good, "<f8", [True, 12])):
         with pytest.raises(WireError):
-            load_array(bad)
-    o = io.BytesIO()
-    np.save(o, np.array([1, None], dtype=object), allow_pickle=True)
+            load_array(blob, dt, shape)
+    o = np.array([1, None], dtype=object)
     with pytest.raises(WireError):
-        load_array(o.getvalue())
+        encode(o)
 
 
 # ------------------------------------------- 5. disk: a size-limited file system, not a poll

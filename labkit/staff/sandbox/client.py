@@ -134,6 +134,8 @@ class Session:
         self.stragglers = 0
         self.closed = False
         self._release = []
+        self._pending = []          # RemoteMethods read, not called yet (weak references)
+        self.driver_server = None   # drivers.DriverServer, when tests start drivers
         self.modules = {}
         self.exports = {}           # id -> (grader object, method names) handed to students
         self.export_ids = {}        # id(object) -> its export id
@@ -232,9 +234,9 @@ class Session:
     def _request(self, header, blobs, timeout):
         if self.proc is None:
             self._start()
-        if self._release and header.get("op") != "release":
-            ids, self._release = self._release, []
-            self._request({"op": "release", "ids": ids}, [], timeout)
+        if self._release:        # the handles dropped since: released with this request
+            header = dict(header, release=self._release)
+            self._release = []
         frame = wire.pack(header, blobs)
         deadline = time.monotonic() + timeout if timeout else None
         try:
@@ -358,11 +360,20 @@ class Session:
         return header, blobs
 
     # -- requests -------------------------------------------------------------------------
-    def request(self, op, timeout=None, blobs=(), **fields):
-        """Send one request; the decoded answer, or the student's exception raised here."""
+    def request(self, op, timeout=None, blobs=(), _calling=None, **fields):
+        """Send one request; the decoded answer, or the student's exception raised here.
+        (``_calling``: the RemoteMethod this request calls; every other one read but not yet
+        called is read from the worker first.)"""
         with self.lock:
             if self.closed:
                 raise StudentCrash("grading of this submission has ended")
+            if self._pending:
+                pending, self._pending = self._pending, []
+                for ref in pending:
+                    m = ref()
+                    if m is not None and m is not _calling and \
+                            object.__getattribute__(m, "_value") is None:
+                        m._resolve()
             if op in ("call", "setattr", "setitem") and self.before_call is not None:
                 self.before_call()
             self._interrupt = None
@@ -412,6 +423,8 @@ class Session:
             if self.proc is not None:
                 self._kill()
             self.closed = True
+            if self.driver_server is not None:
+                self.driver_server.close()
             self.stragglers += self.sandbox.close()
         return self.stragglers
 
@@ -421,6 +434,9 @@ def holds_stale(value, session, depth=3):
     holds a student object of ``session`` that no live worker has any more (its worker was
     killed or restarted). Module-level classes and functions are found again by name and do
     not count."""
+    if isinstance(value, RemoteMethod):
+        resolved = object.__getattribute__(value, "_value")
+        value = resolved if resolved is not None else object.__getattribute__(value, "_owner")
     if isinstance(value, Remote):
         try:
             if object.__getattribute__(value, "_s") is not session or \
@@ -455,6 +471,10 @@ def _unwrap(value, session):
     """Replace Remote proxies by their handles (only this session's, this generation's)."""
     if isinstance(value, Exported):
         return wire.GraderRef(value.id)
+    if isinstance(value, RemoteMethod):
+        value = value._resolved()           # the method as read (a grader object, if set so)
+        if not isinstance(value, Remote):
+            return _unwrap(value, session)
     if isinstance(value, Remote):
         return value._handle_for(session)
     gid = session.export_ids.get(id(value))
@@ -512,6 +532,8 @@ class Remote:
     def __getattr__(self, name):
         if name.startswith("__") and name.endswith("__"):
             raise AttributeError(name)
+        if name in object.__getattribute__(self, "_h").methods:
+            return RemoteMethod._bind(self, name)     # found when called: one request
         s, t = self._target()
         try:
             return s.request("getattr", target=t, name=name)
@@ -578,6 +600,87 @@ class RemoteCallable(Remote):
 
 class RemoteClass(RemoteCallable):
     __slots__ = ()
+
+
+class RemoteMethod(RemoteCallable):
+    """``obj.name`` where ``name`` is a method of the student object's class, as Python
+    binds it: the value ``getattr(obj, name)`` had when it was read. Called at once
+    (``layer.forward(x)``: no other request in between) it takes one request, the worker
+    reading the attribute then; kept for later (``original = layer.set_target``), it is
+    read from the worker before the grader's next request, so what that request changes
+    (an attribute set over it) does not change it."""
+    __slots__ = ("_owner", "_name", "_value", "_error")
+
+    @staticmethod
+    def _bind(owner, name):
+        import weakref
+        r = object.__new__(RemoteMethod)
+        s = object.__getattribute__(owner, "_s")
+        for k, v in (("_s", s), ("_gen", -1), ("_h", None), ("_path", None),
+                     ("_owner", owner), ("_name", name), ("_value", None), ("_error", None)):
+            object.__setattr__(r, k, v)
+        s._pending.append(weakref.ref(r))
+        return r
+
+    def _resolve(self):
+        """Read the attribute now (before the request that could change it)."""
+        owner = object.__getattribute__(self, "_owner")
+        try:
+            s, t = owner._target()
+            value = s.request("getattr", target=t, name=object.__getattribute__(self, "_name"))
+        except Exception as exc:            # raised where the method is used, as Python would
+            object.__setattr__(self, "_error", exc)       # have at the attribute's read
+        else:
+            object.__setattr__(self, "_value", value)
+
+    def _resolved(self):
+        if object.__getattribute__(self, "_value") is None and \
+                object.__getattribute__(self, "_error") is None:
+            self._resolve()
+        err = object.__getattribute__(self, "_error")
+        if err is not None:
+            raise err
+        return object.__getattribute__(self, "_value")
+
+    def _handle_for(self, session):
+        value = self._resolved()
+        if not isinstance(value, Remote):
+            raise TypeError(f"{object.__getattribute__(self, '_name')} is not a student method")
+        return value._handle_for(session)
+
+    def __getattr__(self, name):
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        return getattr(self._resolved(), name)
+
+    def __call__(self, *args, **kwargs):
+        if object.__getattribute__(self, "_value") is not None or \
+                object.__getattribute__(self, "_error") is not None:
+            return self._resolved()(*args, **kwargs)
+        owner = object.__getattribute__(self, "_owner")
+        s, t = owner._target()
+        (atree, ab), (ktree, kb) = s.encode(list(args)), s.encode(dict(kwargs))
+        try:
+            out, fn = s.request("call", target=t, name=object.__getattribute__(self, "_name"),
+                                args=atree, kwargs=_shift(ktree, len(ab)), blobs=ab + kb,
+                                _calling=self)
+        except BaseException:
+            import weakref
+            s._pending.append(weakref.ref(self))    # read it before the next request
+            raise
+        object.__setattr__(self, "_value", fn)      # the method that ran: kept as bound
+        return out
+
+    @property
+    def _labkit_student_type(self):
+        return None
+
+    def __repr__(self):
+        owner_h = object.__getattribute__(object.__getattribute__(self, "_owner"), "_h")
+        return f"<student method {owner_h.type}.{object.__getattribute__(self, '_name')}>"
+
+    def __del__(self):
+        pass
 
 
 def _shift(tree, offset):

@@ -469,7 +469,7 @@ class Scratch:
             if os.path.isfile(os.path.join(ROOT, name)):
                 shutil.copy(os.path.join(ROOT, name), os.path.join(self.code, name))
         os.makedirs(os.path.join(self.code, WORKER_DIR))
-        for name in ("worker.py", "wire.py"):
+        for name in ("worker.py", "wire.py", "zygote.py"):
             shutil.copy(os.path.join(HERE, name), os.path.join(self.code, WORKER_DIR, name))
         self.output_dir = os.path.join(self.code, "output")    # the drivers' default output
         os.makedirs(self.output_dir, exist_ok=True)              # folder: writable
@@ -853,28 +853,42 @@ class Cgroup:
 
     def oom_kills(self):
         """How many times the kernel killed a member for memory (the ``oom_kill`` count of
-        v2 memory.events / v1 memory.oom_control). Read before every call into student code:
-        the files that exist are found once."""
-        files = getattr(self, "_oom_files", None)
-        if files is None:
-            files = self._oom_files = [os.path.join(p, name) for p in self.paths
-                                       for name in ("memory.events", "memory.oom_control")
-                                       if os.path.exists(os.path.join(p, name))]
-        for path in files:
+        v2 memory.events / v1 memory.oom_control). Read after every call into student code:
+        the files that exist are opened once and read again from the start (a cgroup file
+        is made anew at each read)."""
+        fds = getattr(self, "_oom_fds", None)
+        if fds is None:
+            fds = self._oom_fds = []
+            for p in self.paths:
+                for name in ("memory.events", "memory.oom_control"):
+                    try:
+                        fds.append(os.open(os.path.join(p, name),
+                                           os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)))
+                    except OSError:
+                        pass
+        for fd in fds:
             try:
-                with open(path, encoding="ascii") as f:
-                    for line in f:
-                        k, _, v = line.partition(" ")
-                        if k == "oom_kill" and int(v) > 0:
-                            return int(v)
+                for line in os.pread(fd, 1 << 16, 0).decode("ascii").splitlines():
+                    k, _, v = line.partition(" ")
+                    if k == "oom_kill" and int(v) > 0:
+                        return int(v)
             except (OSError, ValueError):
                 pass
         return 0
+
+    def _close_oom_fds(self):
+        for fd in getattr(self, "_oom_fds", None) or ():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._oom_fds = None
 
     def kill(self):
         return kill_until_gone(self.pids)
 
     def remove(self):
+        self._close_oom_fds()
         found = self.kill()
         for p in self.paths:
             found += self.remove_path(p)

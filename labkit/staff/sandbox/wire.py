@@ -1,20 +1,20 @@
 """The grader <-> worker wire format: plain data only, never pickle, never eval.
 
-A frame is ``b"LKW1"``, an 8-byte big-endian header length, a UTF-8 JSON header, then the
-binary blobs the header lists (each one ``.npy`` bytes written by ``np.save`` and read back with
-``np.load(allow_pickle=False)``). Values in the header are JSON primitives (None, bool, int,
+A frame is ``b"LKW2"``, an 8-byte big-endian header length, a UTF-8 JSON header, then the
+binary blobs the header lists (each one array's bytes in C order; its dtype and shape are in
+the header, checked against the blob's size: never pickle). Values in the header are JSON primitives (None, bool, int,
 finite float, str) or one-key-tagged dicts::
 
     {"$": "list"|"tuple", "v": [...]}     {"$": "dict", "items": [[key, value], ...]}
-    {"$": "nd", "i": blob index, "scalar": bool}      {"$": "float", "v": "nan"|"inf"|"-inf"}
-    {"$": "h", "id": int, "kind": "class"|"callable"|"module"|"object", "type": str}
+    {"$": "nd", "i": blob index, "dt": dtype.str, "sh": [shape], "scalar": bool}      {"$": "float", "v": "nan"|"inf"|"-inf"}
+    {"$": "h", "id": int, "kind": "class"|"callable"|"module"|"object", "type": str,
+     "m": [method names] (objects only; optional)}
     {"$": "g", "id": int}       a grader object handed to student code (``GraderRef``)
     {"$": "rng", "state": {...}}   a NumPy ``Generator`` (PCG64) sent as a copy of its state
 
 Anything else is refused on both sides (``WireError``). This file is standalone (numpy, json,
 struct): the worker gets a copy of it in its scratch folder.
 """
-import io
 import json
 import math
 import re
@@ -22,7 +22,7 @@ import struct
 
 import numpy as np
 
-MAGIC = b"LKW1"
+MAGIC = b"LKW2"
 MAX_DEPTH = 32
 MAX_ITEMS = 1_000_000
 MAX_HEADER = 64 * 1024 * 1024
@@ -33,12 +33,17 @@ class WireError(Exception):
     """A value that may not cross, or a malformed frame."""
 
 
-class Handle:
-    """An opaque reference to an object that lives in the worker."""
-    __slots__ = ("id", "kind", "type")
+MAX_METHODS = 256
 
-    def __init__(self, id, kind, type):
-        self.id, self.kind, self.type = id, kind, type
+
+class Handle:
+    """An opaque reference to an object that lives in the worker. ``methods``: for an
+    object, the names of its class's methods (a call ``obj.name(...)`` then takes one
+    request, not a getattr and a call); a hint the grader checks only for shape."""
+    __slots__ = ("id", "kind", "type", "methods")
+
+    def __init__(self, id, kind, type, methods=()):
+        self.id, self.kind, self.type, self.methods = id, kind, type, tuple(methods)
 
 
 class GraderRef:
@@ -81,17 +86,20 @@ def encode(value, handle_of=None):
         if isinstance(v, GraderRef):
             return {"$": "g", "id": int(v.id)}
         if isinstance(v, Handle):
-            return {"$": "h", "id": int(v.id), "kind": str(v.kind), "type": str(v.type)}
+            out = {"$": "h", "id": int(v.id), "kind": str(v.kind), "type": str(v.type)}
+            if v.methods and isinstance(v.methods, tuple):  # (a decoded handle's frozenset
+                out["m"] = [str(m) for m in v.methods[:MAX_METHODS]]    # is not sent back)
+            return out
         if isinstance(v, np.generic) or type(v) is np.ndarray:
             arr = np.asarray(v)
             if arr.dtype.hasobject or arr.dtype.fields is not None:
                 if handle_of is None:
                     raise WireError(f"arrays of dtype {arr.dtype} cannot be sent")
                 return enc(handle_of(v), depth)
-            buf = io.BytesIO()
-            np.save(buf, arr, allow_pickle=False)
-            blobs.append(buf.getvalue())
-            return {"$": "nd", "i": len(blobs) - 1, "scalar": not isinstance(v, np.ndarray)}
+            flat = np.ascontiguousarray(arr).reshape(-1)
+            blobs.append(memoryview(flat.view(np.uint8)))      # its bytes, not a copy
+            return {"$": "nd", "i": len(blobs) - 1, "dt": arr.dtype.str,
+                    "sh": list(arr.shape), "scalar": not isinstance(v, np.ndarray)}
         if type(v) in (list, tuple):
             return {"$": type(v).__name__, "v": [enc(x, depth + 1) for x in v]}
         if type(v) is dict:
@@ -105,32 +113,33 @@ def encode(value, handle_of=None):
     return enc(value, 0), blobs
 
 
-def load_array(blob):
-    """The array of one ``.npy`` blob, read in place: over a ``bytearray`` (the grader reads
-    answers into one) the array shares its memory, so a big answer is held once, not twice;
-    over ``bytes`` a writable copy. Object arrays, a size that does not match the header and
-    malformed headers are refused (WireError)."""
-    from numpy.lib import format as npformat
-    view = memoryview(blob)
+_DTYPE = re.compile(r"[<>|=][biufcUSV]\d{1,9}|[<>|=][mM]8(\[\w{1,5}\])?")
+
+
+def load_array(blob, dtype, shape):
+    """The array of one blob (its C-order bytes) of ``dtype`` (a ``dtype.str``: plain
+    numbers, strings, bytes, dates; never objects nor records) and ``shape``, read in
+    place: over a ``bytearray`` (the grader reads answers into one) the array shares its
+    memory, so a big answer is held once, not twice; over ``bytes`` a writable copy. A
+    size that does not match, a malformed dtype or shape are refused (WireError)."""
+    if not isinstance(dtype, str) or not _DTYPE.fullmatch(dtype):
+        raise WireError("bad array (its dtype)")
     try:
-        head = io.BytesIO(bytes(view[:1 << 16]))
-        version = npformat.read_magic(head)
-        read = {(1, 0): npformat.read_array_header_1_0,
-                (2, 0): npformat.read_array_header_2_0}.get(version)
-        if read is None:
-            raise ValueError(f"npy version {version}")
-        shape, fortran, dtype = read(head)
-    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
-        raise WireError(f"bad array ({type(exc).__name__})") from None
-    if dtype.hasobject or not all(isinstance(n, int) and n >= 0 for n in shape):
-        raise WireError("bad array")
-    offset, count = head.tell(), math.prod(shape)
-    if len(view) - offset != count * dtype.itemsize:
+        dt = np.dtype(dtype)
+    except (TypeError, ValueError):
+        raise WireError("bad array (its dtype)") from None
+    if dt.hasobject or dt.fields is not None or dt.subdtype is not None:
+        raise WireError("bad array (its dtype)")
+    if not isinstance(shape, list) or len(shape) > 64 or not all(
+            type(n) is int and n >= 0 for n in shape):
+        raise WireError("bad array (its shape)")
+    count = math.prod(shape)
+    if len(memoryview(blob)) != count * dt.itemsize:
         raise WireError("bad array (its size does not match its header)")
-    arr = np.frombuffer(blob, dtype=dtype, count=count, offset=offset)
+    arr = np.frombuffer(blob, dtype=dt, count=count) if count else np.empty(0, dt)
     if not arr.flags.writeable:
         arr = arr.copy()
-    return arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
+    return arr.reshape(shape)
 
 
 def decode(tree, blobs, on_handle=None, on_grader=None):
@@ -183,7 +192,7 @@ def decode(tree, blobs, on_handle=None, on_grader=None):
             i = v.get("i")
             if not isinstance(i, int) or not 0 <= i < len(blobs):
                 raise WireError("array index out of range")
-            arr = load_array(blobs[i])
+            arr = load_array(blobs[i], v.get("dt"), v.get("sh"))
             return arr[()] if v.get("scalar") else arr
         if tag == "h":
             h = Handle(v.get("id"), v.get("kind"), v.get("type"))
@@ -191,6 +200,11 @@ def decode(tree, blobs, on_handle=None, on_grader=None):
                     not isinstance(h.type, str):
                 raise WireError("malformed handle")
             h.type = h.type[:100]
+            methods = v.get("m", [])
+            if not isinstance(methods, list) or len(methods) > MAX_METHODS or not all(
+                    isinstance(m, str) and 0 < len(m) <= 100 for m in methods):
+                raise WireError("malformed handle")
+            h.methods = frozenset(methods)
             return on_handle(h) if on_handle else h
         if tag == "rng":
             st = v.get("state")

@@ -7,8 +7,9 @@ answers leave on ``LABKIT_WORKER_OUT``; the student's prints go to a capped log 
 here is trusted by the grader: it decodes answers as plain data and decides everything itself.
 
 Requests (``op``): import (module), getattr (target, name), setattr (target, name, value),
-call (target, args, kwargs), getitem/setitem (target, key[, value]), len, list (target),
-release (ids), seed (NumPy's global generator: ``np.random.seed(seed)``), ping. Answers:
+call (target[, name: a method of it], args, kwargs), getitem/setitem (target, key[, value]), len, list (target),
+release (ids; any request may also carry ``release``: handles the grader dropped), seed
+(NumPy's global generator: ``np.random.seed(seed)``), ping. Answers:
 ``{"ok": value}`` or ``{"err": {type, module, bases, msg}}``. While a call runs, student code
 may call a grader object the grader handed it (``GraderStub``): the worker sends
 ``{"cb": {id, name}, "args": ...}`` and waits for ``{"cbok": value}`` or ``{"cberr": text}``,
@@ -61,6 +62,30 @@ class GraderStub:
         return f"<grader object {object.__getattribute__(self, '_gid')}>"
 
 
+_METHODS = {}
+
+
+def methods_of(cls):
+    """The names of the methods ``cls`` and its bases define (functions, static and class
+    methods; no dunder names), cached per class."""
+    names = _METHODS.get(cls)
+    if names is None:
+        import types
+        names = []
+        try:
+            for klass in cls.__mro__[:-1]:
+                for name, v in vars(klass).items():
+                    if isinstance(name, str) and 0 < len(name) <= 100 and \
+                            not (name.startswith("__") and name.endswith("__")) and \
+                            isinstance(v, (types.FunctionType, staticmethod, classmethod)) \
+                            and name not in names:
+                        names.append(name)
+        except Exception:
+            names = []
+        names = _METHODS[cls] = tuple(names[:wire.MAX_METHODS])
+    return names
+
+
 class Objects:
     def __init__(self):
         self.by_id, self.next_id = {}, 1
@@ -85,7 +110,8 @@ class Objects:
         else:
             kind = "object"
         name = obj.__name__ if kind in ("class", "module") else type(obj).__name__
-        return wire.Handle(oid, kind, str(name))
+        methods = methods_of(type(obj)) if kind == "object" else ()
+        return wire.Handle(oid, kind, str(name), methods)
 
     def resolve(self, h):
         if h.id not in self.by_id:
@@ -169,6 +195,8 @@ def answer(header, blobs):
 def _answer(header, blobs):
     objs = CHANNEL["objs"]
     op = header.get("op")
+    for oid in header.get("release", ()):      # handles the grader dropped since
+        objs.by_id.pop(oid, None)
     try:
         if op == "ping":
             result = "pong"
@@ -188,9 +216,14 @@ def _answer(header, blobs):
                 setattr(target, str(header["name"]), _dec(header["value"], blobs))
                 result = None
             elif op == "call":
+                method = None
+                if "name" in header:        # obj.name(...) in one request: [result, method]
+                    method = target = getattr(target, str(header["name"]))
                 args = _dec(header.get("args", {"$": "list", "v": []}), blobs)
                 kwargs = _dec(header.get("kwargs", {"$": "dict", "items": []}), blobs)
                 result = target(*args, **kwargs)
+                if "name" in header:
+                    result = [result, method]
             elif op == "getitem":
                 result = target[_dec(header["key"], blobs)]
             elif op == "setitem":
