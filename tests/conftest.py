@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 
-from labkit.runtime import legacy
+from labkit.runtime import forkserver, legacy
 from labkit.runtime.fixtures import write_vgg19_mat
 from labkit.runtime.images import make_demo_image, save_rgb
 from labkit.runtime.student import StudentModules
@@ -14,19 +14,24 @@ from labkit.runtime.student import StudentModules
 # runs as it did; LABKIT_LEGACY=0 turns this off (labkit/runtime/legacy.py)
 legacy.install()
 
+# the drivers tests start (python main_exp_3_x.py ...) are forks of a Python that imported
+# NumPy and SciPy once, not a fresh start each (labkit/runtime/forkserver.py; Linux only;
+# LABKIT_FORK_DRIVERS=0: a fresh Python each time)
+_KIT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+forkserver.install([os.path.join(_KIT, f"main_exp_3_{n}.py") for n in (1, 2, 3)])
+
 # grading (--grade, --stu-dir, --hidden, ...; inactive otherwise): labkit/staff/grading.py,
 # in the course repository only (the student kit has no staff tools). When pytest took a
 # student kit's folder for its rootdir (``--stu-dir KIT`` written with a space), the kit's
 # ``labkit`` comes first on sys.path: load the plugin from this repository instead (it then
 # refuses to grade: staff grade with ``python -m labkit.staff.grade``).
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 try:
     import labkit.staff.grading  # noqa: F401
 except ImportError:
-    if os.path.isdir(os.path.join(_REPO, "labkit", "staff")):
+    if os.path.isdir(os.path.join(_KIT, "labkit", "staff")):
         for _name in [m for m in sys.modules if m == "labkit" or m.startswith("labkit.")]:
             del sys.modules[_name]
-        sys.path.insert(0, _REPO)
+        sys.path.insert(0, _KIT)
         import labkit.staff.grading  # noqa: F401
 if "labkit.staff.grading" in sys.modules:
     pytest_plugins = ["labkit.staff.grading"]

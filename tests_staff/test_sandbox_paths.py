@@ -316,6 +316,54 @@ def test_driver_folders_are_leased_and_taken_back(tmp_path):
         sc.remove()
 
 
+def test_a_file_kept_open_across_the_take_back_never_reaches_the_grader(tmp_path):
+    """The red-team's fixture rewrite: a straggler of the submission opens a file of a
+    leased folder for writing (a test's fixture there is the uid's while the driver runs)
+    and writes again after the take-back. The grader's file is a fresh copy by then: the
+    late write lands in the old one (before: in the file later tests read)."""
+    from labkit.staff.sandbox.process import Scratch
+    sc = Scratch(os.path.join(ROOT, "stu_upload"), base=str(tmp_path), uid=4242)
+    try:
+        folder = os.path.join(sc.tmp, "t", "tiny0")
+        os.makedirs(folder)
+        fixture = os.path.join(folder, "vgg19_tiny.mat")
+        with open(fixture, "wb") as f:
+            f.write(b"weights")
+        leased = sc.lease([folder])
+        assert os.lstat(fixture).st_uid == 4242
+        opened_r, opened_w = os.pipe()
+        go_r, go_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:                    # the straggler, as the sandbox uid
+            try:
+                os.close(opened_r)
+                os.close(go_w)
+                os.chdir(folder)        # (entered as root: pytest's folders are 0700)
+                os.setgroups([])
+                os.setgid(4242)
+                os.setuid(4242)
+                fd = os.open("vgg19_tiny.mat", os.O_WRONLY | os.O_APPEND)
+                os.write(opened_w, b"1")
+                os.read(go_r, 1)
+                os.write(fd, b" AFTER TAKE-BACK")
+                os._exit(0)
+            except BaseException:
+                os._exit(1)
+        os.close(opened_w)
+        os.close(go_r)
+        assert os.read(opened_r, 1) == b"1"
+        sc.take_back(leased)
+        os.write(go_w, b"1")
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+        with open(fixture, "rb") as f:
+            assert f.read() == b"weights"
+        st = os.lstat(fixture)
+        assert (st.st_uid, st.st_gid, st.st_nlink) == (0, 4242, 1)
+        assert sorted(os.listdir(folder)) == ["vgg19_tiny.mat"]
+    finally:
+        sc.remove()
+
+
 def test_calls_between_whole_walks_walk_only_the_given_folders(tmp_path, monkeypatch):
     """The hand-over before each call walks the whole tests' folder only when the grader
     changed a root-side folder or the given set; else only the given folders (a full grade
@@ -829,12 +877,16 @@ def test_load_array_refuses_bad_blobs():
                             (good, "<f8,<i4", [4]), (good, "[('a', '<f8')]", [12]),
                             (good, "<f8", [3, -4]), (good, "<f8", [3.0, 4]),
                             (good, "<f8", "3,4"), (good, None, [3, 4]),
-                            (good, "<f8", [True, 12])):
+                            (good, "<f8", [True, 12]), (b"", "|V0", [3]),
+                            (b"", "<U0", [2]), (b"", "|S0", [0])):
         with pytest.raises(WireError):
             load_array(blob, dt, shape)
     o = np.array([1, None], dtype=object)
     with pytest.raises(WireError):
         encode(o)
+    from labkit.staff.sandbox.wire import parse_header
+    with pytest.raises(WireError):                      # a header nested past JSON's limit
+        parse_header(b"[" * 100_000 + b"]" * 100_000)
 
 
 # ------------------------------------------- 5. disk: a size-limited file system, not a poll

@@ -316,8 +316,11 @@ def _under(path, roots):
 
 def _claim_entry(fd, name, est, uid):
     """An entry of a folder the grader has just made its own again: the sandbox uid's links,
-    FIFOs and sockets are removed (root would follow or block on them), its files become
-    root's (group ``uid``, mode kept: readable, no longer writable by it)."""
+    FIFOs and sockets are removed (root would follow or block on them), its files replaced
+    by root's copies (group ``uid``, mode kept: readable, no longer writable by it). A copy,
+    not a change of owner: a process of the submission that kept the file open for writing
+    (a straggler racing the take-back) writes on into the old file, never into what the
+    grader reads (the red-team's fixture rewrite)."""
     if est.st_uid != uid:
         return
     if stat.S_ISLNK(est.st_mode) or stat.S_ISFIFO(est.st_mode) or stat.S_ISSOCK(est.st_mode):
@@ -333,10 +336,46 @@ def _claim_entry(fd, name, est, uid):
         try:
             fst = os.fstat(ffd)
             if stat.S_ISREG(fst.st_mode) and fst.st_uid == uid:
-                os.fchown(ffd, 0, uid)
-                os.fchmod(ffd, stat.S_IMODE(fst.st_mode) & 0o755)
+                _replace_with_copy(fd, name, ffd, stat.S_IMODE(fst.st_mode) & 0o755, uid)
         finally:
             os.close(ffd)
+
+
+def _replace_with_copy(dir_fd, name, src_fd, mode, gid):
+    """Replace the entry ``name`` of the folder ``dir_fd`` (root's: no one else adds an
+    entry there) by a root-owned copy of the open file ``src_fd``."""
+    tmp = f".labkit-claim-{os.getpid()}"
+    try:
+        os.unlink(tmp, dir_fd=dir_fd)
+    except OSError:
+        pass
+    try:
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600,
+                      dir_fd=dir_fd)
+    except OSError:
+        os.unlink(name, dir_fd=dir_fd)      # no copy: not left writable by the uid either
+        return
+    try:
+        os.set_blocking(src_fd, True)
+        offset = 0
+        while True:
+            try:
+                n = os.copy_file_range(src_fd, out, 1 << 26, offset, offset)
+            except (AttributeError, OSError):
+                block = os.pread(src_fd, 1 << 22, offset)
+                n = os.write(out, block) if block else 0
+            if not n:
+                break
+            offset += n
+        os.fchown(out, 0, gid)
+        os.fchmod(out, mode)
+    except OSError:
+        os.close(out)
+        os.unlink(tmp, dir_fd=dir_fd)
+        os.unlink(name, dir_fd=dir_fd)
+        return
+    os.close(out)
+    os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
 
 
 def _outermost(folders):
@@ -469,7 +508,7 @@ class Scratch:
             if os.path.isfile(os.path.join(ROOT, name)):
                 shutil.copy(os.path.join(ROOT, name), os.path.join(self.code, name))
         os.makedirs(os.path.join(self.code, WORKER_DIR))
-        for name in ("worker.py", "wire.py", "zygote.py"):
+        for name in ("worker.py", "wire.py"):
             shutil.copy(os.path.join(HERE, name), os.path.join(self.code, WORKER_DIR, name))
         self.output_dir = os.path.join(self.code, "output")    # the drivers' default output
         os.makedirs(self.output_dir, exist_ok=True)              # folder: writable

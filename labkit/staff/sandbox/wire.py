@@ -128,7 +128,7 @@ def load_array(blob, dtype, shape):
         dt = np.dtype(dtype)
     except (TypeError, ValueError):
         raise WireError("bad array (its dtype)") from None
-    if dt.hasobject or dt.fields is not None or dt.subdtype is not None:
+    if dt.hasobject or dt.fields is not None or dt.subdtype is not None or not dt.itemsize:
         raise WireError("bad array (its dtype)")
     if not isinstance(shape, list) or len(shape) > 64 or not all(
             type(n) is int and n >= 0 for n in shape):
@@ -136,10 +136,13 @@ def load_array(blob, dtype, shape):
     count = math.prod(shape)
     if len(memoryview(blob)) != count * dt.itemsize:
         raise WireError("bad array (its size does not match its header)")
-    arr = np.frombuffer(blob, dtype=dt, count=count) if count else np.empty(0, dt)
-    if not arr.flags.writeable:
-        arr = arr.copy()
-    return arr.reshape(shape)
+    try:
+        arr = np.frombuffer(blob, dtype=dt, count=count) if count else np.empty(0, dt)
+        if not arr.flags.writeable:
+            arr = arr.copy()
+        return arr.reshape(shape)
+    except (ValueError, TypeError, MemoryError) as exc:
+        raise WireError(f"bad array ({type(exc).__name__})") from None
 
 
 def decode(tree, blobs, on_handle=None, on_grader=None):
@@ -249,7 +252,7 @@ def unpack_header(prefix):
 def parse_header(data):
     try:
         header = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise WireError(f"bad frame header ({type(exc).__name__})")
     sizes = header.get("blobs") if isinstance(header, dict) else None
     if not isinstance(sizes, list) or not all(isinstance(s, int) and s >= 0 for s in sizes):

@@ -1,0 +1,246 @@
+"""labkit/runtime/forkserver.py (issue 22): drivers that tests start run as forks of a
+server that imported NumPy, SciPy and Pillow once (a hundred drivers in the kit's suite and
+in a full grade, each half a second of start-up before). In the kit it runs unsandboxed; the
+grader starts it inside the sandbox. Either way a fork must behave as ``python driver args``
+would: its arguments, folder, environment, streams and exit code, a signal's death, a
+traceback that starts at the driver; it starts from the server's clean state (what one
+driver changes no later one sees); a server that died is started again."""
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+
+import pytest
+
+from labkit.staff.grading import ROOT
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or os.geteuid() != 0,
+                                reason="Linux, as root (the grader's setting)")
+
+
+class Here:
+    """The kit's server: this Python, unsandboxed, scripts in a test folder."""
+
+    def __init__(self, folder):
+        from labkit.runtime.forkserver import ForkServer
+        self.srv, self.folder, self.uid = ForkServer(), str(folder), None
+
+    def env(self):
+        return dict(os.environ)
+
+    def kill_all(self):
+        self.srv.close()
+
+    def close(self):
+        self.srv.close()
+
+
+class InSandbox:
+    """The grader's: started in a submission's sandbox, scripts in its work folder."""
+
+    def __init__(self, folder):
+        from labkit.staff.sandbox.client import Session
+        from labkit.staff.sandbox.drivers import _driver_server
+        self.session = Session(os.path.join(ROOT, "stu_upload"))
+        sb = self.session.sandbox
+        self.srv, self.folder, self.uid = _driver_server(sb), sb.scratch.work, sb.uid
+
+    def env(self):
+        return self.session.sandbox.env()
+
+    def kill_all(self):                 # as after a worker killed for a time limit
+        self.session.sandbox.kill_stragglers()
+        self.srv.proc.wait(timeout=10)
+
+    def close(self):
+        self.srv.close()
+        self.session.close()
+
+
+@pytest.fixture(params=[Here, InSandbox], ids=["kit", "sandbox"])
+def server(request, tmp_path):
+    s = request.param(tmp_path)
+    yield s
+    s.close()
+
+
+def run(server, code, args=(), signal_after=None):
+    """Run ``code`` as a driver script: (exit code as Popen gives it, stdout, stderr)."""
+    path = os.path.join(server.folder, f"drv{len(os.listdir(server.folder))}.py")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(code)
+    os.chmod(path, 0o644)
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    null = os.open(os.devnull, os.O_RDONLY)
+    try:
+        pid, status = server.srv.spawn([path, *args], server.folder, server.env(),
+                                       [null, out_w, err_w])
+    finally:
+        for fd in (null, out_w, err_w):
+            os.close(fd)
+    if signal_after is not None:
+        import time
+        time.sleep(signal_after)
+        os.kill(pid, signal.SIGTERM)
+    with os.fdopen(out_r, "rb") as f:
+        out = f.read().decode()
+    with os.fdopen(err_r, "rb") as f:
+        err = f.read().decode()
+    data = status.recv(16)
+    status.close()
+    assert data[:1] == b"X" and len(data) == 5, data
+    return os.waitstatus_to_exitcode(struct.unpack("<i", data[1:])[0]), out, err
+
+
+def test_a_fork_is_the_driver_python_would_run(server):
+    code, out, err = run(server, (
+        "import json, os, sys\n"
+        "print(json.dumps({'argv': sys.argv, 'cwd': os.getcwd(), 'path0': sys.path[0],\n"
+        "                  'home': os.environ.get('HOME'), 'name': __name__,\n"
+        "                  'sid': os.getsid(0) == os.getpid(), 'uid': os.getuid()}))\n"
+        "print('to stderr', file=sys.stderr)\n"
+        "sys.exit(3)\n"), args=("--flag", "x y"))
+    info = json.loads(out)
+    assert code == 3 and err == "to stderr\n"
+    assert info["argv"][1:] == ["--flag", "x y"] and info["argv"][0].endswith(".py")
+    assert info["cwd"] == server.folder and info["path0"] == server.folder
+    assert info["home"] == server.env()["HOME"] and info["name"] == "__main__"
+    assert info["sid"]
+    if server.uid is not None:
+        assert info["uid"] == server.uid
+
+
+def test_an_uncaught_exception_exits_1_with_the_drivers_traceback(server):
+    code, out, err = run(server, "def f():\n    raise ValueError('bad input')\nf()\n")
+    assert code == 1 and out == ""
+    lines = err.splitlines()
+    assert lines[0] == "Traceback (most recent call last):"
+    assert "drv" in lines[1] and "runpy" not in err and "zygote" not in err, err
+    assert lines[-1] == "ValueError: bad input"
+
+
+def test_a_signal_reaches_the_driver_and_its_death_is_reported(server):
+    code, _, _ = run(server, "import time\nprint('up', flush=True)\ntime.sleep(30)\n",
+                        signal_after=0.5)
+    assert code == -signal.SIGTERM
+    code, out, _ = run(server, (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *a: (print('saved'), sys.exit(0)))\n"
+        "time.sleep(30)\n"), signal_after=0.5)
+    assert code == 0 and out == "saved\n"
+
+
+def test_each_driver_starts_from_the_servers_clean_state(server):
+    """What a driver changes in modules the server imported (NumPy here) is gone for the
+    next one; and the server itself never ran it (it starts the next as before)."""
+    code, _, _ = run(server, "import numpy\nnumpy.LEFT_BY_A_DRIVER = 1\n")
+    assert code == 0
+    code, out, _ = run(server, "import numpy, sys\n"
+                                  "print(hasattr(numpy, 'LEFT_BY_A_DRIVER'),\n"
+                                  "      'numpy' in sys.modules)\n")
+    assert (code, out) == (0, "False True\n")
+
+
+def test_a_driver_holds_only_its_own_streams(server):
+    """While another driver runs, a new one holds no descriptor but 0, 1 and 2: not the
+    server's socket, nor the other driver's status socket (red team: it could write the
+    other's exit status)."""
+    path = os.path.join(server.folder, "sleeper.py")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("import time\ntime.sleep(60)\n")
+    os.chmod(path, 0o644)
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        pid, status = server.srv.spawn([path], server.folder, server.env(), [null] * 3)
+    finally:
+        os.close(null)
+    try:
+        code, out, _ = run(server, "import os\n"
+                                   "fds = [int(n) for n in os.listdir('/proc/self/fd')]\n"
+                                   "print(sorted(fd for fd in fds if os.path.exists(\n"
+                                   "    f'/proc/self/fd/{fd}')))\n")
+        assert (code, out) == (0, "[0, 1, 2]\n")
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        status.close()
+
+
+def test_a_server_that_died_is_started_again(server):
+    assert run(server, "pass\n")[0] == 0
+    first = server.srv.proc.pid
+    server.kill_all()
+    assert run(server, "print('again')\n")[:2] == (0, "again\n")
+    assert server.srv.proc.pid != first
+
+
+# ------------------------------------------------------------------- subprocess.Popen
+def _plain_popen():
+    """subprocess.Popen without the fork servers installed (tests/conftest.py's applies to
+    this suite too)."""
+    popen = subprocess.Popen
+    while getattr(popen, "_labkit_forks", False) or getattr(popen, "_labkit_sandboxed", False):
+        popen = popen._labkit_base
+    return popen
+
+
+def test_install_forks_only_the_listed_drivers_with_the_same_start_up(tmp_path, monkeypatch):
+    """``install``: ``[sys.executable, driver]`` forks; another script, or a driver given
+    other start-up variables (PYTHONPATH, thread counts), starts a fresh Python."""
+    from labkit.runtime import forkserver
+    monkeypatch.setattr(subprocess, "Popen", _plain_popen())       # undone after the test
+    drv, other = tmp_path / "main_x.py", tmp_path / "other.py"
+    for p in (drv, other):
+        p.write_text("import sys\nprint(sys.argv[1:])\n")
+    srv = forkserver.install([str(drv)])
+    try:
+        out = subprocess.run([sys.executable, str(drv), "a"], capture_output=True, text=True)
+        assert (out.returncode, out.stdout) == (0, "['a']\n") and srv.proc is not None
+        forked = []
+        real = srv.spawn
+        monkeypatch.setattr(srv, "spawn", lambda *a, **k: forked.append(a) or real(*a, **k))
+        for cmd, env in (([str(other), "b"], None), ([str(drv), "c"], {**os.environ,
+                                                                      "PYTHONPATH": "/x"}),
+                         ([str(drv), "d"], {**os.environ, "OMP_NUM_THREADS": "7"}),
+                         ([str(drv), "e"], None)):
+            out = subprocess.run([sys.executable, *cmd], capture_output=True, text=True,
+                                 env=env, cwd=str(tmp_path))
+            assert out.returncode == 0 and out.stdout == f"['{cmd[1]}']\n"
+        assert [a[0][1:] for a in forked] == [["e"]]
+        drv.write_text("import sys, time\nprint(sys.argv[1:], flush=True)\ntime.sleep(60)\n")
+        with pytest.raises(subprocess.TimeoutExpired):          # killed, then waited for
+            subprocess.run([sys.executable, str(drv), "f"], capture_output=True, timeout=2)
+        p = subprocess.Popen([sys.executable, str(drv), "g"], stdout=subprocess.PIPE)
+        assert p.stdout.readline() == b"['g']\n"
+        p.terminate()
+        assert p.wait(timeout=30) == -signal.SIGTERM and len(forked) == 3
+        p.stdout.close()
+    finally:
+        srv.close()
+
+
+def test_the_grader_never_runs_a_driver_on_the_kits_server(tmp_path, monkeypatch):
+    """A kit's conftest may install its (unsandboxed) fork server before the grading
+    plugin installs the sandbox's: a driver a test starts still runs in the sandbox, as
+    the sandbox uid (without unwrapping the kit's Popen the kit's server ran it as root)."""
+    from labkit.runtime import forkserver
+    from labkit.staff.sandbox.client import Session
+    from labkit.staff.sandbox.drivers import _sandbox_drivers
+    monkeypatch.setattr(subprocess, "Popen", _plain_popen())
+    driver = os.path.join(ROOT, "main_exp_3_1.py")
+    kit = forkserver.install([driver])
+    s = Session(os.path.join(ROOT, "stu_upload"))
+    try:
+        _sandbox_drivers(s)
+        out = subprocess.run([sys.executable, driver, "--help"], capture_output=True,
+                             text=True, cwd=s.sandbox.scratch.tmp, timeout=120)
+        assert out.returncode == 0 and "usage" in out.stdout.lower()
+        assert kit.proc is None                 # the kit's server never started
+        if s.sandbox.uid is not None:
+            assert s.driver_server.proc is not None
+    finally:
+        if kit is not None:
+            kit.close()
+        s.close()
