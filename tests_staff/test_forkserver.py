@@ -186,39 +186,54 @@ def _plain_popen():
     return popen
 
 
-def test_install_forks_only_the_listed_drivers_with_the_same_start_up(tmp_path, monkeypatch):
-    """``install``: ``[sys.executable, driver]`` forks; another script, or a driver given
-    other start-up variables (PYTHONPATH, thread counts), starts a fresh Python."""
+def test_install_forks_a_listed_driver_as_a_fresh_python_would_run(tmp_path, monkeypatch):
+    """``install``: ``[sys.executable, driver]`` is a fork of a server started with the
+    driver's start-up variables (PYTHONPATH with a sitecustomize, a thread count): its
+    output equals a fresh Python's (sys.path, what sitecustomize did, the environment);
+    another script starts a fresh Python; a timeout kills it; terminate reaches it."""
     from labkit.runtime import forkserver
-    monkeypatch.setattr(subprocess, "Popen", _plain_popen())       # undone after the test
+    plain = _plain_popen()
+    monkeypatch.setattr(subprocess, "Popen", plain)                 # undone after the test
+    spawned = []
+    real_spawn = forkserver.ForkServer.spawn
+    monkeypatch.setattr(forkserver.ForkServer, "spawn",
+                        lambda self, argv, *a, **k: spawned.append(argv[1:]) or
+                        real_spawn(self, argv, *a, **k))
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import builtins\nbuiltins.SITE_MARK = 'kit'\n")
     drv, other = tmp_path / "main_x.py", tmp_path / "other.py"
+    code = ("import builtins, json, os, sys\n"
+            "print(json.dumps([sys.argv[1:], sys.path, getattr(builtins, 'SITE_MARK', None),\n"
+            "                  os.environ.get('OMP_NUM_THREADS')]))\n")
     for p in (drv, other):
-        p.write_text("import sys\nprint(sys.argv[1:])\n")
-    srv = forkserver.install([str(drv)])
+        p.write_text(code)
+    servers = forkserver.install([str(drv)])
     try:
-        out = subprocess.run([sys.executable, str(drv), "a"], capture_output=True, text=True)
-        assert (out.returncode, out.stdout) == (0, "['a']\n") and srv.proc is not None
-        forked = []
-        real = srv.spawn
-        monkeypatch.setattr(srv, "spawn", lambda *a, **k: forked.append(a) or real(*a, **k))
-        for cmd, env in (([str(other), "b"], None), ([str(drv), "c"], {**os.environ,
-                                                                      "PYTHONPATH": "/x"}),
-                         ([str(drv), "d"], {**os.environ, "OMP_NUM_THREADS": "7"}),
-                         ([str(drv), "e"], None)):
-            out = subprocess.run([sys.executable, *cmd], capture_output=True, text=True,
-                                 env=env, cwd=str(tmp_path))
-            assert out.returncode == 0 and out.stdout == f"['{cmd[1]}']\n"
-        assert [a[0][1:] for a in forked] == [["e"]]
+        for i, env in enumerate((None, {**os.environ, "PYTHONPATH": str(site)},
+                                 {**os.environ, "OMP_NUM_THREADS": "7"})):
+            argv = [sys.executable, str(drv), f"run{i}"]
+            forked = subprocess.run(argv, capture_output=True, text=True, env=env,
+                                    cwd=str(tmp_path))
+            fresh = plain(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=env, cwd=str(tmp_path))
+            out, err = fresh.communicate(timeout=60)
+            assert (forked.returncode, forked.stdout, forked.stderr) == (0, out, err), env
+        assert [json_arg[0] for json_arg in spawned] == ["run0", "run1", "run2"]
+        assert len(servers) == 3                   # one per set of start-up variables
+        out = subprocess.run([sys.executable, str(other), "x"], capture_output=True, text=True)
+        assert out.returncode == 0 and len(spawned) == 3        # not a driver: not forked
         drv.write_text("import sys, time\nprint(sys.argv[1:], flush=True)\ntime.sleep(60)\n")
         with pytest.raises(subprocess.TimeoutExpired):          # killed, then waited for
             subprocess.run([sys.executable, str(drv), "f"], capture_output=True, timeout=2)
         p = subprocess.Popen([sys.executable, str(drv), "g"], stdout=subprocess.PIPE)
         assert p.stdout.readline() == b"['g']\n"
         p.terminate()
-        assert p.wait(timeout=30) == -signal.SIGTERM and len(forked) == 3
+        assert p.wait(timeout=30) == -signal.SIGTERM and len(spawned) == 5
         p.stdout.close()
     finally:
-        srv.close()
+        for server in (servers or {}).values():
+            server.close()
 
 
 def test_the_grader_never_runs_a_driver_on_the_kits_server(tmp_path, monkeypatch):
@@ -231,16 +246,15 @@ def test_the_grader_never_runs_a_driver_on_the_kits_server(tmp_path, monkeypatch
     monkeypatch.setattr(subprocess, "Popen", _plain_popen())
     driver = os.path.join(ROOT, "main_exp_3_1.py")
     kit = forkserver.install([driver])
+    assert kit == {}
     s = Session(os.path.join(ROOT, "stu_upload"))
     try:
         _sandbox_drivers(s)
         out = subprocess.run([sys.executable, driver, "--help"], capture_output=True,
                              text=True, cwd=s.sandbox.scratch.tmp, timeout=120)
         assert out.returncode == 0 and "usage" in out.stdout.lower()
-        assert kit.proc is None                 # the kit's server never started
+        assert kit == {}                        # the kit's server never started
         if s.sandbox.uid is not None:
             assert s.driver_server.proc is not None
     finally:
-        if kit is not None:
-            kit.close()
         s.close()

@@ -5,14 +5,15 @@ where the staff tools start this server inside the sandbox).
 
 ``install(drivers)`` makes ``subprocess.Popen([sys.executable, driver, ...])`` use it (the
 kit's tests/conftest.py; ``LABKIT_FORK_DRIVERS=0``: a fresh Python each time, as before).
-Any other command, a driver given an environment that changes how Python starts
-(``PYTHON*``, thread counts), or another system than Linux: ``subprocess.Popen`` as usual.
+A driver's environment's start-up variables (``PYTHON*``, thread counts) pick the server:
+one per set, started with them. Any other command, or another system than Linux:
+``subprocess.Popen`` as usual.
 
 The server (this file run as a script) never imports student code. Requests arrive on the
 socket in ``LABKIT_FORK_FD``: JSON ``{"argv": [driver, args...], "cwd": ..., "env": {...},
 "setsid": bool}`` with four file descriptors (the driver's stdin, stdout, stderr, and its
 status socket). The fork becomes the driver as ``python driver args`` would: those
-descriptors as 0, 1 and 2, the folder, environment, ``sys.argv`` and ``sys.path[0]``, the
+descriptors as 0, 1 and 2, the folder, environment, ``sys.argv`` and ``sys.path``, the
 script run as ``__main__``, the exit code Python would give. It says ``S`` on its status
 socket as it starts (the kernel attaches its process id: SCM_CREDENTIALS); the server
 writes ``X`` and the wait status there when it ends. Nothing from the server is trusted
@@ -103,7 +104,7 @@ def child(req, fds, closing):
         os.environ.update(req["env"])
         path = os.path.abspath(req["argv"][0])
         sys.argv = [path] + list(req["argv"][1:])
-        sys.path[0] = os.path.dirname(path)
+        sys.path.insert(0, os.path.dirname(path))     # (the server took its own off)
         code = run_driver(path)
     except BaseException:
         import traceback
@@ -194,7 +195,7 @@ def serve():
 
 # ------------------------------------------------------------------------------- client
 ENABLED = sys.platform.startswith("linux") and os.environ.get("LABKIT_FORK_DRIVERS", "1") != "0"
-# what the server read when it started, so a driver asking for other values is not forked
+# what a server read when it started: a driver asking for other values gets another server
 _STARTUP_ENV = re.compile(r"PYTHON|OMP_|OPENBLAS_|MKL_|LD_|LABKIT_THREADS$|MPLBACKEND$")
 
 
@@ -206,20 +207,20 @@ class ForkServer:
     START_TIMEOUT = 60.0
     HELLO_TIMEOUT = 30.0
 
-    def __init__(self, start=None):
+    def __init__(self, start=None, env=None):
         self._starter = start or self._start_here
-        self.proc, self.sock, self.env = None, None, None
+        self.env = dict(os.environ if env is None else env)     # what it starts with
+        self.proc, self.sock = None, None
 
     def _start_here(self, fd):
         import subprocess
         return subprocess.Popen([sys.executable, os.path.abspath(__file__)],
-                                env={**os.environ, "LABKIT_FORK_FD": str(fd)}, pass_fds=(fd,),
+                                env={**self.env, "LABKIT_FORK_FD": str(fd)}, pass_fds=(fd,),
                                 stdin=subprocess.DEVNULL, start_new_session=True)
 
     def _start(self):
         self.close()
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.env = dict(os.environ)
         try:
             self.proc = self._starter(theirs.fileno())
         finally:
@@ -229,15 +230,6 @@ class ForkServer:
         if not ready or mine.recv(16) != b"ready":
             self.close()
             raise OSError("the fork server did not start")
-
-    def forks(self, env):
-        """Whether a driver with environment ``env`` may be a fork (Python, NumPy and the
-        thread pools read their variables at start-up: the server's must match)."""
-        base = self.env if self.env is not None else os.environ
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
-            return False
-        keys = {k for k in set(env) | set(base) if _STARTUP_ENV.match(k)}
-        return all(env.get(k) == base.get(k) for k in keys)
 
     def spawn(self, argv, cwd, env, fds, setsid=True):
         """Start ``argv`` (the driver's path, its arguments) in ``cwd`` with ``env`` and
@@ -357,18 +349,33 @@ class ForkedPopenMixin:
                 pass
 
 
+def startup_key(env):
+    """The variables of ``env`` that Python, NumPy and the thread pools read at start-up
+    (PYTHONPATH, ...): a driver is forked from a server started with the same; None when
+    ``env`` is not plain text."""
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        return None
+    return tuple(sorted((k, v) for k, v in env.items() if _STARTUP_ENV.match(k)))
+
+
 def install(drivers):
     """``subprocess.Popen([sys.executable, d, ...])`` for a path ``d`` in ``drivers``: a
-    fork of this process's fork server (started at the first one). Nothing when not
-    ENABLED. Returns the server (None when not enabled)."""
+    fork of a fork server started (at the first such driver) with the same start-up
+    variables, so the fork is what a fresh Python would have been (PYTHONPATH at a kit's
+    root runs its sitecustomize in that server). Nothing when not ENABLED. Returns
+    {start-up variables: ForkServer}, filled as drivers start; None when not enabled."""
     import atexit
     import subprocess
     if not ENABLED or getattr(subprocess.Popen, "_labkit_forks", False) or \
             getattr(subprocess.Popen, "_labkit_sandboxed", False):   # (graded: the sandbox's)
         return None
     paths = {os.path.realpath(d) for d in drivers}
-    server = ForkServer()
-    atexit.register(server.close)
+    servers = {}
+
+    @atexit.register
+    def close_all():
+        for server in servers.values():
+            server.close()
     base = subprocess.Popen
 
     class ForkedPopen(ForkedPopenMixin, base):
@@ -377,20 +384,23 @@ def install(drivers):
 
         def __init__(self, args, *a, **kw):
             argv = list(args) if isinstance(args, (list, tuple)) else None
-            if self._labkit_fork is None and not a and argv and len(argv) >= 2 and str(argv[0]) == sys.executable and \
-                    kw.get("executable") is None and not kw.get("shell") and \
-                    kw.get("preexec_fn") is None and not kw.get("pass_fds"):
+            if self._labkit_fork is None and not a and argv and len(argv) >= 2 and \
+                    str(argv[0]) == sys.executable and kw.get("executable") is None and \
+                    not kw.get("shell") and kw.get("preexec_fn") is None and \
+                    not kw.get("pass_fds"):
                 cwd = os.path.abspath(str(kw.get("cwd") or os.getcwd()))
                 path = os.path.join(cwd, str(argv[1]))
                 env = dict(os.environ if kw.get("env") is None else kw["env"])
-                if os.path.realpath(path) in paths and server.forks(env):
-                    self._labkit_fork = (server, [path, *map(str, argv[2:])], cwd, env,
+                key = startup_key(env)
+                if os.path.realpath(path) in paths and key is not None:
+                    if key not in servers:
+                        servers[key] = ForkServer(env=env)
+                    self._labkit_fork = (servers[key], [path, *map(str, argv[2:])], cwd, env,
                                          bool(kw.get("start_new_session")))
             super().__init__(args, *a, **kw)
 
     subprocess.Popen = ForkedPopen
-    return server
-
+    return servers
 
 if __name__ == "__main__":
     sys.path.pop(0)             # this folder: no module here may shadow another
