@@ -177,22 +177,13 @@ def test_a_server_that_died_is_started_again(server):
 
 
 # ------------------------------------------------------------------- subprocess.Popen
-def _plain_popen():
-    """subprocess.Popen without the fork servers installed (tests/conftest.py's applies to
-    this suite too)."""
-    popen = subprocess.Popen
-    while getattr(popen, "_labkit_forks", False) or getattr(popen, "_labkit_sandboxed", False):
-        popen = popen._labkit_base
-    return popen
-
-
 def test_install_forks_a_listed_driver_as_a_fresh_python_would_run(tmp_path, monkeypatch):
     """``install``: ``[sys.executable, driver]`` is a fork of a server started with the
     driver's start-up variables (PYTHONPATH with a sitecustomize, a thread count): its
     output equals a fresh Python's (sys.path, what sitecustomize did, the environment);
     another script starts a fresh Python; a timeout kills it; terminate reaches it."""
     from labkit.runtime import forkserver
-    plain = _plain_popen()
+    plain = forkserver.plain_popen()
     monkeypatch.setattr(subprocess, "Popen", plain)                 # undone after the test
     spawned = []
     real_spawn = forkserver.ForkServer.spawn
@@ -243,7 +234,7 @@ def test_the_grader_never_runs_a_driver_on_the_kits_server(tmp_path, monkeypatch
     from labkit.runtime import forkserver
     from labkit.staff.sandbox.client import Session
     from labkit.staff.sandbox.drivers import _sandbox_drivers
-    monkeypatch.setattr(subprocess, "Popen", _plain_popen())
+    monkeypatch.setattr(subprocess, "Popen", forkserver.plain_popen())
     driver = os.path.join(ROOT, "main_exp_3_1.py")
     kit = forkserver.install([driver])
     assert kit == {}

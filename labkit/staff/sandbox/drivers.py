@@ -89,11 +89,9 @@ def _sandbox_drivers(session):
             sandbox.scratch.take_back([folder])
     use_folder_hook(folder_hook)      # student_folder(): the only folders it may write in
     drivers = {os.path.realpath(os.path.join(ROOT, n)): n for n in DRIVERS}
-    from labkit.runtime.forkserver import ENABLED, ForkedPopenMixin
+    from labkit.runtime.forkserver import ENABLED, ForkedPopenMixin, plain_popen
     server = session.driver_server = _driver_server(sandbox) if ENABLED else None
-    base = subprocess.Popen         # the real one: not a kit's fork-server Popen (unsandboxed)
-    while getattr(base, "_labkit_sandboxed", False) or getattr(base, "_labkit_forks", False):
-        base = base._labkit_base
+    base = plain_popen()            # the real one: not a kit's fork-server Popen (unsandboxed)
 
     class SandboxedPopen(ForkedPopenMixin, base):
         _labkit_sandboxed = True
