@@ -227,6 +227,35 @@ def test_install_forks_a_listed_driver_as_a_fresh_python_would_run(tmp_path, mon
             server.close()
 
 
+def test_a_server_that_cannot_start_costs_the_kit_nothing_and_the_grader_its_driver(
+        tmp_path, monkeypatch):
+    """Where the server cannot work (a system without SCM_CREDENTIALS, say), a kit's driver
+    runs as a fresh Python; a sandboxed driver fails with the error and never runs outside
+    the sandbox (no fresh Python as root in its place)."""
+    from labkit.runtime import forkserver
+    from labkit.staff.sandbox.client import Session
+    from labkit.staff.sandbox.drivers import _sandbox_drivers
+
+    def broken(self, *a, **k):
+        raise OSError("no fork server here")
+    monkeypatch.setattr(forkserver.ForkServer, "spawn", broken)
+    monkeypatch.setattr(subprocess, "Popen", forkserver.plain_popen())
+    drv = tmp_path / "main_x.py"
+    drv.write_text("import os\nprint(os.getuid())\n")
+    forkserver.install([str(drv)])
+    out = subprocess.run([sys.executable, str(drv)], capture_output=True, text=True)
+    assert (out.returncode, out.stdout) == (0, f"{os.getuid()}\n")
+    driver = os.path.join(ROOT, "main_exp_3_1.py")
+    s = Session(os.path.join(ROOT, "stu_upload"))
+    try:
+        _sandbox_drivers(s)
+        with pytest.raises(OSError, match="no fork server here"):
+            subprocess.run([sys.executable, driver, "--help"], capture_output=True,
+                           cwd=s.sandbox.scratch.tmp, timeout=120)
+    finally:
+        s.close()
+
+
 def test_the_grader_never_runs_a_driver_on_the_kits_server(tmp_path, monkeypatch):
     """A kit's conftest may install its (unsandboxed) fork server before the grading
     plugin installs the sandbox's: a driver a test starts still runs in the sandbox, as

@@ -288,6 +288,7 @@ class ForkedPopenMixin:
 
     _labkit_fork = None
     _labkit_status = None
+    _labkit_fallback = False    # the server failing: a fresh Python (True) or the error
 
     def _execute_child(self, args, executable, preexec_fn, close_fds, pass_fds, cwd, env,
                        startupinfo, creationflags, shell, p2cread, p2cwrite, c2pread,
@@ -297,13 +298,21 @@ class ForkedPopenMixin:
                 args, executable, preexec_fn, close_fds, pass_fds, cwd, env, startupinfo,
                 creationflags, shell, p2cread, p2cwrite, c2pread, c2pwrite, errread,
                 errwrite, *rest)
-        server, argv, cwd, env, setsid = self._labkit_fork
+        server, argv, fork_cwd, fork_env, setsid = self._labkit_fork
         fds = [fd if fd != -1 else i for i, fd in enumerate((p2cread, c2pwrite, errwrite))]
         try:
-            self.pid, self._labkit_status = server.spawn(argv, cwd, env, fds, setsid)
-            self._child_created = True
-        finally:
-            self._close_pipe_fds(p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite)
+            self.pid, self._labkit_status = server.spawn(argv, fork_cwd, fork_env, fds, setsid)
+        except OSError:
+            if not self._labkit_fallback:
+                self._close_pipe_fds(p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite)
+                raise
+            self._labkit_fork = None        # (a system where the server cannot work)
+            return super()._execute_child(
+                args, executable, preexec_fn, close_fds, pass_fds, cwd, env, startupinfo,
+                creationflags, shell, p2cread, p2cwrite, c2pread, c2pwrite, errread,
+                errwrite, *rest)
+        self._child_created = True
+        self._close_pipe_fds(p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite)
 
     def _labkit_read_status(self):
         """The wait status the server wrote when the driver ended (the socket closed
@@ -391,6 +400,7 @@ def install(drivers):
     class ForkedPopen(ForkedPopenMixin, base):
         _labkit_forks = True
         _labkit_base = base
+        _labkit_fallback = True     # the kit: a driver runs either way
 
         def __init__(self, args, *a, **kw):
             argv = list(args) if isinstance(args, (list, tuple)) else None
