@@ -128,6 +128,51 @@ def child(req, fds, closing):
         os._exit(code)
 
 
+def _reap(children):
+    """Wait for the drivers that ended: each one's wait status to its status socket."""
+    if not isinstance(children, dict):
+        raise TypeError("_reap({pid: status socket})")
+    while children:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        fd = children.pop(pid, None)
+        if fd is not None:
+            try:
+                os.write(fd, b"X" + struct.pack("<i", status))
+            except OSError:
+                pass
+            os.close(fd)
+
+
+def _start_driver(msg, fds, children, closing):
+    """Fork the driver a request asks for (four descriptors came with it)."""
+    if not (isinstance(msg, bytes) and isinstance(fds, list) and len(fds) == 4 and
+            isinstance(children, dict) and isinstance(closing, list)):
+        raise TypeError("_start_driver(request bytes, [4 descriptors], {pid: fd}, [...])")
+    try:
+        req = json.loads(msg.decode("utf-8"))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+    except Exception as exc:            # (a fork refused at the process limit)
+        try:
+            os.write(fds[3], b"E" + str(exc)[:200].encode("utf-8", "replace"))
+        except OSError:
+            pass
+        for fd in fds:
+            os.close(fd)
+        return
+    if pid == 0:                # (other drivers' status sockets: not this one's to write)
+        child(req, fds, [*closing, *children.values()])
+    for fd in fds[:3]:
+        os.close(fd)
+    children[pid] = fds[3]
+
+
 def serve():
     ctl = socket.socket(fileno=int(os.environ.pop("LABKIT_FORK_FD")))
     signal.signal(signal.SIGINT, signal.SIG_IGN)        # a terminal's Ctrl-C: not for it
@@ -150,47 +195,17 @@ def serve():
                     pass
             except BlockingIOError:
                 pass
-        while children:                     # reap: the driver's wait status to its socket
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                break
-            fd = children.pop(pid, None)
-            if fd is not None:
-                try:
-                    os.write(fd, b"X" + struct.pack("<i", status))
-                except OSError:
-                    pass
-                os.close(fd)
+        _reap(children)
         if ctl not in ready:
             continue
         msg, fds, _, _ = socket.recv_fds(ctl, 1 << 20, 4)
         if not msg:
             return                          # the grader closed its end
-        if len(fds) != 4:
+        if len(fds) == 4:
+            _start_driver(msg, fds, children, [ctl, wake_r, wake_w])
+        else:
             for fd in fds:
                 os.close(fd)
-            continue
-        try:
-            req = json.loads(msg.decode("utf-8"))
-            sys.stdout.flush()
-            sys.stderr.flush()
-            pid = os.fork()
-        except Exception as exc:            # (a fork refused at the process limit)
-            try:
-                os.write(fds[3], b"E" + str(exc)[:200].encode("utf-8", "replace"))
-            except OSError:
-                pass
-            for fd in fds:
-                os.close(fd)
-            continue
-        if pid == 0:            # (other drivers' status sockets: not this one's to write)
-            child(req, fds, [ctl, wake_r, wake_w, *children.values()])
-        for fd in fds[:3]:
-            os.close(fd)
-        children[pid] = fds[3]
 
 
 # ------------------------------------------------------------------------------- client

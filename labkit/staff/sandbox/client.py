@@ -135,7 +135,7 @@ class Session:
         self.closed = False
         self._release = []
         self._pending = []          # RemoteMethods read, not called yet (weak references)
-        self.driver_server = None   # drivers.DriverServer, when tests start drivers
+        self.driver_server = None   # the sandbox's fork server, when tests start drivers
         self.modules = {}
         self.exports = {}           # id -> (grader object, method names) handed to students
         self.export_ids = {}        # id(object) -> its export id
@@ -593,9 +593,7 @@ class RemoteCallable(Remote):
 
     def __call__(self, *args, **kwargs):
         s, t = self._target()
-        (atree, ab), (ktree, kb) = s.encode(list(args)), s.encode(dict(kwargs))
-        return s.request("call", target=t, args=atree, kwargs=_shift(ktree, len(ab)),
-                         blobs=ab + kb)
+        return s.request("call", target=t, **_call_fields(s, args, kwargs))
 
 
 class RemoteClass(RemoteCallable):
@@ -657,13 +655,10 @@ class RemoteMethod(RemoteCallable):
         if object.__getattribute__(self, "_value") is not None or \
                 object.__getattribute__(self, "_error") is not None:
             return self._resolved()(*args, **kwargs)
-        owner = object.__getattribute__(self, "_owner")
-        s, t = owner._target()
-        (atree, ab), (ktree, kb) = s.encode(list(args)), s.encode(dict(kwargs))
+        s, t = object.__getattribute__(self, "_owner")._target()
         try:
             out, fn = s.request("call", target=t, name=object.__getattribute__(self, "_name"),
-                                args=atree, kwargs=_shift(ktree, len(ab)), blobs=ab + kb,
-                                _calling=self)
+                                _calling=self, **_call_fields(s, args, kwargs))
         except BaseException:
             import weakref
             s._pending.append(weakref.ref(self))    # read it before the next request
@@ -675,12 +670,17 @@ class RemoteMethod(RemoteCallable):
     def _labkit_student_type(self):
         return None
 
-    def __repr__(self):
+    def __repr__(self):        # (no __del__ of its own: _gen -1 releases nothing; the
+        #                            method read, _value, releases its handle itself)
         owner_h = object.__getattribute__(object.__getattribute__(self, "_owner"), "_h")
         return f"<student method {owner_h.type}.{object.__getattribute__(self, '_name')}>"
 
-    def __del__(self):
-        pass
+
+def _call_fields(session, args, kwargs):
+    """The request fields of a call with ``args`` and ``kwargs`` (one frame, their blobs
+    numbered in order)."""
+    (atree, ab), (ktree, kb) = session.encode(list(args)), session.encode(dict(kwargs))
+    return {"args": atree, "kwargs": _shift(ktree, len(ab)), "blobs": ab + kb}
 
 
 def _shift(tree, offset):

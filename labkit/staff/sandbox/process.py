@@ -581,7 +581,7 @@ class Scratch:
         finally:
             os.close(fd)
 
-    def give(self, path=None):
+    def give(self):
         """Before student code runs (each call into it, each driver): the folders under the
         tests' folder ``tmp`` that a test gave to student code (``give_folder``, a driver's
         working and output folders while it runs: ``lease``) are handed to the sandbox uid;
@@ -597,16 +597,14 @@ class Scratch:
         folders' set (``give_folder``, ``lease``, ``take_back``), walks the whole tree
         again."""
         given = frozenset(self._given) | frozenset(self._leases)
-        if path is None and given == self._walked and self._root_side_unchanged():
+        if given == self._walked and self._root_side_unchanged():
             for top in _outermost(given):
                 hand_over(top, self.uid, keep=-1, seen=self._seen)
             return
         record = {}
-        complete = hand_over(path or self.tmp, self.uid, keep=1, seen=self._seen,
-                             given=given, record=record)
-        self._walked, self._root_side = None, record
-        if path is None and complete:
-            self._walked = given
+        complete = hand_over(self.tmp, self.uid, keep=1, seen=self._seen, given=given,
+                             record=record)
+        self._walked, self._root_side = (given if complete else None), record
 
     def _root_side_unchanged(self):
         """Whether every folder the last whole walk left root's is still the same folder,
@@ -824,6 +822,7 @@ class Cgroup:
     grader's own cgroup when that is visible, else at the hierarchy's root. ``paths`` is
     empty where none can be made (not root, no cgroup file system): then the Watcher sums
     the processes' memory instead."""
+    _oom_fds = None             # the OOM-count files, opened at the first read
 
     def __init__(self, name, memory, pids):
         self.paths = []
@@ -895,7 +894,7 @@ class Cgroup:
         v2 memory.events / v1 memory.oom_control). Read after every call into student code:
         the files that exist are opened once and read again from the start (a cgroup file
         is made anew at each read)."""
-        fds = getattr(self, "_oom_fds", None)
+        fds = self._oom_fds
         if fds is None:
             fds = self._oom_fds = []
             for p in self.paths:
@@ -916,7 +915,7 @@ class Cgroup:
         return 0
 
     def _close_oom_fds(self):
-        for fd in getattr(self, "_oom_fds", None) or ():
+        for fd in self._oom_fds or ():
             try:
                 os.close(fd)
             except OSError:

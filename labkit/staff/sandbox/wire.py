@@ -87,8 +87,8 @@ def encode(value, handle_of=None):
             return {"$": "g", "id": int(v.id)}
         if isinstance(v, Handle):
             out = {"$": "h", "id": int(v.id), "kind": str(v.kind), "type": str(v.type)}
-            if v.methods and isinstance(v.methods, tuple):  # (a decoded handle's frozenset
-                out["m"] = [str(m) for m in v.methods[:MAX_METHODS]]    # is not sent back)
+            if v.methods and handle_of is not None:     # the worker's word; the grader's
+                out["m"] = [str(m) for m in list(v.methods)[:MAX_METHODS]]  # handles go bare
             return out
         if isinstance(v, np.generic) or type(v) is np.ndarray:
             arr = np.asarray(v)

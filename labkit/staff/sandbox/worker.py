@@ -7,9 +7,10 @@ answers leave on ``LABKIT_WORKER_OUT``; the student's prints go to a capped log 
 here is trusted by the grader: it decodes answers as plain data and decides everything itself.
 
 Requests (``op``): import (module), getattr (target, name), setattr (target, name, value),
-call (target[, name: a method of it], args, kwargs), getitem/setitem (target, key[, value]), len, list (target),
-release (ids; any request may also carry ``release``: handles the grader dropped), seed
-(NumPy's global generator: ``np.random.seed(seed)``), ping. Answers:
+call (target[, name: call that method of it, answer [result, the method]], args, kwargs),
+getitem/setitem (target, key[, value]), len, list (target), seed (NumPy's global generator:
+``np.random.seed(seed)``), ping; any request may carry ``release``: the ids of handles the
+grader dropped. Answers:
 ``{"ok": value}`` or ``{"err": {type, module, bases, msg}}``. While a call runs, student code
 may call a grader object the grader handed it (``GraderStub``): the worker sends
 ``{"cb": {id, name}, "args": ...}`` and waits for ``{"cbok": value}`` or ``{"cberr": text}``,
@@ -216,14 +217,13 @@ def _answer(header, blobs):
                 setattr(target, str(header["name"]), _dec(header["value"], blobs))
                 result = None
             elif op == "call":
-                method = None
-                if "name" in header:        # obj.name(...) in one request: [result, method]
-                    method = target = getattr(target, str(header["name"]))
+                named = "name" in header        # obj.name(...) in one request
+                fn = getattr(target, str(header["name"])) if named else target
                 args = _dec(header.get("args", {"$": "list", "v": []}), blobs)
                 kwargs = _dec(header.get("kwargs", {"$": "dict", "items": []}), blobs)
-                result = target(*args, **kwargs)
-                if "name" in header:
-                    result = [result, method]
+                result = fn(*args, **kwargs)
+                if named:
+                    result = [result, fn]
             elif op == "getitem":
                 result = target[_dec(header["key"], blobs)]
             elif op == "setitem":
@@ -233,10 +233,6 @@ def _answer(header, blobs):
                 result = len(target)
             elif op == "list":
                 result = list(target)
-            elif op == "release":
-                for oid in header.get("ids", []):
-                    objs.by_id.pop(oid, None)
-                result = None
             else:
                 raise ValueError(f"unknown request {op!r}")
         tree, out_blobs = wire.encode(result, handle_of=objs.handle)
