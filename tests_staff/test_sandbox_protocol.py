@@ -114,3 +114,34 @@ def test_arrays_cross_as_bytes_of_every_plain_dtype(session):
         got = ident(v)
         assert np.asarray(got).dtype == np.asarray(v).dtype, v
         assert np.shape(got) == np.shape(v) and np.array_equal(got, v), v
+
+
+def test_a_worker_ended_by_an_earlier_methods_read_gets_no_stale_handle(tmp_path):
+    """``p = a.slow`` (read later, before the next request) then ``a.hit()``: reading ``slow``
+    runs past the time limit and ends the worker. The call must not go to the next worker
+    with ``a``'s old id (which names nothing there, or another object): it fails as an
+    object lost with its worker (the red-team's stale id: the fresh worker answered
+    "object 5 was released")."""
+    import shutil
+    from labkit.staff.sandbox.client import Session, StudentCrash
+    stu = tmp_path / "stu_upload"
+    shutil.copytree(os.path.join(ROOT, "stu_upload"), stu,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    with open(stu / "layer_1.py", "a", encoding="utf-8") as f:
+        f.write("\n\nclass SlowRead:\n"
+                "    def __getattribute__(self, name):\n"
+                "        if name == 'slow':\n"
+                "            import time\n"
+                "            time.sleep(60)\n"
+                "        return object.__getattribute__(self, name)\n\n"
+                "    def slow(self):\n        return 1\n\n"
+                "    def hit(self):\n        return 2\n")
+    s = Session(str(stu), timeout=3)
+    try:
+        a = _class(s, "layer_1", "SlowRead")()
+        p = a.slow                              # noqa: F841 (read: pending)
+        with pytest.raises(StudentCrash, match="lost|ended"):
+            a.hit()
+        assert any("time limit" in e for e in s.events)
+    finally:
+        s.close()

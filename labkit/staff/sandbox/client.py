@@ -367,13 +367,10 @@ class Session:
         with self.lock:
             if self.closed:
                 raise StudentCrash("grading of this submission has ended")
-            if self._pending:
-                pending, self._pending = self._pending, []
-                for ref in pending:
-                    m = ref()
-                    if m is not None and m is not _calling and \
-                            object.__getattribute__(m, "_value") is None:
-                        m._resolve()
+            gen = self.generation
+            self.read_pending(_calling)
+            if self.generation != gen and "target" in fields:   # (encoded for a worker that
+                raise self._crash("ended while a method read earlier was read")   # is gone)
             if op in ("call", "setattr", "setitem") and self.before_call is not None:
                 self.before_call()
             self._interrupt = None
@@ -405,6 +402,18 @@ class Session:
                 self._kill()
                 raise StudentCrash(f"the student code's process sent a malformed answer "
                                    f"({exc})")
+
+    def read_pending(self, calling=None):
+        """Read from the worker every RemoteMethod read but not called yet (but ``calling``):
+        before anything is encoded for a request, so a worker that ends meanwhile (a time
+        limit in such a read) leaves no handle of its objects in that request."""
+        with self.lock:
+            pending, self._pending = self._pending, []
+            for ref in pending:
+                m = ref()
+                if m is not None and m is not calling and \
+                        object.__getattribute__(m, "_value") is None:
+                    m._resolve()
 
     def share(self, path):
         """The path under which the worker can read the grader's file ``path`` (read-only;
@@ -526,6 +535,7 @@ class Remote:
 
     def _target(self):
         s = object.__getattribute__(self, "_s")
+        s.read_pending()
         tree, _ = wire.encode(self._handle_for(s))
         return s, tree
 
@@ -655,7 +665,9 @@ class RemoteMethod(RemoteCallable):
         if object.__getattribute__(self, "_value") is not None or \
                 object.__getattribute__(self, "_error") is not None:
             return self._resolved()(*args, **kwargs)
-        s, t = object.__getattribute__(self, "_owner")._target()
+        owner = object.__getattribute__(self, "_owner")
+        object.__getattribute__(owner, "_s").read_pending(self)
+        s, t = owner._target()
         try:
             out, fn = s.request("call", target=t, name=object.__getattribute__(self, "_name"),
                                 _calling=self, **_call_fields(s, args, kwargs))
@@ -699,6 +711,7 @@ def _shift(tree, offset):
 def _module_handle(session, name):
     """The encoded handle of the worker's module ``name`` (cached per worker)."""
     with session.lock:
+        session.read_pending()
         mod = session.modules.get(name)
         if mod is None or object.__getattribute__(mod, "_gen") != session.generation:
             mod = session.request("import", module=name)
