@@ -194,6 +194,22 @@ def make_full_fixture(folder):
     return out
 
 
+_WEIGHTS = {}
+
+
+def file_weights(path):
+    """The full-size fixture's weights (``load_vgg19_mat``), read once per grading: the file
+    is the grader's, checked by hash when the fixture was made (make_full_fixture), and the
+    loaded object is only read by the tests (never handed to student code)."""
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _WEIGHTS:
+        from labkit.runtime.matfile import load_vgg19_mat
+        _WEIGHTS.clear()
+        _WEIGHTS[key] = load_vgg19_mat(path)
+    return _WEIGHTS[key]
+
+
 def mse(a, b):
     return float(np.mean(np.square(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
 
@@ -277,34 +293,64 @@ def install_dlp_recorder(module):
 def check_dlp_net(net, weights, layout=True):
     """The grader's net holds VGG19's layers (LAB_LAYER_NAMES' kinds, in order) and the
     file's weights: each conv/mlp layer's INT8 values are those of the file's weights under
-    the layer's own filter QuantParam, up to their order (sum and sum of squares, exact), and
-    its biases those of the file; with ``layout`` (the classification test), each filter in
-    exactly pycnml's layout, a wrong one named (a kh/kw swap changes the output too little
-    for the correlation to see). ``layout=False`` (get_top5's protocol test): order-blind,
-    so a layout bug costs its own row only."""
+    the layer's own filter QuantParam, up to their order (the same count of each INT8 value:
+    exact), and its biases those of the file; with ``layout`` (the classification test), each
+    filter in exactly pycnml's layout, a wrong one named (a kh/kw swap changes the output too
+    little for the correlation to see). ``layout=False`` (get_top5's protocol test):
+    order-blind, so a layout bug costs its own row only."""
     kinds = [layer.kind for layer in net._layers]
     assert kinds == DLP_KINDS, (f"the pycnml net's layers are {kinds}, expected VGG19's "
                                 f"{DLP_KINDS} (spec.LAB_LAYER_NAMES)")
     quantized = [layer for layer in net._layers if layer.quantized]
     names = [n for n in spec.LAB_LAYER_NAMES if n.startswith(("conv", "fc"))]
     for name, layer in zip(names, quantized):
-        file_layer = weights.layer(name)
         assert layer.w is not None, f"layer {name!r}: no parameters loaded"
         fq = layer.filter_quant
-        # quantisation is element-wise: the file's weights quantised once, in the file's
-        # shape; every layout is a transposition of these integers (no second quantisation)
-        from labkit.runtime.pycnml_sim import quantize
-        ref = quantize(np.asarray(file_layer.weight, np.float32), fq.position,
-                       fq.scale).reshape(np.shape(file_layer.weight))      # int8
-        got = np.asarray(layer.w).astype(np.int8, copy=False)
-        assert ((got.sum(dtype=np.int64), np.square(got, dtype=np.int64).sum()) ==
-                (ref.sum(dtype=np.int64), np.square(ref, dtype=np.int64).sum())), \
-            f"layer {name!r}: the loaded weights are not the file's (under {fq})"
-        if layout:
-            check_dlp_layout(name, got, ref)
-        want_bias = np.sort(np.asarray(file_layer.bias, np.float32).ravel().astype(np.float16))
+        ref = file_int8(weights, name, fq)       # the file's weights quantised, its shape
+        got = np.asarray(layer.w).astype(np.int8, copy=False).ravel()
+        exact = layout and got.size == ref.size and np.array_equal(got, dlp_layout(name, ref))
+        if not exact:           # (exactly pycnml's layout: the same values, no count needed)
+            assert np.array_equal(_value_counts(got), _value_counts(ref)), \
+                f"layer {name!r}: the loaded weights are not the file's (under {fq})"
+            if layout:
+                check_dlp_layout(name, got, ref)
+        want_bias = np.sort(np.asarray(weights.layer(name).bias, np.float32).ravel().astype(
+            np.float16))
         assert np.array_equal(np.sort(layer.bias), want_bias), \
             f"layer {name!r}: the loaded biases are not the file's"
+
+
+_FILE_INT8 = {}
+
+
+def file_int8(weights, name, fq):
+    """The file's weights of layer ``name`` quantised under ``fq`` (int8, the file's shape),
+    computed once per (weights, layer, QuantParam): quantisation is element-wise, so every
+    layout is a transposition of these integers."""
+    from labkit.runtime.pycnml_sim import quantize
+    key = (name, fq.position, fq.scale)
+    if _FILE_INT8.get("weights") is not weights:        # another file: start over
+        _FILE_INT8.clear()
+        _FILE_INT8["weights"] = weights
+    if key not in _FILE_INT8:
+        w = np.asarray(weights.layer(name).weight, np.float32)
+        _FILE_INT8[key] = quantize(w, fq.position, fq.scale).reshape(w.shape)
+    return _FILE_INT8[key]
+
+
+def _value_counts(ints):
+    """How often each INT8 value occurs (an order-blind, exact comparison of two filters)."""
+    return np.bincount(np.asarray(ints, np.int8).ravel(order="K").view(np.uint8),
+                       minlength=256)
+
+
+def dlp_layout(name, weight):
+    """``weight`` (the file's array) flattened in the layout pycnml is given (the first of
+    ``dlp_layouts``; only that one is made)."""
+    w = np.asarray(weight)
+    if name.startswith("conv"):
+        return np.transpose(w, [3, 2, 0, 1]).ravel()
+    return w.reshape(-1, w.shape[3]).T.ravel()
 
 
 def dlp_layouts(name, weight):
@@ -330,12 +376,11 @@ def check_dlp_layout(name, got, ref):
     """``got`` (the layer's INT8 filter) in exactly pycnml's layout of ``ref`` (the file's
     weights quantised, in the file's shape); a wrong layout is named."""
     got = np.asarray(got).ravel()
-    layouts = dlp_layouts(name, ref)
-    want_name, want = next(iter(layouts.items()))
-    want = want.ravel()
+    want_name = "[Cout, Cin, K, K]" if name.startswith("conv") else "[Cout, H*W*Cin]"
+    want = dlp_layout(name, ref)
     if np.array_equal(got, want):
         return
-    seen = next((d for d, f in layouts.items() if f.size == got.size and
+    seen = next((d for d, f in dlp_layouts(name, ref).items() if f.size == got.size and
                  np.array_equal(got, f.ravel())), None)
     first = int(np.flatnonzero(got != want)[0])
     raise AssertionError(

@@ -15,6 +15,7 @@ import pytest
 from labkit.runtime.student import stu
 from labkit.runtime.compare import expect, expect_shape
 from lab_support import check_dlp_net, deferred, install_dlp_recorder, unwrap
+from lab_support import file_weights as load_file_weights
 
 MIN_CORRELATION = 0.99
 
@@ -34,8 +35,7 @@ def net(full_fixture):
 
 @pytest.fixture(scope="module")
 def file_weights(full_fixture):
-    from labkit.runtime.matfile import load_vgg19_mat
-    return load_vgg19_mat(full_fixture["mat"])
+    return load_file_weights(full_fixture["mat"])
 
 
 def _build(full_fixture):

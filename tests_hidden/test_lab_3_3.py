@@ -24,7 +24,7 @@ from labkit.runtime import nofollow
 from labkit.runtime.gradcheck import check_directional
 from labkit.runtime.compare import expect, expect_close, expect_shape
 from labkit.runtime.student import seed_numpy, stu, student_folder, to_student
-from lab_support import RefReLU, deferred, unwrap
+from lab_support import RefReLU, deferred, file_weights, unwrap
 
 TOL = 1e-10
 
@@ -265,8 +265,7 @@ def test_feature_network_forward_backward(feature_net, full_fixture, tmp_path):
            f"returned the layers {sorted(feats)}: a dict with (at least) the layers asked for")
     expect_shape("features of relu3_1", feats["relu3_1"], (np.shape(x)[0], 256, 8, 12))
     # the reference: the same weights from the file, the definition of each layer
-    from labkit.runtime.matfile import load_vgg19_mat
-    weights = load_vgg19_mat(full_fixture["mat"])
+    weights = file_weights(full_fixture["mat"])
     layers = weights.layers[:weights.layers.index(weights.layer("relu3_1")) + 1]
 
     def reference(z):
@@ -322,9 +321,8 @@ class RefFeatureNet:
 
     def __init__(self, mat, last_layer):
         from labkit.engine.attach import EngineConvolution, EngineMaxPooling
-        from labkit.runtime.matfile import load_vgg19_mat
         from labkit.runtime.vgg19_spec import FEATURE_LAYER_NAMES
-        weights = load_vgg19_mat(mat)
+        weights = file_weights(mat)
         self.names = FEATURE_LAYER_NAMES[:FEATURE_LAYER_NAMES.index(last_layer) + 1]
         self.layers = {}
         for name in self.names:
@@ -396,9 +394,8 @@ def ref_transfer_loss(net, image, content_targets, style_targets):
 @pytest.fixture(scope="module")
 def loop_case(full_fixture):
     from labkit.runtime.images import load_rgb, preprocess
-    from labkit.runtime.matfile import load_vgg19_mat
     net = RefFeatureNet(full_fixture["mat"], "relu3_1")
-    mean = np.asarray(load_vgg19_mat(full_fixture["mat"]).mean_pixel, dtype=np.float64)
+    mean = np.asarray(file_weights(full_fixture["mat"]).mean_pixel, dtype=np.float64)
     rgb = load_rgb(full_fixture["image"])
     content = preprocess(rgb, mean, 32, 48, np.float64)
     style = preprocess(rgb[::-1, ::-1], mean, 32, 48, np.float64)
