@@ -364,13 +364,19 @@ def test_a_file_kept_open_across_the_take_back_never_reaches_the_grader(tmp_path
         sc.remove()
 
 
-def test_calls_between_whole_walks_walk_only_the_given_folders(tmp_path, monkeypatch):
+@pytest.mark.parametrize("check", ["inotify", "lstat"])
+def test_calls_between_whole_walks_walk_only_the_given_folders(tmp_path, monkeypatch, check):
     """The hand-over before each call walks the whole tests' folder only when the grader
     changed a root-side folder or the given set; else only the given folders (a full grade
     made 16,363 whole walks: 88 s of 257). A folder a test makes deep below its own (a
     0700 mkdtemp) is still readable by the uid at the next call, and a file a test drops
-    in a given folder is still the uid's to rewrite."""
+    in a given folder is still the uid's to rewrite. Both ways of seeing a change: inotify
+    (FolderWatch) and, where it is not available, an lstat of each root-side folder."""
     from labkit.staff.sandbox import process
+    if check == "lstat":
+        monkeypatch.setattr(process.FolderWatch, "new", classmethod(lambda cls: None))
+    elif process.FolderWatch.new() is None:
+        pytest.skip("no inotify here")
     tops = []
     real = process.hand_over
     monkeypatch.setattr(process, "hand_over",
@@ -400,8 +406,76 @@ def test_calls_between_whole_walks_walk_only_the_given_folders(tmp_path, monkeyp
         sc.give()
         assert os.lstat(os.path.join(mine, "given.npy")).st_uid == 4242
         assert tops == [sc.tmp, mine]
+        assert (sc._watch is not None) == (check == "inotify")
     finally:
         sc.remove()
+
+
+def test_folder_watch_sees_what_the_lstat_check_saw(tmp_path):
+    """FolderWatch (the hand-over's inotify) reports an entry added, removed or renamed in
+    a watched folder and the folder's own mode, owner or removal, as the lstat check did;
+    an entry's own attributes (the uid's given folder, chowned or chmodded) are not a
+    change. Controls: each change on an unwatched folder is not reported; a watch that
+    cannot be added leaves the watch unusable (the caller checks by lstat)."""
+    from labkit.staff.sandbox.process import FolderWatch
+    if FolderWatch.new() is None:
+        pytest.skip("no inotify here")
+
+    def watched(*names):
+        w = FolderWatch.new()
+        for name in names:
+            fd = os.open(tmp_path / name, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                w.add(fd)
+            finally:
+                os.close(fd)
+        assert w.ok and not w.changed()
+        return w
+
+    for d in ("a", "a/given", "b", "b/inner", "c"):
+        os.makedirs(tmp_path / d)
+    changes = [
+        ("a", lambda: (tmp_path / "a" / "new.npy").write_bytes(b"x")),      # created
+        ("a", lambda: os.makedirs(tmp_path / "a" / "sub")),
+        ("a", lambda: os.rename(tmp_path / "a" / "sub", tmp_path / "a" / "sub2")),
+        ("a", lambda: os.rmdir(tmp_path / "a" / "sub2")),                   # removed
+        ("a", lambda: os.remove(tmp_path / "a" / "new.npy")),
+        ("a", lambda: os.rename(tmp_path / "b" / "inner", tmp_path / "a" / "inner")),  # in
+        ("a", lambda: os.rename(tmp_path / "a" / "inner", tmp_path / "b" / "inner")),  # out
+        ("a", lambda: os.chmod(tmp_path / "a", 0o750)),                     # its own mode
+        ("a", lambda: os.chown(tmp_path / "a", 0, 4242)),                   # its owner
+        ("b/inner", lambda: os.rmdir(tmp_path / "b" / "inner")),            # removed itself
+    ]
+    for name, change in changes:
+        w, control = watched(name), watched("c")
+        try:
+            change()
+            assert w.changed(), f"{name}: {change}"
+            assert w.changed()                                  # sticky
+            assert not control.changed()
+        finally:
+            w.close()
+            control.close()
+        if name == "b/inner":
+            os.makedirs(tmp_path / "b" / "inner")
+    w = watched("a")
+    try:        # the given folder's own attributes (the hand-over's chown, the uid's chmod)
+        os.chown(tmp_path / "a" / "given", 4242, 4242)
+        os.chmod(tmp_path / "a" / "given", 0o700)
+        (tmp_path / "a" / "given" / "out.npy").write_bytes(b"y")     # inside: not watched
+        assert not w.changed()
+    finally:
+        w.close()
+    w = FolderWatch.new()
+    try:
+        fd = os.open(tmp_path / "a" / "given" / "out.npy", os.O_RDONLY)
+        try:
+            w.add(fd)           # not a folder: IN_ONLYDIR refuses it
+        finally:
+            os.close(fd)
+        assert not w.ok
+    finally:
+        w.close()
 
 
 def test_share_never_follows_a_link_nor_changes_a_mode(tmp_path):

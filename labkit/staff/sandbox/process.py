@@ -387,7 +387,8 @@ def _outermost(folders):
     return out
 
 
-def hand_over(top, uid, keep=0, seen=None, max_entries=200_000, given=None, record=None):
+def hand_over(top, uid, keep=0, seen=None, max_entries=200_000, given=None, record=None,
+              watch=None):
     """Set who may write the folders under ``top``, through file descriptors only (every
     entry opened with O_NOFOLLOW relative to its folder's fd, then fchown/fchmod), so a link
     or a swapped folder planted by the submission is never followed.
@@ -401,8 +402,10 @@ def hand_over(top, uid, keep=0, seen=None, max_entries=200_000, given=None, reco
     FIFOs, sockets) is removed, its files made root's. ``seen``: {(dev, ino): (mtime_ns,
     given)} of folders already done (their entries rescanned only when changed).
     ``record``: a dict filled with {path: (dev, ino, mtime_ns, ctime_ns)} of every folder
-    left root's, as it is after the walk. Returns False when the walk stopped early (more
-    than ``max_entries`` entries, or a folder it could not finish), else True."""
+    left root's, as it is after the walk. ``watch``: called with the fd of every folder left
+    root's once its owner and mode are set, before its entries are read (a FolderWatch's
+    ``add``: what changes there afterwards is reported). Returns False when the walk stopped
+    early (more than ``max_entries`` entries, or a folder it could not finish), else True."""
     if uid is None:
         return True
     seen = {} if seen is None else seen
@@ -429,6 +432,8 @@ def hand_over(top, uid, keep=0, seen=None, max_entries=200_000, given=None, reco
                     os.fchown(fd, 0, uid)       # first: then no entry can be added
                 if stat.S_IMODE(st.st_mode) != 0o750:
                     os.fchmod(fd, 0o750)
+            if watch is not None and not mine:
+                watch(fd)
             key = (st.st_dev, st.st_ino)
             changed = seen.get(key) != (st.st_mtime_ns, mine)
             for name in os.listdir(fd):
@@ -474,6 +479,82 @@ def hand_over(top, uid, keep=0, seen=None, max_entries=200_000, given=None, reco
     return complete
 
 
+class FolderWatch:
+    """inotify on the folders a whole hand-over walk left root's (Linux; ``FolderWatch.new()``
+    is None elsewhere): whether any of them changed since, in one read instead of an lstat
+    of each (a full grade makes about 22,000 calls into student code, each after a
+    ``give``). A change is what the lstat check saw: an entry created, removed or renamed
+    in a watched folder, or the folder's own owner, mode or times changed, it removed or
+    moved; an entry's own attributes are not (a given folder's, chowned by the hand-over,
+    or chmodded by the uid). A lost event (the queue overflowed) or any error counts as a
+    change; a watch that cannot be added makes the watch unusable (``ok`` False: the
+    caller checks by lstat)."""
+    IN_ATTRIB, IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x4, 0x40, 0x80, 0x100, 0x200
+    IN_DELETE_SELF, IN_MOVE_SELF, IN_UNMOUNT, IN_Q_OVERFLOW, IN_IGNORED = (
+        0x400, 0x800, 0x2000, 0x4000, 0x8000)
+    IN_ONLYDIR, IN_NONBLOCK, IN_CLOEXEC = 0x1000000, 0o4000, 0o2000000
+    ENTRY = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO
+    SELF = IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT | IN_IGNORED
+    MASK = ENTRY | IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
+    _libc = None
+
+    @classmethod
+    def new(cls):
+        """A watch with no folders yet, or None where inotify is not available."""
+        if not sys.platform.startswith("linux"):
+            return None
+        try:
+            if cls._libc is None:
+                import ctypes
+                libc = ctypes.CDLL(None, use_errno=True)
+                libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p,
+                                                   ctypes.c_uint32]
+                cls._libc = libc
+            fd = cls._libc.inotify_init1(cls.IN_NONBLOCK | cls.IN_CLOEXEC)
+        except (OSError, AttributeError):
+            return None
+        return cls(fd) if fd >= 0 else None
+
+    def __init__(self, fd):
+        self.fd, self.ok, self._changed = fd, True, False
+
+    def add(self, folder_fd):
+        """Watch the folder open at ``folder_fd`` (that inode, through /proc/self/fd)."""
+        if not self.ok:
+            return
+        wd = self._libc.inotify_add_watch(self.fd, f"/proc/self/fd/{folder_fd}".encode(),
+                                          self.MASK)
+        if wd < 0:
+            self.ok = False
+
+    def changed(self):
+        """Whether a watched folder changed since it was watched (sticky)."""
+        import struct
+        while not self._changed:
+            try:
+                data = os.read(self.fd, 1 << 16)
+            except BlockingIOError:
+                break
+            except OSError:
+                self._changed = True
+                break
+            if not data:
+                break
+            at = 0
+            while at + 16 <= len(data):
+                _, mask, _, size = struct.unpack_from("iIII", data, at)
+                at += 16 + size
+                if mask & self.IN_Q_OVERFLOW or mask & (self.ENTRY if size else self.SELF):
+                    self._changed = True
+                    break
+        return self._changed
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd, self.ok = None, False
+
+
 class Scratch:
     """One submission's scratch folder: ``code/`` (read-only for the sandboxed processes:
     the submission's stu_upload, labkit/__init__.py + labkit/runtime, the drivers, the worker)
@@ -494,6 +575,7 @@ class Scratch:
         self._seen = {}
         self._given, self._leases = set(), {}
         self._walked, self._root_side = None, {}    # the last whole walk (give)
+        self._watch = None                          # its FolderWatch (None: lstat)
         with open(os.path.join(self.path, MARKER), "w", encoding="utf-8") as f:
             f.write("labkit grading scratch folder\n")     # (root's: a killed grader's
         #                                                      leftovers are recognised by it)
@@ -592,8 +674,9 @@ class Scratch:
         Cheap enough to run before every call to student code: after a whole walk, only the
         uid's folders can change without the grader (every other folder is root's, not
         writable by the uid, nor is the folder it is in), so the next calls walk only the
-        given folders, after one lstat of each root-side folder recorded by that walk (a
-        test's new folder changes its parent's mtime). A change there, or in the given
+        given folders, after checking that no root-side folder that walk recorded changed
+        (inotify: FolderWatch; else one lstat of each: a test's new folder changes its
+        parent's mtime). A change there, or in the given
         folders' set (``give_folder``, ``lease``, ``take_back``), walks the whole tree
         again."""
         given = frozenset(self._given) | frozenset(self._leases)
@@ -601,14 +684,19 @@ class Scratch:
             for top in _outermost(given):
                 hand_over(top, self.uid, keep=-1, seen=self._seen)
             return
-        record = {}
+        record, watch = {}, FolderWatch.new()
         complete = hand_over(self.tmp, self.uid, keep=1, seen=self._seen, given=given,
-                             record=record)
-        self._walked, self._root_side = (given if complete else None), record
+                             record=record, watch=watch.add if watch is not None else None)
+        if self._watch is not None:
+            self._watch.close()
+        self._walked, self._root_side, self._watch = (given if complete else None), record, watch
 
     def _root_side_unchanged(self):
         """Whether every folder the last whole walk left root's is still the same folder,
-        with no entry added, removed or renamed and no mode or owner changed."""
+        with no entry added, removed or renamed and no mode or owner changed: by inotify
+        (FolderWatch) where it watches them all, else one lstat of each."""
+        if self._watch is not None and self._watch.ok:
+            return not self._watch.changed()
         for p, sig in self._root_side.items():
             try:
                 st = os.lstat(p)
@@ -756,6 +844,9 @@ class Scratch:
         self.work_mounted = True
 
     def remove(self):
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
         if self.work_mounted:
             subprocess.run(["umount", "-l", self.work], capture_output=True)
             self.work_mounted = False
