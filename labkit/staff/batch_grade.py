@@ -253,7 +253,8 @@ def _grade_one(index, student, path, args, work):
     extra = ["--test-timeout", str(args.test_timeout), *args.pytest_args]
     try:
         report, proc = run_grading(clean, json_path, extra=extra, hidden=args.hidden,
-                                   timeout=args.timeout, cwd=ROOT, sandbox=args.sandbox)
+                                   timeout=args.timeout, cwd=ROOT, sandbox=args.sandbox,
+                                   split=getattr(args, "split", 1) or 1)
     except subprocess.TimeoutExpired:
         report = _read_json(json_path)      # partial: the tests that completed count
         note = f"wall-clock limit of {args.timeout:g} s exceeded"
@@ -470,6 +471,9 @@ def main(argv=None):
                    help="wall-clock limit per student, seconds")
     p.add_argument("--test-timeout", type=float, default=60, help="limit per test, seconds")
     p.add_argument("--jobs", type=int, default=1, help="students graded in parallel")
+    p.add_argument("--split", type=int, default=None, metavar="N",
+                   help="grade each student's test files in N parts at once, each a grading "
+                   "of its own (default: 2 with --jobs 1 on 2 or more cores, else 1)")
     p.add_argument("--shard", metavar="K/N", help="grade only shard K of N (every N-th "
                    "submission by sorted name, from the K-th); combine the shards' --results "
                    "folders with 'merge'")
@@ -678,6 +682,10 @@ def check_args(p, args):
         raise SystemExit2(f"--test-timeout {args.test_timeout:g}: must be > 0 seconds")
     if args.jobs < 1:
         raise SystemExit2(f"--jobs {args.jobs}: must be at least 1")
+    if args.split is None:
+        args.split = 2 if args.jobs == 1 and (os.cpu_count() or 1) >= 2 else 1
+    if args.split < 1:
+        raise SystemExit2(f"--split {args.split}: must be at least 1")
     if args.hidden:
         args.hidden = os.path.abspath(args.hidden)
         if not os.path.isdir(args.hidden):

@@ -195,13 +195,18 @@ class Grader(Points):
                               if os.path.basename(os.path.normpath(a)) != STAFF_TESTS]
         hidden = config.getoption("hidden")
         self.hidden_dir = os.path.abspath(hidden) if hidden else None
+        self.hidden_args = []       # hidden test files named (a split grading's part)
         if self.hidden_dir:
             if not os.path.isdir(self.hidden_dir):
                 raise pytest.UsageError(f"--hidden {hidden}: no such folder")
             self.selected_args = list(config.args)
             if config.args_source != pytest.Config.ArgsSource.ARGS:
                 self.selected_args = []
-            config.args.append(self.hidden_dir)
+            inv = str(config.invocation_params.dir)
+            self.hidden_args = [a for a in self.selected_args if self._in_hidden(
+                os.path.normpath(os.path.join(inv, str(a).partition("::")[0])))]
+            if not self.hidden_args:        # else only the hidden files named run
+                config.args.append(self.hidden_dir)
         else:
             self.selected_args = (list(config.args)
                                   if config.args_source == pytest.Config.ArgsSource.ARGS else [])
@@ -256,11 +261,14 @@ class Grader(Points):
         _sandbox_drivers(self.session)
 
     # -- ids ------------------------------------------------------------------------------
+    def _in_hidden(self, full):
+        return bool(self.hidden_dir) and (full == self.hidden_dir or
+                                          full.startswith(self.hidden_dir + os.sep))
+
     def canonical(self, nodeid):
         path, sep, rest = nodeid.partition("::")
         full = os.path.normpath(os.path.join(self.root, path))
-        if self.hidden_dir and (full == self.hidden_dir or
-                                full.startswith(self.hidden_dir + os.sep)):
+        if self._in_hidden(full):
             rel = os.path.relpath(full, self.hidden_dir).replace(os.sep, "/")
             return HIDDEN_PREFIX + rel + sep + rest
         return nodeid

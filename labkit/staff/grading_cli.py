@@ -16,39 +16,121 @@ from labkit.staff.points import (MANIFEST_NAME, ROOT, category_for, experiment_f
 
 # ------------------------------------------------------------------------------- manifest
 def run_grading(stu_dir, json_path, extra=(), hidden=None, manifest=None, timeout=None,
-                cwd=ROOT, sandbox=None):
+                cwd=ROOT, sandbox=None, split=1):
     """Grade ``stu_dir`` in a fresh ``python -m pytest``; returns (report or None, process).
     On ``timeout`` the grader's process group and the submission's processes are killed and
-    ``subprocess.TimeoutExpired`` is raised (a partial report may be at ``json_path``)."""
-    from labkit.staff.grade import pytest_command
+    ``subprocess.TimeoutExpired`` is raised (a partial report may be at ``json_path``).
+    ``split``: grade the test files (those named in ``extra``, else all) in that many
+    groups at once, each a grading of its own (labkit.staff.split), and write the merged
+    report; the process returned then holds every part's output."""
+    from labkit.staff.grade import pytest_command, split_args
     opts = ["-q", "-p", "no:cacheprovider",
             "-p", "no:hypothesispytest",     # @given still works; saves its start-up per run
-            f"--stu-dir={os.path.abspath(stu_dir)}", f"--grade-json={os.path.abspath(json_path)}"]
-    if hidden:
-        opts += [f"--hidden={os.path.abspath(hidden)}"]
+            f"--stu-dir={os.path.abspath(stu_dir)}"]
     if manifest:
         opts += [f"--grade-manifest={manifest}"]
     if sandbox:
         opts += [f"--sandbox={sandbox}"]
-    cmd = pytest_command(opts + list(extra), root=cwd)   # ini and rootdir fixed, OPTION=VALUE
-    info = json_path + ".sandbox"
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("PYTEST_", "LABKIT_STU_DIR", "LABKIT_SANDBOX"))}
-    env.update(PYTHONDONTWRITEBYTECODE="1", LABKIT_SANDBOX_INFO=info)
+    env.update(PYTHONDONTWRITEBYTECODE="1")
+    parts = None
+    if split > 1:           # the files named (whole files only), else every test file
+        from labkit.staff import split as splitting
+        named = split_args(list(extra), cwd=cwd)[1]
+        if not any("::" in t or os.path.isdir(t) for t in named):
+            extra = [a for a in extra if os.path.normpath(os.path.join(cwd, a)) not in named]
+            parts = splitting.plan(named or splitting.test_files(cwd, hidden), split, hidden)
+    if not parts or len(parts) < 2:
+        cmd = pytest_command(opts + [f"--grade-json={os.path.abspath(json_path)}"] +
+                             ([f"--hidden={os.path.abspath(hidden)}"] if hidden else []) +
+                             list(extra), root=cwd)     # ini and rootdir fixed, OPTION=VALUE
+        (proc,) = _run_parts([(cmd, json_path + ".sandbox")], cwd, env, timeout)
+        return _read_json(json_path), proc
+    threads = str(max(1, (os.cpu_count() or 1) // len(parts)))
+    for key in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                "LABKIT_THREADS"):
+        env.setdefault(key, threads)        # one core each: the parts run side by side
+    jobs, paths = [], []
+    for i, files in enumerate(parts):
+        path = f"{os.path.abspath(json_path)}.part{i}"
+        paths.append(path)
+        has_hidden = hidden and any(not f.startswith(os.path.join(cwd, "tests") + os.sep)
+                                    for f in files)
+        cmd = pytest_command(opts + [f"--grade-json={path}"] +
+                             ([f"--hidden={os.path.abspath(hidden)}"] if has_hidden else []) +
+                             list(extra) + files, root=cwd)
+        jobs.append((cmd, path + ".sandbox"))
+    try:
+        procs = _run_parts(jobs, cwd, env, timeout)
+    finally:        # (also on a timeout: the parts' partial reports, merged)
+        reports = [_read_json(p) for p in paths]
+        for p in paths:
+            with contextlib.suppress(OSError):
+                os.unlink(p)
+        report = None
+        if all(r is not None for r in reports):
+            from labkit.staff import split as splitting
+            manifest_tests = _manifest_tests(manifest, cwd)
+            report = splitting.merge(reports, manifest_tests)
+            _write_report(json_path, report)
+    proc = subprocess.CompletedProcess(
+        [p.args for p in procs], max(p.returncode for p in procs),
+        "".join(p.stdout for p in procs), "".join(p.stderr for p in procs))
+    return report, proc
+
+
+def _run_parts(jobs, cwd, env, timeout):
+    """Run each (command, sandbox info path) at once; wait for all, within ``timeout``
+    (then every part's process group and submission are killed: TimeoutExpired)."""
+    import time
+    deadline = None if timeout is None else time.monotonic() + timeout
     popen = getattr(subprocess.Popen, "_labkit_base", subprocess.Popen)
-    with popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-               env=env, start_new_session=True) as p:
-        try:
-            out, err = p.communicate(timeout=timeout)
-        finally:            # also on TimeoutExpired, which then propagates
+    running = []
+    try:
+        for cmd, info in jobs:
+            running.append((popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True, env=dict(env, LABKIT_SANDBOX_INFO=info),
+                                  start_new_session=True), info))
+        done = []
+        for p, _ in running:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            out, err = p.communicate(timeout=left)
+            done.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+        return done
+    finally:            # also on TimeoutExpired, which then propagates
+        for p, info in running:
             _kill_group(p)
             _end_submission(info)
-    proc = subprocess.CompletedProcess(cmd, p.returncode, out, err)
-    report = None
-    if os.path.exists(json_path):
-        with open(json_path, encoding="utf-8") as f:
-            report = json.load(f)
-    return report, proc
+            if p.returncode is None:
+                with contextlib.suppress(Exception):
+                    p.communicate(timeout=5)
+
+
+def _manifest_tests(manifest, cwd):
+    if manifest == "none":
+        return {}
+    path = manifest or os.path.join(cwd, MANIFEST_NAME)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f).get("tests", {})
+    except (OSError, ValueError):
+        return {}
+
+
+def _read_json(path):
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except ValueError:
+        return None
+
+
+def _write_report(path, report):
+    from labkit.staff.reports import _write_json
+    _write_json(path, report)
 
 
 def _kill_group(p):

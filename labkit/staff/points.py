@@ -124,18 +124,23 @@ class Points:
     def _selected(self, test_id, module):
         """Whether a manifest test belongs to this run (paths given on the command line,
         -k); hidden tests only with --hidden."""
-        if test_id.startswith(HIDDEN_PREFIX):
-            return self.hidden_dir is not None
-        if self.selected_args:
+        hidden = test_id.startswith(HIDDEN_PREFIX)
+        if hidden and self.hidden_dir is None:
+            return False
+        args = self.hidden_args if hidden else self.selected_args
+        if hidden or self.selected_args:    # (hidden: all of them unless files are named)
             full_id = test_id
-            ok = False
+            ok = not args
             inv = str(self.config.invocation_params.dir)
-            mpath = os.path.normpath(os.path.join(self.root, module))
-            for arg in self.selected_args:
+            base = self.hidden_dir if hidden else self.root
+            if hidden:
+                module, full_id = module[len(HIDDEN_PREFIX):], test_id[len(HIDDEN_PREFIX):]
+            mpath = os.path.normpath(os.path.join(base, module))
+            for arg in args:
                 path, sep, rest = str(arg).partition("::")
                 apath = os.path.normpath(os.path.join(inv, path))
                 if sep:
-                    rel = os.path.relpath(apath, self.root).replace(os.sep, "/")
+                    rel = os.path.relpath(apath, base).replace(os.sep, "/")
                     ok = ok or full_id.startswith(rel + "::" + rest)
                 elif mpath == apath or mpath.startswith(apath + os.sep):
                     ok = True
@@ -205,6 +210,18 @@ class Points:
         hidden_all = {k for k, v in manifest_tests.items() if v.get("hidden")}
         hidden_count = len(hidden_all) or (self.manifest or {}).get(
             "hidden_summary", {}).get("count", 0)
+        return self.summarize(
+            rows, present, stu_dir=self.stu_pkg, hidden_run=self.hidden_dir is not None,
+            hidden_count=hidden_count, manifest=self.manifest is not None,
+            init_error=(self.session.init_error if self.session is not None
+                        else self.init_error),
+            sandbox=self._sandbox_info(), collection_errors=self.collect_errors)
+
+    @staticmethod
+    def summarize(rows, present, stu_dir, hidden_run, hidden_count, manifest, init_error,
+                  sandbox, collection_errors):
+        """The grade of a run from its rows (``compute``; also the merged grade of a grading
+        split over processes: labkit.staff.split)."""
         graded = [r for r in rows if r["graded"]]
         counted = [r for r in graded if r["result"] != NOT_SUBMITTED]
 
@@ -221,7 +238,7 @@ class Points:
                 for c in CATEGORIES for k, key in (("points", "points"),
                                                    ("max_points", "max_points"))}}
         return {
-            "stu_dir": self.stu_pkg,
+            "stu_dir": stu_dir,
             "points": points, "max_points": max_points,
             "percent": round(100.0 * points / max_points, 1) if max_points else 0.0,
             "lab_points": total(by_cat["lab"], "points"),
@@ -233,16 +250,14 @@ class Points:
             "passed": sum(r["result"] == "passed" for r in counted),
             "failed": sum(r["result"] != "passed" for r in counted),
             "not_submitted": len(graded) - len(counted),
-            "hidden_run": self.hidden_dir is not None,
-            "hidden_tests_not_run": 0 if self.hidden_dir else hidden_count,
-            "manifest": self.manifest is not None,
-            "init_error": (self.session.init_error if self.session is not None
-                           else self.init_error),
-            "sandbox": self._sandbox_info(),
-            "collection_errors": dict(sorted(self.collect_errors.items())),
+            "hidden_run": hidden_run,
+            "hidden_tests_not_run": 0 if hidden_run else hidden_count,
+            "manifest": manifest,
+            "init_error": init_error,
+            "sandbox": sandbox,
+            "collection_errors": dict(sorted(collection_errors.items())),
             "tests": rows,
         }
-
 
     @staticmethod
     def _row(test_id, graded, max_points, res, hidden, present=None):

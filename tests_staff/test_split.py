@@ -1,0 +1,108 @@
+"""labkit/staff/split.py: one submission graded in parts at once (issue 22: a full grade
+keeps one core busy; two parts use two). The merged report is the report of one run."""
+import json
+import os
+import shutil
+
+import pytest
+
+from labkit.staff import split
+from labkit.staff.grading import ROOT, run_grading
+from labkit.staff.points import Points
+
+HIDDEN = os.path.join(ROOT, "tests_hidden")
+
+
+def test_plan_puts_every_file_in_one_part_balanced_and_deterministic():
+    files = split.test_files(ROOT, HIDDEN)
+    assert any("tests_hidden" in f for f in files) and not any("tests_staff" in f
+                                                                for f in files)
+    parts = split.plan(files, 2, HIDDEN)
+    assert sorted(f for p in parts for f in p) == sorted(files)
+    loads = [sum(split.weight(f, HIDDEN) for f in p) for p in parts]
+    assert len(parts) == 2 and max(loads) - min(loads) <= max(split.weight(f, HIDDEN)
+                                                               for f in files)
+    assert parts == split.plan(list(reversed(files)), 2, HIDDEN)
+    assert split.plan(files[:1], 4, HIDDEN) == [files[:1]]
+    # control: the weights decide (all equal: the two heaviest files may share a part)
+    heavy = ["tests_hidden/test_lab_3_2.py", "tests/test_layer_2.py"]
+    parts = split.plan([os.path.join(ROOT, f) for f in heavy] +
+                       [os.path.join(ROOT, "tests/test_images.py")], 2, HIDDEN)
+    assert not any(all(os.path.join(ROOT, f) in p for f in heavy) for p in parts)
+
+
+def _row(test, result, max_points=1, experiment="3.1"):
+    return {"test": test, "module": test.partition("::")[0], "graded": True,
+            "category": "lab", "experiment": experiment, "hidden": test.startswith("hidden/"),
+            "points": max_points if result == "passed" else 0, "max_points": max_points,
+            "result": result, "message": ""}
+
+
+def _report(rows, status="graded", hidden_run=True, **extra):
+    grade = Points.summarize(rows, {"3.1": True}, stu_dir="/s", hidden_run=hidden_run,
+                             hidden_count=0 if hidden_run else 2, manifest=True,
+                             init_error=None, sandbox={"mode": "bwrap", "events": []},
+                             collection_errors={})
+    grade["verdict"] = Points.verdict(grade)
+    grade["status"] = status
+    grade.update(extra)
+    return grade
+
+
+def test_merge_keeps_each_tests_row_once_in_a_single_runs_order():
+    a = _report([_row("tests/test_a.py::t1", "passed"), _row("tests/test_a.py::t2", "failed")],
+                hidden_run=False)
+    b = _report([_row("hidden/test_h.py::h1", "passed", 2),
+                 _row("tests/test_b.py::x", "missing")])
+    c = _report([_row("tests/test_b.py::x", "passed")])
+    manifest = {t: {} for t in ("hidden/test_h.py::h1", "tests/test_a.py::t1",
+                                "tests/test_a.py::t2", "tests/test_b.py::x")}
+    merged = split.merge([a, b, c], manifest)
+    single = _report([_row("hidden/test_h.py::h1", "passed", 2),
+                      _row("tests/test_a.py::t1", "passed"),
+                      _row("tests/test_a.py::t2", "failed"),
+                      _row("tests/test_b.py::x", "passed")])
+    assert json.dumps(merged) == json.dumps(single)         # keys, order and values
+    assert (merged["points"], merged["max_points"], merged["failed"]) == (4, 5, 1)
+
+
+def test_merge_an_unfinished_or_tampered_part_marks_the_whole():
+    a = _report([_row("tests/test_a.py::t1", "passed")])
+    b = _report([_row("tests/test_b.py::t1", "passed")], status="incomplete")
+    merged = split.merge([a, b], {})
+    assert merged["status"] == "incomplete" and merged["verdict"].startswith(
+        "grading did not finish")
+    c = _report([_row("tests/test_b.py::t1", "passed")], status="integrity-error",
+                integrity_changes=["changed: /x/grading.py"])
+    merged = split.merge([a, c], {})
+    assert merged["status"] == "integrity-error" and merged["points"] == 0
+    assert merged["integrity_changes"] == ["changed: /x/grading.py"]
+    assert split.merge([a, _report([_row("tests/test_b.py::t1", "passed")])], {})[
+        "status"] == "graded"       # control
+
+
+@pytest.mark.slow
+def test_a_split_grading_writes_the_report_of_one_run(tmp_path):
+    """A submission without exp 3.2's file and with a broken ReLU, graded on public and
+    hidden files in one run and in two parts: the same report (in-process grading; the
+    parts are gradings of their own, so the sandbox changes nothing here)."""
+    stu = tmp_path / "stu_upload"
+    shutil.copytree(os.path.join(ROOT, "stu_upload"), stu,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    os.remove(stu / "vgg19_demo.py")
+    src = (stu / "layer_1.py").read_text()
+    assert "np.maximum(input, 0)" in src
+    (stu / "layer_1.py").write_text(src.replace("np.maximum(input, 0)", "input", 1))
+    files = ["tests/test_layer_1.py", "tests/test_edges_numbers.py",
+             "tests/test_vgg19_demo.py", os.path.join(HIDDEN, "test_hidden_layers.py")]
+    reports = {}
+    for n in (1, 2):
+        report, proc = run_grading(str(stu), str(tmp_path / f"r{n}.json"), hidden=HIDDEN,
+                                   sandbox="off", split=n, extra=files, timeout=900)
+        assert report is not None, proc.stdout[-2000:] + proc.stderr[-2000:]
+        with open(tmp_path / f"r{n}.json", encoding="utf-8") as f:
+            reports[n] = f.read()
+    one = json.loads(reports[1])
+    assert one["failed"] > 0 and one["experiments"]["3.2"]["submitted"] is False
+    assert one["hidden_run"] and any(r["hidden"] for r in one["tests"])
+    assert reports[1] == reports[2]
