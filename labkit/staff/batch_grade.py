@@ -254,7 +254,8 @@ def _grade_one(index, student, path, args, work):
     try:
         report, proc = run_grading(clean, json_path, extra=extra, hidden=args.hidden,
                                    timeout=args.timeout, cwd=ROOT, sandbox=args.sandbox,
-                                   split=getattr(args, "split", 1) or 1)
+                                   split=getattr(args, "split", 1) or 1,
+                                   threads=_threads(args))
     except subprocess.TimeoutExpired:
         report = _read_json(json_path)      # partial: the tests that completed count
         note = f"wall-clock limit of {args.timeout:g} s exceeded"
@@ -293,6 +294,14 @@ def _grade_one(index, student, path, args, work):
                percent=f"{report['percent']:.1f}", failed_tests=report["failed"],
                status=status, notes="; ".join(notes).replace(clean, PACKAGE))
     return row, report
+
+
+def _threads(args):
+    """The BLAS and engine threads of each grading process: the cores shared among the
+    submissions graded at once and their parts (never more processes' threads than cores:
+    with --jobs 2 each worker's 2 OpenBLAS threads had the cores twice over)."""
+    jobs, parts = max(1, getattr(args, "jobs", 1)), max(1, getattr(args, "split", 1) or 1)
+    return max(1, (os.cpu_count() or 1) // (jobs * parts))
 
 
 def _read_json(path):

@@ -16,13 +16,15 @@ from labkit.staff.points import (MANIFEST_NAME, ROOT, category_for, experiment_f
 
 # ------------------------------------------------------------------------------- manifest
 def run_grading(stu_dir, json_path, extra=(), hidden=None, manifest=None, timeout=None,
-                cwd=ROOT, sandbox=None, split=1):
+                cwd=ROOT, sandbox=None, split=1, threads=None):
     """Grade ``stu_dir`` in a fresh ``python -m pytest``; returns (report or None, process).
     On ``timeout`` the grader's process group and the submission's processes are killed and
     ``subprocess.TimeoutExpired`` is raised (a partial report may be at ``json_path``).
     ``split``: grade the test files (those named in ``extra``, else all) in that many
     groups at once, each a grading of its own (labkit.staff.split), and write the merged
-    report; the process returned then holds every part's output."""
+    report; the process returned then holds every part's output. ``threads``: the BLAS and
+    engine threads of each part's processes (default: the cores shared among the parts;
+    a variable already set is kept)."""
     from labkit.staff.grade import pytest_command, split_args
     opts = ["-q", "-p", "no:cacheprovider",
             "-p", "no:hypothesispytest",     # @given still works; saves its start-up per run
@@ -41,16 +43,18 @@ def run_grading(stu_dir, json_path, extra=(), hidden=None, manifest=None, timeou
         if not any("::" in t or os.path.isdir(t) for t in named):
             extra = [a for a in extra if os.path.normpath(os.path.join(cwd, a)) not in named]
             parts = splitting.plan(named or splitting.test_files(cwd, hidden), split, hidden)
-    if not parts or len(parts) < 2:
+    n_parts = len(parts) if parts and len(parts) > 1 else 1
+    if threads is not None or n_parts > 1:      # the parts (or jobs) run side by side
+        threads = threads or max(1, (os.cpu_count() or 1) // n_parts)
+        for key in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                    "LABKIT_THREADS"):
+            env.setdefault(key, str(threads))
+    if n_parts == 1:
         cmd = pytest_command(opts + [f"--grade-json={os.path.abspath(json_path)}"] +
                              ([f"--hidden={os.path.abspath(hidden)}"] if hidden else []) +
                              list(extra), root=cwd)     # ini and rootdir fixed, OPTION=VALUE
         (proc,) = _run_parts([(cmd, json_path + ".sandbox")], cwd, env, timeout)
         return _read_json(json_path), proc
-    threads = str(max(1, (os.cpu_count() or 1) // len(parts)))
-    for key in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                "LABKIT_THREADS"):
-        env.setdefault(key, threads)        # one core each: the parts run side by side
     jobs, paths = [], []
     for i, files in enumerate(parts):
         path = f"{os.path.abspath(json_path)}.part{i}"
