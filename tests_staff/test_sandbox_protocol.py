@@ -25,12 +25,12 @@ def _frames(session, monkeypatch):
     """Every request the grader sends from now on: a list of their headers."""
     from labkit.staff.sandbox import wire
     sent = []
-    real = wire.pack
+    real = wire.pack_parts
 
     def recording(header, blobs):
         sent.append(header)
         return real(header, blobs)
-    monkeypatch.setattr(wire, "pack", recording)
+    monkeypatch.setattr(wire, "pack_parts", recording)
     return sent
 
 
@@ -145,3 +145,18 @@ def test_a_worker_ended_by_an_earlier_methods_read_gets_no_stale_handle(tmp_path
         assert any("time limit" in e for e in s.events)
     finally:
         s.close()
+
+
+def test_a_big_array_crosses_whole_in_parts(session):
+    """Exp 3.2's build sends about 1.15 GB of weights: frames go out as their parts (never
+    joined into one more copy) through 1 MiB pipes and are read into one buffer; the
+    array comes back exact, and a frame in parts is byte for byte the joined frame."""
+    from labkit.staff.sandbox import wire
+    relu = _class(session, "layer_1", "ReLULayer")()
+    x = np.random.default_rng(1).standard_normal(6_000_000)     # 48 MB each way
+    x[::7] *= -1
+    assert np.array_equal(relu.forward(x), np.maximum(x, 0))
+    blobs = [memoryview(x[:1000].view(np.uint8)), b"\x01\x02"]
+    assert b"".join(wire.pack_parts({"ok": 1}, blobs)) == wire.pack({"ok": 1}, blobs)
+    import fcntl
+    assert fcntl.fcntl(session.wfd, getattr(fcntl, "F_GETPIPE_SZ", 1032)) >= 1 << 20

@@ -235,9 +235,15 @@ def decode(tree, blobs, on_handle=None, on_grader=None):
 
 # ------------------------------------------------------------------------------- frames
 def pack(header, blobs):
+    return b"".join(pack_parts(header, blobs))
+
+
+def pack_parts(header, blobs):
+    """The frame as [its magic, length and header; each blob as it is] (written in turn, a
+    big answer is never joined into one more copy)."""
     header = dict(header, blobs=[len(b) for b in blobs])
     data = json.dumps(header, allow_nan=False, separators=(",", ":")).encode("utf-8")
-    return b"".join([MAGIC, struct.pack(">Q", len(data)), data, *blobs])
+    return [MAGIC + struct.pack(">Q", len(data)) + data, *blobs]
 
 
 def unpack_header(prefix):
@@ -273,8 +279,20 @@ def read_exact(f, n):
     return b"".join(chunks)
 
 
+def read_into(f, n):
+    """``n`` bytes into one bytearray (arrays are then read in place: no second copy)."""
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
+    while got < n:
+        k = f.readinto(view[got:got + (1 << 24)])
+        if not k:
+            raise EOFError("the other side closed the pipe")
+        got += k
+    return buf
+
+
 def read_frame(f):
     """(header dict, [blobs]) from a binary file object (blocking)."""
     n = unpack_header(read_exact(f, 12))
     header, sizes = parse_header(read_exact(f, n))
-    return header, [read_exact(f, s) for s in sizes]
+    return header, [read_into(f, s) for s in sizes]

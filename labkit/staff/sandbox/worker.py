@@ -145,8 +145,7 @@ def callback(gid, name, args, kwargs):
     objs, fin, fout = CHANNEL["objs"], CHANNEL["fin"], CHANNEL["fout"]
     tree, blobs = wire.encode({"args": list(args), "kwargs": dict(kwargs)},
                               handle_of=objs.handle)
-    fout.write(wire.pack({"cb": {"id": gid, "name": name}, "args": tree}, blobs))
-    fout.flush()
+    send(fout, wire.pack_parts({"cb": {"id": gid, "name": name}, "args": tree}, blobs))
     while True:
         header, in_blobs = wire.read_frame(fin)
         if "cbok" in header:
@@ -155,8 +154,7 @@ def callback(gid, name, args, kwargs):
             raise GraderCallError(str(header["cberr"])[:300])
         if "cbint" in header:           # the grader's callback was interrupted (Ctrl-C, a
             raise KeyboardInterrupt     # test's hook): so is the student's code that called
-        fout.write(answer(header, in_blobs))
-        fout.flush()
+        send(fout, answer(header, in_blobs))
 
 
 class _Tee:
@@ -181,7 +179,8 @@ class _Tee:
 
 
 def answer(header, blobs):
-    """The answer frame to one request (with the student's prints during it: ``out``)."""
+    """The answer frame to one request, as parts (wire.pack_parts; with the student's prints
+    during it: ``out``)."""
     saved = sys.stdout
     tee = sys.stdout = _Tee(saved)
     try:
@@ -190,7 +189,13 @@ def answer(header, blobs):
         sys.stdout = saved
     if tee.parts:
         frame_header["out"] = "".join(tee.parts)
-    return wire.pack(frame_header, out_blobs)
+    return wire.pack_parts(frame_header, out_blobs)
+
+
+def send(fout, parts):
+    for part in parts:
+        fout.write(part)
+    fout.flush()
 
 
 def _answer(header, blobs):
@@ -250,8 +255,7 @@ def serve(fin, fout):
             header, blobs = wire.read_frame(fin)
         except EOFError:
             return
-        fout.write(answer(header, blobs))
-        fout.flush()
+        send(fout, answer(header, blobs))
 
 
 def main():
