@@ -102,7 +102,7 @@ class VGG19(object):
             else:
                 filt = w.reshape(-1, w.shape[3]).T
             # === STUDENT END ===
-            self.net.loadParams(i, filt.ravel().astype(np.float64),
+            self.net.loadParams(i, np.ascontiguousarray(filt, np.float64).ravel(),  # one copy
                                 weights[name].bias.ravel().astype(np.float64), fq[name])
         self.mean_pixel = self.file.mean_pixel
         self.class_names = self.file.class_names
