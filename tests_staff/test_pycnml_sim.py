@@ -153,6 +153,47 @@ def test_large_accumulation_is_exact():
     assert y.ravel().tolist() == [8.0 * 64 * 9] * 2
 
 
+def test_int8_products_are_exact_in_float32_slices():
+    """The simulator's GEMMs run in float32 (twice float64's speed) over 1024-long slices:
+    exact for any int8 values and any inner size (fc6: 25,088), equal to int64 arithmetic.
+    (Why slices: float32 holds every integer only up to 2**24, the sum of 1,024 products;
+    how far past it one whole GEMM stays right depends on how the BLAS splits its sums.)"""
+    from labkit.runtime.pycnml_sim import _int_matmul
+    rng = np.random.default_rng(7)
+    for k in (9, 1024, 4608, 25088):
+        a = rng.integers(-128, 128, (3, k), dtype=np.int8)
+        b = rng.integers(-128, 128, (k, 40), dtype=np.int8)
+        a[0], b[:, 0] = -128, -128              # the largest products, all of one sign
+        a[1], b[:, 1] = 127, 127                # odd ones: their sum needs every bit
+        exact = a.astype(np.int64) @ b.astype(np.int64)
+        got = _int_matmul(a.astype(np.float32), b.astype(np.float32))
+        assert got.dtype == np.float64 and np.array_equal(got, exact.astype(np.float64)), k
+    assert np.float32(2 ** 24 + 1) == 2 ** 24       # the bound the slices keep under
+
+
+def test_wide_conv_and_mlp_accumulate_exactly():
+    """A conv with 512 input channels (K = 4608, VGG's conv5) and an MLP with K = 25,088
+    (fc6), on random INT8 codes: the simulator's integer sums equal int64 arithmetic."""
+    rng = np.random.default_rng(8)
+    x = rng.uniform(-8, 8, (1, 512, 4, 4))            # QuantParam(-4, 1): codes -128..127
+    w = rng.uniform(-1, 1, (3, 512, 3, 3))            # QuantParam(-7, 1)
+    y = conv_net(x, w, np.zeros(3), QuantParam(-7, 1.0), QuantParam(-4, 1.0), 1, 1, 1)
+    xq = pycnml.quantize(x.astype(np.float32).astype(np.float16), -4, 1.0).astype(np.int64)
+    wq = pycnml.quantize(w.astype(np.float32), -7, 1.0).astype(np.int64)
+    acc = ref_conv(xq.astype(np.float64), wq.astype(np.float64), np.zeros(3), 1, 1, 1)
+    expect = (acc * 2.0 ** -11).astype(np.float16).astype(np.float64)
+    np.testing.assert_array_equal(y, expect)
+    from labkit.runtime.pycnml_sim import _Mlp
+    layer = _Mlp("fc6", (1, 25088, 1, 1), 5, QuantParam(-4, 1.0))
+    wm = rng.uniform(-1, 1, (5, 25088))
+    layer.load(wm.ravel(), np.zeros(5), QuantParam(-7, 1.0), "test")
+    xm = rng.uniform(-8, 8, (1, 25088, 1, 1)).astype(np.float16)
+    got = layer.run(xm)
+    codes = pycnml.quantize(xm, -4, 1.0).reshape(1, -1).astype(np.int64)
+    exact = codes @ layer.w.astype(np.int64).T
+    np.testing.assert_array_equal(got.reshape(1, -1), (exact * 2.0 ** -11).astype(np.float16))
+
+
 # ------------------------------------------------------------------------- small net
 def build_small_net(x, w1, b1, w2, b2, iq1, iq2, with_softmax=True):
     net = pycnml.CnmlNet(16, pycnml.MLU270)
