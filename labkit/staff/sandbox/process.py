@@ -488,7 +488,10 @@ class FolderWatch:
     moved; an entry's own attributes are not (a given folder's, chowned by the hand-over,
     or chmodded by the uid). A lost event (the queue overflowed) or any error counts as a
     change; a watch that cannot be added makes the watch unusable (``ok`` False: the
-    caller checks by lstat)."""
+    caller checks by lstat). inotify does not see a file system mounted over a folder (the
+    lstat check did: another device), so a change of this process's mount table counts as
+    a change too (``/proc/self/mounts`` polls as changed, proc(5)); where that file cannot
+    be watched, the watch is unusable."""
     IN_ATTRIB, IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x4, 0x40, 0x80, 0x100, 0x200
     IN_DELETE_SELF, IN_MOVE_SELF, IN_UNMOUNT, IN_Q_OVERFLOW, IN_IGNORED = (
         0x400, 0x800, 0x2000, 0x4000, 0x8000)
@@ -513,10 +516,21 @@ class FolderWatch:
             fd = cls._libc.inotify_init1(cls.IN_NONBLOCK | cls.IN_CLOEXEC)
         except (OSError, AttributeError):
             return None
-        return cls(fd) if fd >= 0 else None
+        if fd < 0:
+            return None
+        watch = cls(fd)
+        try:
+            watch._mounts = open("/proc/self/mounts", "rb")     # (before any folder's watch)
+            import select
+            watch._poll = select.poll()
+            watch._poll.register(watch._mounts, select.POLLPRI | select.POLLERR)
+        except (OSError, AttributeError):
+            watch.ok = False
+        return watch
 
     def __init__(self, fd):
         self.fd, self.ok, self._changed = fd, True, False
+        self._mounts = self._poll = None
 
     def add(self, folder_fd):
         """Watch the folder open at ``folder_fd`` (that inode, through /proc/self/fd)."""
@@ -530,6 +544,11 @@ class FolderWatch:
     def changed(self):
         """Whether a watched folder changed since it was watched (sticky)."""
         import struct
+        if not self._changed and self._poll is not None:
+            try:
+                self._changed = bool(self._poll.poll(0))    # a mount or unmount since
+            except OSError:
+                self._changed = True
         while not self._changed:
             try:
                 data = os.read(self.fd, 1 << 16)
@@ -553,6 +572,9 @@ class FolderWatch:
         if self.fd is not None:
             os.close(self.fd)
             self.fd, self.ok = None, False
+        if self._mounts is not None:
+            self._mounts.close()
+            self._mounts = self._poll = None
 
 
 class Scratch:
