@@ -160,3 +160,19 @@ def test_a_big_array_crosses_whole_in_parts(session):
     assert b"".join(wire.pack_parts({"ok": 1}, blobs)) == wire.pack({"ok": 1}, blobs)
     import fcntl
     assert fcntl.fcntl(session.wfd, getattr(fcntl, "F_GETPIPE_SZ", 1032)) >= 1 << 20
+
+
+def test_a_header_of_millions_of_items_is_refused_before_parsing():
+    """Red-team finding: an answer header of 64 MiB of ``[]`` items (the most the grader
+    reads) made the grader's process 1.5 GB while ``json.loads`` built them, outside every
+    sandbox limit. Items are counted first: more than any value that may cross has is
+    refused unparsed; the largest value encode() sends (MAX_ITEMS floats) still parses."""
+    from labkit.staff.sandbox import wire
+    n = 3 * wire.MAX_ITEMS // 2 + 64
+    attack = b'{"ok":null,"blobs":[],"j":[' + b"[]," * (n - 1) + b'[]]}'
+    assert len(attack) < wire.MAX_HEADER
+    with pytest.raises(wire.WireError, match="too many items"):
+        wire.parse_header(attack)
+    tree, blobs = wire.encode([0.5] * (wire.MAX_ITEMS - 1))
+    header, sizes = wire.parse_header(wire.pack({"ok": tree}, blobs)[12:])
+    assert len(wire.decode(header["ok"], [])) == wire.MAX_ITEMS - 1 and sizes == []
