@@ -106,3 +106,29 @@ def test_a_split_grading_writes_the_report_of_one_run(tmp_path):
     assert one["failed"] > 0 and one["experiments"]["3.2"]["submitted"] is False
     assert one["hidden_run"] and any(r["hidden"] for r in one["tests"])
     assert reports[1] == reports[2]
+
+
+def test_each_part_runs_only_its_files(monkeypatch, tmp_path):
+    """The commands of a split grading: every file named runs in exactly one part, and
+    one file named is one grading of that file (found by the Gradescope script's test: the
+    file was dropped from the command and the whole suite ran)."""
+    from labkit.staff import grading_cli
+    seen = []
+
+    def fake(jobs, cwd, env, timeout):
+        import subprocess
+        seen.append([cmd for cmd, _ in jobs])
+        return [subprocess.CompletedProcess(cmd, 0, "", "") for cmd, _ in jobs]
+    monkeypatch.setattr(grading_cli, "_run_parts", fake)
+    one = os.path.join(ROOT, "tests", "test_layer_1.py")
+    two = os.path.join(ROOT, "tests", "test_layer_3.py")
+    for files in ([one], [one, two]):
+        del seen[:]
+        report, _ = run_grading(os.path.join(ROOT, "stu_upload"), str(tmp_path / "r.json"),
+                                extra=["--test-timeout", "30", *files], split=2)
+        assert report is None               # (nothing ran: no report)
+        (cmds,) = seen
+        named = [[a for a in cmd if a.endswith(".py") and "/tests/" in a] for cmd in cmds]
+        assert sorted(f for n in named for f in n) == sorted(files)
+        assert len(cmds) == len(files) and all(len(n) == 1 for n in named)
+        assert all("--test-timeout=30" in cmd or "30" in cmd for cmd in cmds)

@@ -41,8 +41,10 @@ def run_grading(stu_dir, json_path, extra=(), hidden=None, manifest=None, timeou
         from labkit.staff import split as splitting
         named = split_args(list(extra), cwd=cwd)[1]
         if not any("::" in t or os.path.isdir(t) for t in named):
-            extra = [a for a in extra if os.path.normpath(os.path.join(cwd, a)) not in named]
             parts = splitting.plan(named or splitting.test_files(cwd, hidden), split, hidden)
+            if len(parts) > 1:      # each part names its own files instead
+                extra = [a for a in extra
+                         if os.path.normpath(os.path.join(cwd, a)) not in named]
     n_parts = len(parts) if parts and len(parts) > 1 else 1
     if threads is not None or n_parts > 1:      # the parts (or jobs) run side by side
         threads = threads or max(1, (os.cpu_count() or 1) // n_parts)
