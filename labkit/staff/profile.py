@@ -78,7 +78,7 @@ class Profiler:
         S = client.Session
         start, request, callback, read_answer = S._start, S._request, S._callback, \
             S._read_answer
-        pack = wire.pack
+        pack_parts = wire.pack_parts
 
         def timed_start(self_):
             prof._push("worker_start")
@@ -110,14 +110,14 @@ class Profiler:
             prof._add("bytes_in", sum(map(len, blobs)) + len(json.dumps(header)) + 12)
             return header, blobs
 
-        def counted_pack(header, blobs):
-            frame = pack(header, blobs)
-            prof._add("bytes_out", len(frame))
-            return frame
+        def counted_pack(header, blobs):       # (wire.pack joins these parts too)
+            parts = pack_parts(header, blobs)
+            prof._add("bytes_out", sum(memoryview(p).nbytes for p in parts))
+            return parts
 
         S._start, S._request, S._callback, S._read_answer = \
             timed_start, timed_request, timed_callback, counted_read
-        wire.pack = counted_pack
+        wire.pack_parts = counted_pack
 
         init, wait = _POPEN.__init__, _POPEN.wait
 
