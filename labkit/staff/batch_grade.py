@@ -50,6 +50,7 @@ from concurrent.futures import ThreadPoolExecutor
 from labkit.runtime.cli import LabParser, OutputError, atomic_path, output_target
 from labkit.staff.grading import (HIDDEN_PREFIX, ROOT, _write_json, points_for,
                                   run_grading)
+from labkit.staff.reports import read_json
 from labkit.staff.sandbox import integrity
 from labkit.staff.sandbox.process import SandboxError, copy_submission, detect_mode
 from labkit.staff.sanitize import clean_tree
@@ -257,7 +258,7 @@ def _grade_one(index, student, path, args, work):
                                    split=getattr(args, "split", 1) or 1,
                                    threads=_threads(args))
     except subprocess.TimeoutExpired:
-        report = _read_json(json_path)      # partial: the tests that completed count
+        report = read_json(json_path)      # partial: the tests that completed count
         note = f"wall-clock limit of {args.timeout:g} s exceeded"
         if report is None:
             row.update(status="timeout", notes=note + "; graded 0")
@@ -302,14 +303,6 @@ def _threads(args):
     with --jobs 2 each worker's 2 OpenBLAS threads had the cores twice over)."""
     jobs, parts = max(1, getattr(args, "jobs", 1)), max(1, getattr(args, "split", 1) or 1)
     return max(1, (os.cpu_count() or 1) // (jobs * parts))
-
-
-def _read_json(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 # ------------------------------------------------------------------------------- exports
@@ -568,7 +561,7 @@ def write_outputs(results, args):
             for row, _ in results:
                 w.writerow(row)
     if args.gradebook:
-        manifest = _read_json(os.path.join(ROOT, "tests", "grading_manifest.json"))
+        manifest = read_json(os.path.join(ROOT, "tests", "grading_manifest.json"))
         rows, cols = gradebook_rows(results, manifest)
         with _csv_output(args.gradebook, "--gradebook") as f:
             w = csv.DictWriter(f, fieldnames=cols, lineterminator="\n")
@@ -643,7 +636,7 @@ def load_shards(paths):
             raise SystemExit2(f"{path}: no such folder or file")
     shards, batch = {}, None
     for f in files:
-        data = _read_json(f)
+        data = read_json(f)
         if not isinstance(data, dict) or data.get("format") != RESULTS_FORMAT:
             raise SystemExit2(f"{f}: not a shard result of batch_grade --results")
         k, n = data["shard"]

@@ -380,9 +380,7 @@ class Grader(Points):
         if report.when == "teardown" and self.config.getoption("grade_json") and \
                 time.monotonic() - self._last_partial > 1.0:
             self._last_partial = time.monotonic()      # partial result, should we be killed
-            grade = self.compute()
-            grade["status"] = "incomplete"
-            grade["verdict"] = "grading did not finish: " + self.verdict(grade)
+            grade = self.finish(self.compute(), incomplete=True)
             _write_json(self.config.getoption("grade_json"), grade)
 
     def _sandbox_info(self):
@@ -409,15 +407,8 @@ class Grader(Points):
     def pytest_terminal_summary(self, terminalreporter):
         yield                               # after pytest's own summary: the grade comes last
         self.finish_sandbox()
-        grade = self.compute()
-        grade["verdict"] = self.verdict(grade)
-        grade["status"] = "graded"
         changed = getattr(self, "integrity_changes", None)
-        if changed:
-            grade.update(status="integrity-error", points=0, percent=0.0,
-                         integrity_changes=changed[:50])
-            grade["verdict"] = (f"GRADING ERROR: staff files changed while grading "
-                                f"{self.stu_pkg}: " + "; ".join(changed[:5]))
+        grade = self.finish(self.compute(), changed=changed)
         if self.session is not None:
             grade["worker_output"] = getattr(self, "worker_output", "")
         print_grade(terminalreporter, grade, changed)

@@ -12,6 +12,8 @@ import tempfile
 from labkit.staff._stu_site.sitecustomize import PACKAGE
 from labkit.staff.points import (MANIFEST_NAME, ROOT, category_for, experiment_for,
                                   never_graded, points_for)
+from labkit.staff.reports import read_json
+from labkit.staff.sandbox.process import THREAD_VARS
 
 
 # ------------------------------------------------------------------------------- manifest
@@ -48,20 +50,19 @@ def run_grading(stu_dir, json_path, extra=(), hidden=None, manifest=None, timeou
     n_parts = len(parts) if parts and len(parts) > 1 else 1
     if threads is not None or n_parts > 1:      # the parts (or jobs) run side by side
         threads = threads or max(1, (os.cpu_count() or 1) // n_parts)
-        for key in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                    "LABKIT_THREADS"):
+        for key in THREAD_VARS:
             env.setdefault(key, str(threads))
     if n_parts == 1:
         cmd = pytest_command(opts + [f"--grade-json={os.path.abspath(json_path)}"] +
                              ([f"--hidden={os.path.abspath(hidden)}"] if hidden else []) +
                              list(extra), root=cwd)     # ini and rootdir fixed, OPTION=VALUE
         (proc,) = _run_parts([(cmd, json_path + ".sandbox")], cwd, env, timeout)
-        return _read_json(json_path), proc
+        return read_json(json_path), proc
     jobs, paths = [], []
     for i, files in enumerate(parts):
         path = f"{os.path.abspath(json_path)}.part{i}"
         paths.append(path)
-        has_hidden = hidden and any(not f.startswith(os.path.join(cwd, "tests") + os.sep)
+        has_hidden = hidden and any(f.startswith(os.path.abspath(hidden) + os.sep)
                                     for f in files)
         cmd = pytest_command(opts + [f"--grade-json={path}"] +
                              ([f"--hidden={os.path.abspath(hidden)}"] if has_hidden else []) +
@@ -70,16 +71,16 @@ def run_grading(stu_dir, json_path, extra=(), hidden=None, manifest=None, timeou
     try:
         procs = _run_parts(jobs, cwd, env, timeout)
     finally:        # (also on a timeout: the parts' partial reports, merged)
-        reports = [_read_json(p) for p in paths]
+        reports = [read_json(p) for p in paths]
         for p in paths:
             with contextlib.suppress(OSError):
                 os.unlink(p)
         report = None
         if all(r is not None for r in reports):
             from labkit.staff import split as splitting
-            manifest_tests = _manifest_tests(manifest, cwd)
-            report = splitting.merge(reports, manifest_tests)
-            _write_report(json_path, report)
+            from labkit.staff.reports import _write_json
+            report = splitting.merge(reports, _manifest_tests(manifest, cwd))
+            _write_json(json_path, report)
     proc = subprocess.CompletedProcess(
         [p.args for p in procs], max(p.returncode for p in procs),
         "".join(p.stdout for p in procs), "".join(p.stderr for p in procs))
@@ -116,27 +117,8 @@ def _run_parts(jobs, cwd, env, timeout):
 def _manifest_tests(manifest, cwd):
     if manifest == "none":
         return {}
-    path = manifest or os.path.join(cwd, MANIFEST_NAME)
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f).get("tests", {})
-    except (OSError, ValueError):
-        return {}
-
-
-def _read_json(path):
-    if not os.path.exists(path):
-        return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except ValueError:
-        return None
-
-
-def _write_report(path, report):
-    from labkit.staff.reports import _write_json
-    _write_json(path, report)
+    data = read_json(manifest or os.path.join(cwd, MANIFEST_NAME))
+    return data.get("tests", {}) if isinstance(data, dict) else {}
 
 
 def _kill_group(p):

@@ -272,6 +272,24 @@ class Points:
                 "hidden": bool(hidden), "points": max_points if passed else 0,
                 "max_points": max_points, "result": res["result"], "message": res["message"]}
 
+    @classmethod
+    def finish(cls, grade, incomplete=False, changed=None):
+        """A computed grade's verdict and status (a run's, or its parts' merged): graded, or
+        ``incomplete`` (a partial grade); ``changed`` staff files make it an integrity error
+        (0 points)."""
+        if incomplete:
+            grade["status"] = "incomplete"
+            grade["verdict"] = "grading did not finish: " + cls.verdict(grade)
+        else:
+            grade["verdict"] = cls.verdict(grade)
+            grade["status"] = "graded"
+        if changed:
+            grade.update(status="integrity-error", points=0, percent=0.0,
+                         integrity_changes=changed[:50])
+            grade["verdict"] = (f"GRADING ERROR: staff files changed while grading "
+                                f"{grade['stu_dir']}: " + "; ".join(changed[:5]))
+        return grade
+
     @staticmethod
     def verdict(grade):
         if grade["hidden_run"]:

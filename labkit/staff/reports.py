@@ -86,6 +86,16 @@ def _atomic(path, newline=None):
         raise
 
 
+def read_json(path):
+    """The JSON at ``path``, or None (missing, unreadable, not JSON: a grader killed
+    mid-write)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
 def _write_json(path, data):
     with _atomic(path) as f:
         json.dump(clean_tree(data), f, indent=1)

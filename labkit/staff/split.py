@@ -98,18 +98,9 @@ def merge(reports, manifest_tests):
         manifest=first["manifest"], init_error=next(
             (r["init_error"] for r in reports if r["init_error"]), first["init_error"]),
         sandbox=sandbox, collection_errors=errors)
-    statuses = [r.get("status", "incomplete") for r in reports]
-    changed = [c for r in reports for c in r.get("integrity_changes", [])]
-    grade["verdict"] = Points.verdict(grade)
-    grade["status"] = "graded"
-    if "incomplete" in statuses:
-        grade["status"] = "incomplete"
-        grade["verdict"] = "grading did not finish: " + grade["verdict"]
-    if changed:
-        grade.update(status="integrity-error", points=0, percent=0.0,
-                     integrity_changes=changed[:50])
-        grade["verdict"] = (f"GRADING ERROR: staff files changed while grading "
-                            f"{grade['stu_dir']}: " + "; ".join(changed[:5]))
+    Points.finish(grade, incomplete=any(r.get("status", "incomplete") == "incomplete"
+                                        for r in reports),
+                  changed=[c for r in reports for c in r.get("integrity_changes", [])])
     outputs = [r["worker_output"] for r in reports if r.get("worker_output")]
     if any("worker_output" in r for r in reports):
         grade["worker_output"] = "\n".join(outputs)

@@ -479,6 +479,10 @@ def hand_over(top, uid, keep=0, seen=None, max_entries=200_000, given=None, reco
     return complete
 
 
+# the BLAS and engine threads of a process (run_grading shares the cores among its parts)
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "LABKIT_THREADS")
+
+
 class FolderWatch:
     """inotify on the folders a whole hand-over walk left root's (Linux; ``FolderWatch.new()``
     is None elsewhere): whether any of them changed since, in one read instead of an lstat
@@ -1184,8 +1188,7 @@ class Sandbox:
                "MPLBACKEND": "Agg"}
         if self.uid is None:        # mode none: the token is how its processes are found
             env["LABKIT_SANDBOX_TOKEN"] = self.token
-        for key in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                    "LABKIT_THREADS", "LABKIT_LEGACY"):
+        for key in THREAD_VARS + ("LABKIT_LEGACY",):
             if key in os.environ:
                 env[key] = os.environ[key]
         env.update(extra or {})
