@@ -26,7 +26,7 @@ from labkit.runtime import vgg19_spec as spec
 from labkit.runtime.calibrate import DEFAULT_QUANT, QUANT_LAYERS, read_quant_pairs
 from labkit.runtime.cli import DEFAULT_WEIGHTS, UserError
 from labkit.runtime.images import load_rgb, preprocess
-from labkit.runtime.matfile import load_vgg19_mat
+from labkit.runtime.matfile import c_order, load_vgg19_mat
 
 SIMULATED = bool(getattr(pycnml, "SIMULATOR", False))
 BACKEND = pycnml.backend_name() if SIMULATED else "pycnml (Cambricon MLU270, real DLP)"
@@ -102,7 +102,7 @@ class VGG19(object):
             else:
                 filt = w.reshape(-1, w.shape[3]).T
             # === STUDENT END ===
-            self.net.loadParams(i, np.ascontiguousarray(filt, np.float64).ravel(),  # one copy
+            self.net.loadParams(i, c_order(filt, np.float64).ravel(),  # one row-major copy
                                 weights[name].bias.ravel().astype(np.float64), fq[name])
         self.mean_pixel = self.file.mean_pixel
         self.class_names = self.file.class_names

@@ -12,7 +12,7 @@ import numpy as np
 
 from labkit.runtime import vgg19_spec as spec
 from labkit.runtime.images import load_rgb, preprocess
-from labkit.runtime.matfile import load_vgg19_mat
+from labkit.runtime.matfile import c_order, load_vgg19_mat
 from stu_upload.layer_1 import FullyConnectedLayer, ReLULayer, SoftmaxLossLayer
 from stu_upload.layer_2 import ConvolutionalLayer, FlattenLayer, MaxPoolingLayer
 
@@ -80,7 +80,7 @@ class VGG19:
         for layer in weights.layers:
             if layer.type != "conv":
                 continue
-            w = layer.weight.astype(self.dtype)
+            w = c_order(layer.weight, self.dtype)      # a row-major copy (the file's is not)
             b = layer.bias.astype(self.dtype)
             if layer.name.startswith("conv"):
                 self.layers[layer.name].load_param(np.transpose(w, [2, 0, 1, 3]), b)

@@ -7,7 +7,7 @@ import scipy.io
 
 from labkit.runtime import vgg19_spec as spec
 from labkit.runtime.fixtures import LEGACY_FIELDS, META_FIELDS, write_vgg19_mat
-from labkit.runtime.matfile import WeightsFileError, load_vgg19_mat
+from labkit.runtime.matfile import WeightsFileError, c_order, load_vgg19_mat
 
 
 @pytest.mark.parametrize("layout", ["legacy", "meta"])
@@ -49,6 +49,23 @@ def test_loader_reads_both_layouts(mat_files, layout):
     assert conv.pad == (1, 1, 1, 1) and conv.stride == (1, 1)
     assert weights.layer("pool3").pool == (2, 2)
     assert weights.layer("fc6").weight.shape == (7, 7, 32, 256)
+
+
+@pytest.mark.parametrize("shape", [(7, 7, 32, 37), (3, 3, 4, 16), (5, 17), (1, 1, 3, 1),
+                                   (9,), (0, 4), (2, 3, 0)])
+@pytest.mark.parametrize("order", ["F", "C", "strided", "moved"])
+@pytest.mark.parametrize("block", [4, 64])
+def test_c_order_is_an_equal_row_major_copy(shape, order, block):
+    rng = np.random.default_rng(7)
+    base = rng.standard_normal(tuple(2 * n for n in shape))
+    a = {"strided": lambda: base[tuple(slice(None, None, 2) for _ in shape)],
+         "moved": lambda: np.moveaxis(np.ascontiguousarray(np.moveaxis(
+             base[tuple(slice(n) for n in shape)], -1, 0)), 0, -1),       # neither C nor F
+         }.get(order, lambda: np.asarray(base[tuple(slice(n) for n in shape)], order=order))()
+    out = c_order(a, np.float32, block=block)
+    assert out.flags.c_contiguous and out.dtype == np.float32 and out.shape == a.shape
+    assert np.array_equal(out, a.astype(np.float32))
+    assert not np.shares_memory(out, a)
 
 
 def test_both_layouts_hold_the_same_numbers(mat_files):

@@ -347,10 +347,12 @@ def _value_counts(ints):
 def dlp_layout(name, weight):
     """``weight`` (the file's array) flattened in the layout pycnml is given (the first of
     ``dlp_layouts``; only that one is made)."""
+    from labkit.runtime.matfile import c_order
     w = np.asarray(weight)
     if name.startswith("conv"):
-        return np.transpose(w, [3, 2, 0, 1]).ravel()
-    return w.reshape(-1, w.shape[3]).T.ravel()
+        return c_order(np.transpose(w, [3, 2, 0, 1]), w.dtype).ravel()
+    # [Cout, H, W, Cin] is [H*W*Cin, Cout] transposed (C order): one copy, in tiles
+    return c_order(np.transpose(w, [3, 0, 1, 2]), w.dtype).ravel()
 
 
 def dlp_layouts(name, weight):

@@ -95,3 +95,15 @@ def test_wrong_layouts_fail_by_name(built, name, key, match):
     finally:
         layer.w = saved
     check_dlp_net(net, weights)
+
+
+@pytest.mark.parametrize("name,shape", [("conv3_1", (3, 3, 5, 7)), ("fc6", (7, 7, 6, 9)),
+                                        ("fc7", (1, 1, 70, 66))])
+def test_dlp_layout_is_the_first_of_the_layouts(name, shape):
+    """dlp_layout (the check's fast path, in tiles) is exactly the layout dlp_layouts names
+    first, for the file's column-major arrays and row-major ones."""
+    from lab_support import dlp_layout, dlp_layouts
+    w = np.random.default_rng(3).integers(-128, 128, shape).astype(np.int8)
+    for arr in (np.asfortranarray(w), w):
+        want = next(iter(dlp_layouts(name, arr).values())).ravel()
+        assert np.array_equal(dlp_layout(name, arr), want)

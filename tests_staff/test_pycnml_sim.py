@@ -409,6 +409,33 @@ def test_error_missing_quant_params():
         pycnml.save_quant_npz(os.devnull, [(0, 1.0)] * 2, [(0, 1.0), None], None)
 
 
+@pytest.mark.parametrize("kind", ["float64", "float32", "int", "list"])
+def test_load_params_in_slices_is_the_whole_fp32_cast_then_int8(monkeypatch, kind):
+    """loadParams quantises a slice at a time: the INT8 filter equals quantize() of the
+    whole filter cast to float32 (the binding's float*), slice edges included. float64
+    values a float32 rounding away from a rounding tie tell the fp32 cast from none."""
+    rng = np.random.default_rng(5)
+    w = rng.uniform(-1, 1, (32, 16, 3, 3))          # 4608 values, 5 slices of 1000
+    wq = QuantParam(-7, 1.0)                         # codes of 1/128: w * 128
+    # ties of the float64 value that float32 rounding moves off the tie (and back)
+    w.ravel()[::7] = (np.arange(w.size)[::7] % 200 - 100 + 0.5) / 128 + 2.0 ** -40
+    w = {"float64": w, "float32": w.astype(np.float32), "int": np.rint(w).astype(np.int64),
+         "list": w}[kind]
+    expected = pycnml.quantize(np.asarray(w, dtype=np.float32).ravel(), wq.position,
+                               wq.scale).reshape(32, -1)
+    assert not np.array_equal(expected, pycnml.quantize(np.asarray(w, np.float64).ravel(),
+                                                        wq.position, wq.scale).reshape(32, -1)) \
+        or kind in ("int", "float32"), "the fixture must tell the float32 cast from none"
+    monkeypatch.setattr(pycnml, "_SLICE", 1000)
+    net = pycnml.CnmlNet(1, pycnml.MLU270)
+    net.setInputShape(1, 16, 5, 5)
+    net.createConvLayer("conv", 32, 3, 1, 1, 1, QuantParam(0, 1.0))
+    flat = list(np.asarray(w).ravel()) if kind == "list" else np.asarray(w).ravel()
+    net.loadParams(0, flat, np.zeros(32), wq)
+    assert net._layers[0].w.dtype == np.int8
+    assert np.array_equal(net._layers[0].w, expected)
+
+
 def test_error_layer_before_input_shape_and_after_load():
     net = pycnml.CnmlNet()
     with pytest.raises(CnmlError, match=r"call setInputShape\(n, c, h, w\) first"):

@@ -228,6 +228,9 @@ def _ints(where, lo, **values):
     return [int(v) for v in values.values()]
 
 
+_SLICE = 1 << 20          # values quantised at once by loadParams
+
+
 class _Layer:
     quantized = False
     kind = "layer"
@@ -247,7 +250,9 @@ class _QuantLayer(_Layer):
 
     def load(self, filt, bias, filter_quant, where):
         fq = _as_qp(filter_quant, f"{where}: filter_quant")
-        f = np.asarray(filt, dtype=np.float32).ravel()
+        f = np.asarray(filt).reshape(-1)
+        if f.dtype.kind not in "biuf":
+            f = np.asarray(f, dtype=np.float32)     # what the binding's float* would take
         b = np.asarray(bias, dtype=np.float32).ravel()
         n = int(np.prod(self.w_shape))
         if f.size != n:
@@ -256,7 +261,13 @@ class _QuantLayer(_Layer):
         if b.size != self.w_shape[0]:
             raise CnmlError(f"{where}: bias has {b.size} values, expected {self.w_shape[0]} "
                             "(one per output channel)")
-        self.w = quantize(f, fq.position, fq.scale).reshape(self.w_shape[0], -1)
+        # the hidden fp32 cast, then INT8, a slice at a time (fc6 is 103 M values: whole,
+        # its float32 and float64 copies would be 1.2 GB of memory touched once)
+        w = np.empty(n, dtype=np.int8)
+        for start in range(0, n, _SLICE):
+            part = f[start:start + _SLICE].astype(np.float32)
+            w[start:start + _SLICE] = quantize(part, fq.position, fq.scale)
+        self.w = w.reshape(self.w_shape[0], -1)
         self.bias, self.filter_quant = b.astype(np.float16), fq
 
     def _finish(self, acc):
