@@ -112,3 +112,29 @@ def test_forward_changed_input_is_not_reused(x):
     before = x.copy()
     check_vjp("cube", cube, lambda dy: 3 * x ** 2 * dy, x, reference=cube)
     assert np.array_equal(x, before)
+
+
+class ShapeShifter:
+    """Honest at x, then a huge array of zeros at the probes that would broadcast against
+    dL/dY (a view: it costs nothing to make, but ``value * dy`` would be 128 GiB)."""
+
+    def __init__(self, f):
+        self.f, self.calls = f, 0
+
+    def __call__(self, v):
+        self.calls += 1
+        if self.calls == 1:
+            return self.f(v)
+        return np.broadcast_to(np.zeros((1, 1, 1)), (2 ** 30, 1, 1))
+
+
+def test_a_probe_of_another_shape_fails_before_any_arithmetic(x):
+    dy = np.random.default_rng(8).standard_normal(x.shape)
+    with pytest.raises(GradientCheckError, match=r"at probe 0 your forward returned shape "
+                       r"\(1073741824, 1, 1\), expected \(3, 4\)"):
+        check_vjp("cube", ShapeShifter(cube), lambda dy: 3 * x ** 2 * dy, x)
+    with pytest.raises(GradientCheckError, match=r"at direction 0 your forward returned "
+                       r"shape \(1073741824, 1, 1\)"):
+        shifter = ShapeShifter(cube)
+        shifter.calls = 1         # check_directional has no call at x
+        check_directional("cube", shifter, 3 * x ** 2 * dy, x, dy)

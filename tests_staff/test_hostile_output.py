@@ -98,3 +98,70 @@ def test_batch_and_gradescope_outputs_are_clean(evil, tmp_path):
     res = json.loads(text)
     assert 0 < res["score"] < sum(t["max_score"] for t in res["tests"])
     assert any("Boom" in t["output"] for t in res["tests"])
+
+
+HUGE = r'''
+import numpy as _np
+
+
+def _huge(self, *a, **k):        # zero pages: an answer that costs the worker nothing
+    return _np.zeros(768 * 1024 ** 2, dtype=bool)
+ReLULayer.forward = _huge
+'''
+
+
+def _peak_rss(marker, run):
+    """``run()``'s result and the highest VmHWM (bytes) seen of the grader process whose
+    command line holds ``marker`` (sampled from /proc while it runs; a high-water mark)."""
+    import threading
+    peak, done = [0], threading.Event()
+
+    def watch():
+        while not done.is_set():
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        if marker.encode() not in f.read():
+                            continue
+                    with open(f"/proc/{pid}/status") as f:
+                        hwm = next(l for l in f if l.startswith("VmHWM:"))
+                except (OSError, StopIteration):
+                    continue
+                peak[0] = max(peak[0], int(hwm.split()[1]) * 1024)
+            done.wait(0.05)
+    t = threading.Thread(target=watch)
+    t.start()
+    try:
+        return run(), peak[0]
+    finally:
+        done.set()
+        t.join()
+
+
+@pytest.mark.parametrize("limit", [0.5, None])
+def test_a_huge_answer_stays_within_the_graders_memory_limit(tmp_path, limit):
+    """A ReLU that answers 768 MiB of zero pages: the worker pays nothing, the grader would
+    hold it all (and a test broadcasting it, many times that). With --grader-memory 0.5 the
+    grader's peak stays under it: the read fails, that test fails with a message saying
+    why, the worker is restarted and the rest grades. Control (no limit given, 64 GiB): the
+    grader holds the whole answer."""
+    stu = tmp_path / "sub" / "stu_upload"
+    shutil.copytree(os.path.join(ROOT, "stu_upload"), stu,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    with open(stu / "layer_1.py", "a", encoding="utf-8") as f:
+        f.write("\n" + HUGE)
+    json_path = str(tmp_path / "r.json")
+    opts = ["tests/test_layer_1.py", "--test-timeout=60", "-k", "relu or fc_forward",
+            f"--grader-memory={0.5 if limit else 64}"]
+    (report, proc), peak = _peak_rss(json_path, lambda: run_grading(
+        str(stu), json_path, extra=opts, timeout=300))
+    assert report is not None, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert report["status"] != "incomplete", proc.stdout[-2000:]
+    relu = next(r for r in report["tests"] if r["test"].endswith("test_relu_gradient"))
+    fc = next(r for r in report["tests"] if r["test"].endswith("test_fc_forward_formula[4]"))
+    assert relu["result"] == "failed" and fc["result"] == "passed"
+    if limit:
+        assert "more than the grader may hold" in relu["message"], relu["message"]
+        assert 0 < peak < 0.5 * 1024 ** 3, f"grader peak {peak / 2 ** 20:.0f} MiB"
+    else:
+        assert peak > 768 * 1024 ** 2, f"grader peak {peak / 2 ** 20:.0f} MiB"

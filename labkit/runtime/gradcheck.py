@@ -62,6 +62,15 @@ def assert_close(name, analytic, numeric, threshold=DEFAULT_THRESHOLD, context="
     return err
 
 
+def _same_shape(name, value, shape, context, where):
+    """A probe's forward output has the upstream gradient's shape (checked before any
+    arithmetic: broadcast, a wrong shape could make an array of any size)."""
+    if np.shape(value) != tuple(shape):
+        raise GradientCheckError(
+            f"{context}{name}: at {where} your forward returned shape {np.shape(value)}, "
+            f"expected {tuple(shape)} (the shape of its output at x, as dL/dY has)")
+
+
 def _fresh(x):
     """A new float64 array with ``x``'s values (never a view): a probe a forward cannot tell
     from a real input by identity or by memory it shares with an earlier one."""
@@ -126,6 +135,7 @@ def check_vjp(name, forward, backward, x, dy=None, seed=0, threshold=DEFAULT_THR
             z = _fresh(x)
             z.reshape(-1)[i] = flat[i] + sign * DEFAULT_EPS
             value = forward(_fresh(z))
+            _same_shape(name, value, np.shape(dy), context, f"probe {i}")
             sides.append(float(np.sum(np.asarray(value, dtype=np.float64) * dy)))
             if reference is not None:
                 ref = _check_probe(name, value, reference, z, forward_threshold, context,
@@ -167,7 +177,9 @@ def check_directional(name, forward, gradient, x, dy, directions=3, eps=1e-5, se
         values, refs = [], []
         for sign in (1, -1):
             z = x + sign * eps * d                 # a new array
-            value = np.asarray(forward(z), dtype=np.float64)
+            value = forward(z)
+            _same_shape(name, value, np.shape(dy), context, f"direction {k}")
+            value = np.asarray(value, dtype=np.float64)
             values.append(float(np.sum(value * dy)))
             if reference is not None:
                 ref = _check_probe(name, value, reference, z, forward_threshold, context,

@@ -80,6 +80,9 @@ def pytest_addoption(parser):
                 "works here; off: import it into the grader, unsafe, for comparisons only)")
     g.addoption("--sandbox-memory", type=float, default=4.0, metavar="GIB",
                 help="memory limit (address space) of the student's processes, GiB")
+    g.addoption("--grader-memory", type=float, default=None, metavar="GIB",
+                help="sandboxed: a limit on the grader's own data (what the submission's "
+                "answers make it hold), GiB (default: 6)")
     g.addoption("--call-timeout", type=float, default=None, metavar="SECONDS",
                 help="wall-clock limit of one call into student code (default: "
                 "--test-timeout)")
@@ -229,9 +232,14 @@ class Grader(Points):
         from labkit.staff.sandbox import integrity
         from labkit.staff.sandbox.client import Session, install_proxy_package
         from labkit.staff.sandbox.process import GIB, Limits, SandboxError
+        from labkit.staff.sandbox.process import GRADER_MEMORY, limit_grader_memory
         memory = config.getoption("sandbox_memory")
         if not memory > 0:
             raise pytest.UsageError("--sandbox-memory must be > 0 (GiB)")
+        own = config.getoption("grader_memory")
+        if own is not None and not 0 < own < 1e6:
+            raise pytest.UsageError("--grader-memory must be > 0 (GiB)")
+        limit_grader_memory(GRADER_MEMORY if own is None else int(own * GIB))
         call_timeout = config.getoption("call_timeout") or self.timeout or 0
         self.integrity_before = integrity.fingerprint(self.root, hidden and
                                                       os.path.abspath(hidden))

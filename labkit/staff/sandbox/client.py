@@ -256,6 +256,11 @@ class Session:
         except wire.WireError as exc:
             self._kill()
             raise StudentCrash(f"the student code's process sent a malformed answer ({exc})")
+        except MemoryError:         # the grader's own limit (limit_grader_memory), mid-answer
+            self._kill()
+            raise StudentCrash("the student code's answer is more than the grader may hold "
+                               "(its memory limit, --grader-memory): return arrays of the "
+                               "shapes asked for") from None
         except BaseException:       # the grader's own per-test limit, Ctrl-C: end the worker
             if self.proc is not None:
                 self._kill()

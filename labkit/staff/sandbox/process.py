@@ -34,6 +34,7 @@ DISK_BYTES = 2 * GIB            # a submission's scratch folder (work, tmp, outp
 DISK_FILES = 200_000
 TMP_BYTES = 512 * 1024 ** 2     # the sandbox's /tmp (tmpfs: counted in the memory cgroup)
 MAX_SUBMISSION_BYTES = 50 * 1024 * 1024
+GRADER_MEMORY = 6 * GIB         # the grader's own data; a full grading's peak is about 2.3 GiB
 DRIVERS = ("main_exp_3_1.py", "main_exp_3_2.py", "main_exp_3_3.py")
 KIT_ROOT_FILES = ("pycnml.py", "sitecustomize.py")     # the kit root's, as the kit ships them
 _MODE_CACHE = {}
@@ -83,6 +84,21 @@ NO_SANDBOX_HELP = ("install bubblewrap ('apt-get install bubblewrap'), or instal
 UID_CHOICE = ("grade with the weaker, explicit '--sandbox uid' (a dropped uid without "
               "namespaces: the reference, the tests and the hidden fixtures must be unreadable "
               "to other users; README, 'Threat model')")
+
+
+def limit_grader_memory(limit=GRADER_MEMORY):
+    """Bound the grader's own data (RLIMIT_DATA: its heap and private memory, Linux >= 4.7)
+    at ``limit`` bytes, never raising a lower limit. The sandbox bounds the submission's
+    processes; what the grader holds is the submission's answers and what tests compute from
+    them: an answer of zero pages costs the worker nothing, but the grader reads it whole,
+    and broadcast against a test's array it can grow many times over, outside every sandbox
+    limit (a batch's other gradings share the machine). Past the limit an allocation fails
+    (MemoryError): that test fails, or the grading ends incomplete; fails closed."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    new = int(limit) if hard == resource.RLIM_INFINITY else min(int(limit), hard)
+    if soft == resource.RLIM_INFINITY or soft > new:
+        resource.setrlimit(resource.RLIMIT_DATA, (new, hard))
+    return new
 
 
 def detect_mode(requested="auto"):
@@ -1198,7 +1214,9 @@ class Sandbox:
         lim = self.limits
         sets = [(resource.RLIMIT_AS, lim.memory), (resource.RLIMIT_CPU, lim.cpu),
                 (resource.RLIMIT_FSIZE, lim.fsize), (resource.RLIMIT_CORE, 0),
-                (resource.RLIMIT_NOFILE, lim.nofile)]
+                (resource.RLIMIT_NOFILE, lim.nofile),
+                # the grader's own data limit (limit_grader_memory) is not the sandbox's
+                (resource.RLIMIT_DATA, resource.getrlimit(resource.RLIMIT_DATA)[1])]
         if self.uid is not None:        # per uid: only meaningful for a fresh uid
             sets.append((resource.RLIMIT_NPROC, lim.nproc))
         for what, value in sets:
