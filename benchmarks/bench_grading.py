@@ -103,6 +103,12 @@ def profile(stu, tmp, tests, hidden, top=25):
           " ".join(f"{tot[k]:8.2f}" for k, _ in cols) +
           f"   {tot['drivers']:5d} {tot['student_calls']:7d} {tot['bytes_out'] / 1e6:7.1f}/"
           f"{tot['bytes_in'] / 1e6:.1f}")
+    files = {}
+    for name, d in rows:
+        key = name.split("::")[0]
+        files[key] = files.get(key, 0.0) + d["wall"]
+    print("per test file (seconds; split.WEIGHTS balances the parts by these): " + ", ".join(
+        f"{os.path.basename(k)} {v:.1f}" for k, v in sorted(files.items(), key=lambda kv: -kv[1])))
     slow_fix = sorted(tot["fixtures"].items(), key=lambda kv: -kv[1])[:6]
     print("fixtures (setup seconds, all tests): " + ", ".join(f"{k} {v:.2f}"
                                                              for k, v in slow_fix))

@@ -799,6 +799,44 @@ def test_hidden_fixture_folder_made_by_someone_else_is_not_used(tmp_path, monkey
         lab_support._verify(str(ours), ["a.npz"])
 
 
+
+@pytest.mark.parametrize("plant", ["link", "open", "another user's", "a file"])
+def test_bytecode_cache_made_by_someone_else_is_not_used(tmp_path, monkeypatch, plant):
+    """The grader's compiled modules (run_grading's PYTHONPYCACHEPREFIX): in a shared /tmp a
+    submission graded earlier in mode uid makes the cache folder first (or a link to its
+    own), to have later graders load its bytecode as theirs. The grader uses a fresh
+    private folder instead; its own folder, made once, is used again."""
+    import tempfile
+    from labkit.staff.grading_cli import bytecode_cache
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    name = tmp_path / f"labkit-pycache-{os.geteuid()}"
+
+    def private(folder):
+        st = os.lstat(folder)
+        return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and \
+            stat.S_IMODE(st.st_mode) == 0o700
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o777)
+    if plant == "link":
+        name.symlink_to(theirs)
+    elif plant == "a file":
+        name.write_bytes(b"")
+    else:
+        name.mkdir(mode=0o700)
+        if plant == "open":
+            os.chmod(name, 0o777)
+        else:
+            os.chown(name, 4242, 4242)
+    got = bytecode_cache()
+    assert got != str(name) and os.path.realpath(got) != str(theirs) and private(got)
+    # control: the grader's own folder is made private and used again
+    for p in (name, theirs):
+        if os.path.islink(p) or os.path.isfile(p):
+            os.unlink(p)
+        elif os.path.isdir(p):
+            shutil.rmtree(p)
+    assert bytecode_cache() == str(name) == bytecode_cache() and private(name)
+
 # ----------------------------------- 3. --stu-dir PATH (a space): the student's pytest files
 def evil_folder(tmp_path):
     """A student folder whose pytest.ini and conftest.py write a marker when pytest loads

@@ -19,9 +19,17 @@ def test_plan_puts_every_file_in_one_part_balanced_and_deterministic():
                                                                 for f in files)
     parts = split.plan(files, 2, HIDDEN)
     assert sorted(f for p in parts for f in p) == sorted(files)
-    loads = [sum(split.weight(f, HIDDEN) for f in p) for p in parts]
-    assert len(parts) == 2 and max(loads) - min(loads) <= max(split.weight(f, HIDDEN)
-                                                               for f in files)
+    assert len(parts) == 2
+    for profile in split.PROFILES:      # balanced for a correct submission and a blank kit
+        loads = [sum(split.weight(f, HIDDEN, profile) for f in p) for p in parts]
+        assert max(loads) - min(loads) <= 0.1 * sum(loads), (profile is split.WEIGHTS, loads)
+
+    def blank_gap(plan):
+        loads = [sum(split.weight(f, HIDDEN, split.BLANK_WEIGHTS) for f in p) for p in plan]
+        return max(loads) - min(loads)
+    # control: planned for the reference's times only, the blank kit's parts are not even
+    assert blank_gap(split.plan(files, 2, HIDDEN, profiles=(split.WEIGHTS,))) > \
+        2 * blank_gap(parts)
     assert parts == split.plan(list(reversed(files)), 2, HIDDEN)
     assert split.plan(files[:1], 4, HIDDEN) == [files[:1]]
     # control: the weights decide (all equal: the two heaviest files may share a part)

@@ -38,6 +38,9 @@ def run_grading(stu_dir, json_path, extra=(), hidden=None, manifest=None, timeou
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("PYTEST_", "LABKIT_STU_DIR", "LABKIT_SANDBOX"))}
     env.update(PYTHONDONTWRITEBYTECODE="1")
+    if sandbox in (None, "auto", "bwrap", "uid"):     # the submission runs as another user
+        env.pop("PYTHONDONTWRITEBYTECODE")
+        env["PYTHONPYCACHEPREFIX"] = bytecode_cache()
     parts = None
     if split > 1:           # the files named (whole files only), else every test file
         from labkit.staff import split as splitting
@@ -85,6 +88,29 @@ def run_grading(stu_dir, json_path, extra=(), hidden=None, manifest=None, timeou
         [p.args for p in procs], max(p.returncode for p in procs),
         "".join(p.stdout for p in procs), "".join(p.stderr for p in procs))
     return report, proc
+
+
+def bytecode_cache():
+    """The grader's compiled modules, kept between gradings (pytest rewrites the asserts of
+    every test module it imports, about 2 s a grading, and caches the result with the rest
+    of the bytecode: ``PYTHONPYCACHEPREFIX``). A folder only this user can open, made or
+    checked (a real folder, its owner, mode 0700); one someone else made first is never
+    used (a fresh private one instead). Sandboxed gradings only: there the submission runs
+    as another user and cannot write it; the sandbox's own processes run with -E -B."""
+    import stat
+    import tempfile
+    folder = os.path.join(tempfile.gettempdir(), f"labkit-pycache-{os.geteuid()}")
+    try:
+        os.mkdir(folder, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return tempfile.mkdtemp(prefix="labkit-pycache-")
+    st = os.lstat(folder)
+    if not (stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
+            and stat.S_IMODE(st.st_mode) == 0o700):
+        return tempfile.mkdtemp(prefix="labkit-pycache-")
+    return folder
 
 
 def _run_parts(jobs, cwd, env, timeout):

@@ -8,30 +8,46 @@ submission in about half the time. ``run_grading(..., split=N)`` uses it; a batc
 several submissions at once (``--jobs``) has its cores busy already and grades each
 submission in one part.
 
-The groups are balanced by each test file's measured time (``WEIGHTS``: seconds in a full
-grading of the reference on 2 cores; a file not listed counts ``DEFAULT_WEIGHT``): a
-schedule only, never a grade.
+The groups are balanced by each test file's measured time in two gradings, of a correct
+submission (``WEIGHTS``) and of the blank kit (``BLANK_WEIGHTS``): a submission's time per
+file is roughly a mix of the two, and a plan balanced for both is balanced for every mix
+(loads are linear in the weights). A file not listed counts ``DEFAULT_WEIGHT``. A schedule
+only, never a grade.
 """
 import glob
 import os
 
 from labkit.staff.points import HIDDEN_PREFIX, ROOT, Points
 
-# seconds per test file in a full sandboxed grading of the reference (2 cores, profile of
-# 2026-12-03; benchmarks/bench_grading.py --profile --full)
+# seconds per test file in a full sandboxed grading on 2 cores, of the reference and of the
+# blank kit (2026-12-03; benchmarks/bench_grading.py --profile --full [--stu KIT/stu_upload])
 WEIGHTS = {
-    "hidden/test_lab_3_2.py": 18.3, "tests/test_layer_2.py": 11.5,
-    "tests/test_transfer_inputs.py": 9.8, "hidden/test_lab_3_1.py": 9.2,
-    "tests/test_style_features.py": 8.3, "tests/test_vgg_cpu.py": 8.0,
-    "tests/test_edges_commands.py": 6.4, "tests/test_cli_inputs.py": 6.0,
-    "hidden/test_lab_3_3.py": 4.1, "tests/test_style_transfer.py": 3.3,
-    "tests/test_vgg19_demo.py": 2.7, "tests/test_edges_checkpoint.py": 2.7,
-    "tests/test_calibrate.py": 2.5, "tests/test_legacy.py": 2.2,
-    "tests/test_edges_writer.py": 2.0, "tests/test_matfile.py": 1.6,
-    "tests/test_edges_numbers.py": 1.2, "tests/test_layer_3.py": 0.7,
-    "tests/test_layer_1.py": 0.5, "tests/test_images.py": 0.4,
-    "hidden/test_hidden_layers.py": 0.3,
+    "hidden/test_lab_3_2.py": 11.6, "hidden/test_lab_3_1.py": 8.8,
+    "tests/test_layer_2.py": 8.8, "tests/test_transfer_inputs.py": 8.4,
+    "tests/test_style_features.py": 6.8, "tests/test_vgg_cpu.py": 6.5,
+    "tests/test_edges_commands.py": 4.9, "tests/test_cli_inputs.py": 4.7,
+    "tests/test_style_transfer.py": 2.7, "hidden/test_lab_3_3.py": 2.2,
+    "tests/test_edges_checkpoint.py": 2.1, "tests/test_vgg19_demo.py": 1.9,
+    "tests/test_legacy.py": 1.8, "tests/test_edges_writer.py": 1.7,
+    "tests/test_calibrate.py": 1.7, "tests/test_matfile.py": 1.3,
+    "tests/test_edges_numbers.py": 0.9, "tests/test_layer_3.py": 0.5,
+    "tests/test_images.py": 0.5, "tests/test_layer_1.py": 0.4,
+    "hidden/test_hidden_layers.py": 0.2,
 }
+BLANK_WEIGHTS = {
+    "tests/test_cli_inputs.py": 3.8, "tests/test_edges_commands.py": 3.0,
+    "tests/test_transfer_inputs.py": 2.7, "hidden/test_lab_3_3.py": 2.3,
+    "tests/test_legacy.py": 1.5, "hidden/test_lab_3_2.py": 1.3,
+    "tests/test_edges_writer.py": 1.3, "tests/test_vgg_cpu.py": 1.1,
+    "tests/test_matfile.py": 1.1, "hidden/test_lab_3_1.py": 1.1,
+    "tests/test_edges_numbers.py": 0.8, "tests/test_style_transfer.py": 0.8,
+    "tests/test_edges_checkpoint.py": 0.8, "tests/test_style_features.py": 0.7,
+    "tests/test_calibrate.py": 0.6, "tests/test_vgg19_demo.py": 0.6,
+    "tests/test_layer_2.py": 0.4, "tests/test_images.py": 0.3,
+    "tests/test_layer_1.py": 0.1, "tests/test_layer_3.py": 0.1,
+    "hidden/test_hidden_layers.py": 0.05,
+}
+PROFILES = (WEIGHTS, BLANK_WEIGHTS)
 DEFAULT_WEIGHT = 2.0
 
 
@@ -55,16 +71,50 @@ def weight(path, hidden=None, weights=None):
     return weights.get(key, DEFAULT_WEIGHT)
 
 
-def plan(files, parts, hidden=None, weights=None):
-    """``files`` in at most ``parts`` non-empty groups of about equal weight (the heaviest
-    first, each to the lightest group; deterministic)."""
-    groups = [[] for _ in range(max(1, min(parts, len(files))))]
-    load = [0.0] * len(groups)
-    for f in sorted(files, key=lambda f: (-weight(f, hidden, weights), f)):
-        i = load.index(min(load))
-        groups[i].append(f)
-        load[i] += weight(f, hidden, weights)
-    return [sorted(g) for g in groups if g]
+def plan(files, parts, hidden=None, profiles=PROFILES):
+    """``files`` in at most ``parts`` non-empty groups whose slowest takes as little as can
+    be found of the whole, in every profile at once (the worst of ``profiles``; greedy, then
+    single moves and swaps while one helps; deterministic)."""
+    files = sorted(files)
+    n = max(1, min(parts, len(files)))
+    w = [[weight(f, hidden, p) for p in profiles] for f in files]
+    totals = [sum(col) or 1.0 for col in zip(*w)] if w else [1.0]
+
+    def cost(assign):
+        loads = [[0.0] * len(totals) for _ in range(n)]
+        for i, g in enumerate(assign):
+            for k, v in enumerate(w[i]):
+                loads[g][k] += v
+        # the worst profile's slowest part first, then the next (ties broken stably)
+        return sorted((max(loads[g][k] for g in range(n)) / totals[k]
+                       for k in range(len(totals))), reverse=True)
+
+    assign, load = [0] * len(files), [0.0] * n
+    share = [sum(v / t for v, t in zip(wi, totals)) for wi in w]
+    for i in sorted(range(len(files)), key=lambda i: (-share[i], files[i])):
+        g = load.index(min(load))
+        assign[i], load[g] = g, load[g] + share[i]
+    best, improved = cost(assign), True
+    while improved:
+        improved = False
+        moves = [(i, g) for i in range(len(files)) for g in range(n) if g != assign[i]]
+        swaps = [(i, j) for i in range(len(files)) for j in range(i + 1, len(files))
+                 if assign[i] != assign[j]]
+        for kind, a, b in [("move", i, g) for i, g in moves] + [("swap", i, j)
+                                                              for i, j in swaps]:
+            trial = list(assign)
+            if kind == "move":
+                trial[a] = b
+            else:
+                trial[a], trial[b] = trial[b], trial[a]
+            if n > 1 and not all(g in trial for g in range(n)):
+                continue                    # no part left empty
+            c = cost(trial)
+            if c < best:
+                assign, best, improved = trial, c, True
+                break
+    groups = [[f for f, g in zip(files, assign) if g == k] for k in range(n)]
+    return [g for g in groups if g]
 
 
 def _order(row, manifest_tests):
