@@ -1,4 +1,5 @@
 """labkit/runtime/matfile.py and labkit/runtime/fixtures.py: both layouts of the VGG19 file, and bad files."""
+import itertools
 import os
 
 import numpy as np
@@ -51,21 +52,22 @@ def test_loader_reads_both_layouts(mat_files, layout):
     assert weights.layer("fc6").weight.shape == (7, 7, 32, 256)
 
 
-@pytest.mark.parametrize("shape", [(7, 7, 32, 37), (3, 3, 4, 16), (5, 17), (1, 1, 3, 1),
-                                   (9,), (0, 4), (2, 3, 0)])
-@pytest.mark.parametrize("order", ["F", "C", "strided", "moved"])
-@pytest.mark.parametrize("block", [4, 64])
-def test_c_order_is_an_equal_row_major_copy(shape, order, block):
+def test_c_order_is_an_equal_row_major_copy():
+    """c_order: a row-major copy of any layout (the file's column-major, row-major, strided,
+    axes moved), tiles ragged at the edges, 0-size and 1-D arrays."""
     rng = np.random.default_rng(7)
-    base = rng.standard_normal(tuple(2 * n for n in shape))
-    a = {"strided": lambda: base[tuple(slice(None, None, 2) for _ in shape)],
-         "moved": lambda: np.moveaxis(np.ascontiguousarray(np.moveaxis(
-             base[tuple(slice(n) for n in shape)], -1, 0)), 0, -1),       # neither C nor F
-         }.get(order, lambda: np.asarray(base[tuple(slice(n) for n in shape)], order=order))()
-    out = c_order(a, np.float32, block=block)
-    assert out.flags.c_contiguous and out.dtype == np.float32 and out.shape == a.shape
-    assert np.array_equal(out, a.astype(np.float32))
-    assert not np.shares_memory(out, a)
+    for shape in [(7, 7, 32, 37), (3, 3, 4, 16), (5, 17), (1, 1, 3, 1), (9,), (0, 4), (2, 3, 0)]:
+        base = rng.standard_normal(tuple(2 * n for n in shape))
+        first = base[tuple(slice(n) for n in shape)]
+        layouts = {"F": np.asfortranarray(first), "C": np.ascontiguousarray(first),
+                   "strided": base[tuple(slice(None, None, 2) for _ in shape)],
+                   "moved": np.moveaxis(np.ascontiguousarray(np.moveaxis(first, -1, 0)), 0, -1)}
+        for (order, a), block in itertools.product(layouts.items(), (4, 64)):
+            out = c_order(a, np.float32, block=block)
+            where = f"shape {shape}, {order}, block {block}"
+            assert out.flags.c_contiguous and out.dtype == np.float32, where
+            assert out.shape == a.shape and np.array_equal(out, a.astype(np.float32)), where
+            assert not np.shares_memory(out, a), where
 
 
 def test_both_layouts_hold_the_same_numbers(mat_files):
