@@ -4,7 +4,7 @@ a batch of N copies of the reference with --jobs 1 and --jobs 2. Prints numbers 
     python benchmarks/bench_grading.py [--tests tests/test_layer_1.py] [--batch 30] [--repeat 3]
     python benchmarks/bench_grading.py --full [--repeat 1]     # the WHOLE suite, hidden too
     python benchmarks/bench_grading.py --profile [--full | --tests ...] [--stu DIR]
-    python benchmarks/bench_grading.py --batch 30 --jobs-only 2 [--tests ...]
+    python benchmarks/bench_grading.py --batch 30 --jobs-only 2 [--tests ...] [--skip-ungraded]
 
 ``--profile``: one sandboxed grading with the profile plugin (labkit/staff/profile.py): where
 the time goes per test (worker starts, fixtures, driver subprocesses, the student's compute,
@@ -30,10 +30,11 @@ from labkit.staff.grading import ROOT, run_grading  # noqa: E402
 from labkit.staff.sandbox.process import detect_mode  # noqa: E402
 
 
-def one(stu, tmp, tests, sandbox, hidden=None, split=1):
+def one(stu, tmp, tests, sandbox, hidden=None, split=1, skip_ungraded=False):
     t = time.perf_counter()
     report, proc = run_grading(stu, os.path.join(tmp, "r.json"), extra=tests, sandbox=sandbox,
-                               hidden=hidden, timeout=1200, split=split)
+                               hidden=hidden, timeout=1200, split=split,
+                               skip_ungraded=skip_ungraded)
     dt = time.perf_counter() - t
     assert report, proc.stdout[-1500:] + proc.stderr[-1500:]
     if hidden is None:
@@ -41,7 +42,7 @@ def one(stu, tmp, tests, sandbox, hidden=None, split=1):
     return dt, report
 
 
-def full(stu, tmp, repeat, split=2):
+def full(stu, tmp, repeat, split=2, skip_ungraded=False):
     """One full submission (public + hidden): in-process, sandboxed, and sandboxed in
     ``split`` parts at once (labkit/staff/split.py: what batch_grade --jobs 1 does)."""
     hidden = os.path.join(ROOT, "tests_hidden")
@@ -49,14 +50,18 @@ def full(stu, tmp, repeat, split=2):
     from lab_support import fixture_folder, make_full_fixture
     make_full_fixture(fixture_folder())             # made once, outside the timing
     res = {}
-    runs_of = [("off", 1, "in-process"), ("auto", 1, "sandboxed")]
+    runs_of = [("off", 1, "in-process", False), ("auto", 1, "sandboxed", False)]
     if split > 1:
-        runs_of.append(("auto", split, f"sandboxed, {split} parts"))
-    for mode, parts, label in runs_of:
-        runs = [one(stu, tmp, [], mode, hidden, parts) for _ in range(repeat)]
+        runs_of.append(("auto", split, f"sandboxed, {split} parts", False))
+    if skip_ungraded:
+        runs_of.append(("auto", 1, "sandboxed, graded only", True))
+        if split > 1:
+            runs_of.append(("auto", split, f"sandboxed, {split} parts, graded only", True))
+    for mode, parts, label, skip in runs_of:
+        runs = [one(stu, tmp, [], mode, hidden, parts, skip) for _ in range(repeat)]
         res[label] = min(t for t, _ in runs)
         r = runs[-1][1]
-        print(f"full submission, {label:<20}: best {res[label]:.1f} s, all "
+        print(f"full submission, {label:<32}: best {res[label]:.1f} s, all "
               f"{' '.join(f'{t:.1f}' for t, _ in runs)}; points {r['points']:g}/"
               f"{r['max_points']:g}, lab {r['lab_points']:g}/{r['lab_max_points']:g} "
               f"({r['sandbox']['mode']})")
@@ -121,7 +126,7 @@ def profile(stu, tmp, tests, hidden, top=25):
           f"{report['points']:g}/{report['max_points']:g}; sandbox {report['sandbox']['mode']}")
 
 
-def batch_only(stu, tmp, tests, n, jobs, hidden=None):
+def batch_only(stu, tmp, tests, n, jobs, hidden=None, skip_ungraded=False):
     subs = os.path.join(tmp, "subs")
     for i in range(n):
         shutil.copytree(stu, os.path.join(subs, f"s{i:03d}", "stu_upload"),
@@ -130,6 +135,8 @@ def batch_only(stu, tmp, tests, n, jobs, hidden=None):
             "3600"]                     # a measurement: not cut short by the default 900 s
     if hidden:
         args += ["--hidden", hidden]
+    if skip_ungraded:
+        args += ["--skip-ungraded"]
     t = time.perf_counter()
     rc = batch_grade.main(args + ["--", *tests])
     dt = time.perf_counter() - t
@@ -143,7 +150,8 @@ def batch_only(stu, tmp, tests, n, jobs, hidden=None):
               f"{bad[0]['points']}/{bad[0]['max_points']}: {bad[0]['notes'][:120]}); the time "
               f"below is not a correct grading's")
     per = dt / n
-    print(f"batch of {n} (measured), --jobs {jobs}: {dt:.1f} s, {per:.2f} s per submission")
+    print(f"batch of {n} (measured), --jobs {jobs}{' --skip-ungraded' * skip_ungraded}: "
+          f"{dt:.1f} s, {per:.2f} s per submission")
     print(f"extrapolated (not measured) to 300 submissions: {per * 300 / 3600:.2f} h "
           f"(the issue's target for full gradings, --full: <= 2 h)")
 
@@ -160,6 +168,9 @@ def main():
     p.add_argument("--jobs-only", type=int, metavar="J", help="time only a batch of --batch "
                    "copies with --jobs J, extrapolated to 300 students")
     p.add_argument("--stu", default=os.path.join(ROOT, "stu_upload"), help="the submission")
+    p.add_argument("--skip-ungraded", action="store_true", help="--jobs-only: grade with "
+                   "batch_grade --skip-ungraded (the graded tests only: the same points); "
+                   "--full: also time gradings of the graded tests only")
     p.add_argument("--split", type=int, default=2, help="--full: also time the sandboxed "
                    "grading in this many parts at once (1: not)")
     a = p.parse_args()
@@ -171,12 +182,13 @@ def main():
         return
     if a.jobs_only:
         with tempfile.TemporaryDirectory() as tmp:
-            batch_only(stu, tmp, [] if a.full else a.tests, a.batch, a.jobs_only, hidden)
+            batch_only(stu, tmp, [] if a.full else a.tests, a.batch, a.jobs_only, hidden,
+                       a.skip_ungraded)
         return
     if a.full:
         print(f"sandbox mode here: {detect_mode('auto')}; CPUs: {os.cpu_count()}")
         with tempfile.TemporaryDirectory() as tmp:
-            full(stu, tmp, a.repeat, a.split)
+            full(stu, tmp, a.repeat, a.split, a.skip_ungraded)
         return
     print(f"sandbox mode here: {detect_mode('auto')}; tests: {' '.join(a.tests) or 'all'}; "
           f"CPUs: {os.cpu_count()}")

@@ -140,3 +140,84 @@ def test_each_part_runs_only_its_files(monkeypatch, tmp_path):
         assert sorted(f for n in named for f in n) == sorted(files)
         assert len(cmds) == len(files) and all(len(n) == 1 for n in named)
         assert all("--test-timeout=30" in cmd or "30" in cmd for cmd in cmds)
+
+
+def test_skip_ungraded_names_only_files_with_graded_tests(monkeypatch, tmp_path):
+    """--skip-ungraded: files of ungraded checks only (test_images, test_legacy, ...) are
+    not even named, in one part and in two; a file the manifest does not list still runs."""
+    from labkit.staff import grading_cli
+    seen = []
+
+    def fake(jobs, cwd, env, timeout):
+        import subprocess
+        seen.append([cmd for cmd, _ in jobs])
+        return [subprocess.CompletedProcess(cmd, 0, "", "") for cmd, _ in jobs]
+    monkeypatch.setattr(grading_cli, "_run_parts", fake)
+    with open(os.path.join(ROOT, "tests", "grading_manifest.json"), encoding="utf-8") as f:
+        tests = json.load(f)["tests"]
+    only_ungraded = {v["module"] for v in tests.values()} - {
+        v["module"] for v in tests.values() if v["graded"]}
+    assert {"tests/test_images.py", "tests/test_legacy.py"} <= only_ungraded
+    for split_n in (1, 2):
+        del seen[:]
+        run_grading(os.path.join(ROOT, "stu_upload"), str(tmp_path / "r.json"),
+                    hidden=HIDDEN, split=split_n, skip_ungraded=True)
+        (cmds,) = seen
+        assert all("--skip-ungraded" in cmd for cmd in cmds)
+        named = {split.module_id(a, HIDDEN) for cmd in cmds for a in cmd if a.endswith(".py")
+                 and os.path.isabs(a)}
+        graded = {v["module"] for v in tests.values() if v["graded"]}
+        assert named == graded, (split_n, named ^ graded)
+    new = str(tmp_path / "test_new.py")
+    assert split.graded_files([new], tests, HIDDEN) == [new]        # not in the manifest
+    # control: without the option every file runs
+    del seen[:]
+    run_grading(os.path.join(ROOT, "stu_upload"), str(tmp_path / "r.json"), hidden=HIDDEN,
+                split=2)
+    named = {split.module_id(a, HIDDEN) for cmd in seen[0] for a in cmd if a.endswith(".py")
+             and os.path.isabs(a)}
+    assert only_ungraded <= named and not any("--skip-ungraded" in c for c in seen[0])
+
+
+@pytest.mark.slow
+def test_skip_ungraded_gives_the_same_grade(tmp_path):
+    """A submission with a broken ReLU graded with and without --skip-ungraded (sandboxed,
+    in one part and in two): the same graded rows and points, byte for byte; only the
+    ungraded checks are gone."""
+    stu = tmp_path / "stu_upload"
+    shutil.copytree(os.path.join(ROOT, "stu_upload"), stu,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    src = (stu / "layer_1.py").read_text()
+    (stu / "layer_1.py").write_text(src.replace("np.maximum(input, 0)", "input", 1))
+    files = ["tests/test_layer_1.py", "tests/test_images.py", "tests/test_legacy.py",
+             "tests/test_calibrate.py"]
+    reports = {}
+    for skip, n in ((False, 1), (True, 1), (True, 2)):
+        report, proc = run_grading(str(stu), str(tmp_path / "r.json"), split=n, extra=files,
+                                   skip_ungraded=skip, timeout=900)
+        assert report is not None, proc.stdout[-2000:] + proc.stderr[-2000:]
+        reports[skip, n] = report
+        if skip:
+            assert "not run (--skip-ungraded)" in proc.stdout
+    full = reports[False, 1]
+    assert full["failed"] > 0 and any(not r["graded"] for r in full["tests"])
+    for key in ((True, 1), (True, 2)):
+        got = reports[key]
+        assert not any(not r["graded"] for r in got["tests"]), key
+        assert [r for r in got["tests"]] == [r for r in full["tests"] if r["graded"]], key
+        for k in ("points", "max_points", "lab_points", "beyond_points", "status"):
+            assert got[k] == full[k], (key, k)
+
+
+def test_skip_ungraded_needs_the_manifest(tmp_path):
+    """Without the manifest nothing says which tests are graded: refused, not guessed."""
+    import subprocess
+    import sys
+    from labkit.staff.grade import pytest_command
+    cmd = pytest_command(["-q", "-p", "no:cacheprovider", "--sandbox=off",
+                          f"--stu-dir={os.path.join(ROOT, 'stu_upload')}",
+                          "--grade-manifest=none", "--skip-ungraded"],
+                         [os.path.join(ROOT, "tests", "test_layer_3.py")], python=sys.executable)
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 4 and "--skip-ungraded needs the grading manifest" in r.stderr, \
+        r.stdout[-1000:] + r.stderr[-1000:]

@@ -256,7 +256,8 @@ def _grade_one(index, student, path, args, work):
         report, proc = run_grading(clean, json_path, extra=extra, hidden=args.hidden,
                                    timeout=args.timeout, cwd=ROOT, sandbox=args.sandbox,
                                    split=getattr(args, "split", 1) or 1,
-                                   threads=_threads(args))
+                                   threads=_threads(args),
+                                   skip_ungraded=getattr(args, "skip_ungraded", False))
     except subprocess.TimeoutExpired:
         report = read_json(json_path)      # partial: the tests that completed count
         note = f"wall-clock limit of {args.timeout:g} s exceeded"
@@ -476,6 +477,9 @@ def main(argv=None):
     p.add_argument("--split", type=int, default=None, metavar="N",
                    help="grade each student's test files in N parts at once, each a grading "
                    "of its own (default: 2 with --jobs 1 on 2 or more cores, else 1)")
+    p.add_argument("--skip-ungraded", action="store_true",
+                   help="run each student's graded tests only: the ungraded checks (no "
+                   "student task affects them, 0 points) are left out; the same points, sooner")
     p.add_argument("--shard", metavar="K/N", help="grade only shard K of N (every N-th "
                    "submission by sorted name, from the K-th); combine the shards' --results "
                    "folders with 'merge'")

@@ -80,6 +80,9 @@ def pytest_addoption(parser):
                 "works here; off: import it into the grader, unsafe, for comparisons only)")
     g.addoption("--sandbox-memory", type=float, default=4.0, metavar="GIB",
                 help="memory limit (address space) of the student's processes, GiB")
+    g.addoption("--skip-ungraded", action="store_true",
+                help="run the graded tests only: the ungraded checks (no student task affects "
+                "them, 0 points) are left out, so the points are the same, sooner (a batch)")
     g.addoption("--grader-memory", type=float, default=None, metavar="GIB",
                 help="sandboxed: a limit on the grader's own data (what the submission's "
                 "answers make it hold), GiB (default: 6)")
@@ -223,6 +226,9 @@ class Grader(Points):
         if manifest != "none":
             with open(manifest, encoding="utf-8") as f:
                 self.manifest = json.load(f)
+        elif config.getoption("skip_ungraded"):
+            raise pytest.UsageError("--skip-ungraded needs the grading manifest (it says "
+                                    "which tests are graded); not with --grade-manifest none")
         config.option.continue_on_collection_errors = True
         if config.option.tbstyle == "auto" and not any(
                 a.startswith("--tb") for a in config.invocation_params.args):
@@ -308,6 +314,21 @@ class Grader(Points):
 
     def pytest_deselected(self, items):
         self.deselected.update(self.canonical(i.nodeid) for i in items)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, config, items):
+        """--skip-ungraded: the manifest's ungraded checks are deselected (worth 0 points:
+        the grade is the same). A test the manifest does not list still runs."""
+        if not config.getoption("skip_ungraded") or self.manifest is None:
+            return
+        tests = self.manifest.get("tests", {})
+        keep, drop = [], []
+        for item in items:
+            info = tests.get(self.canonical(item.nodeid))
+            (drop if info is not None and not info.get("graded", True) else keep).append(item)
+        if drop:
+            items[:] = keep
+            config.hook.pytest_deselected(items=drop)
 
     @contextlib.contextmanager
     def _time_limit(self, limit=None):
@@ -419,7 +440,8 @@ class Grader(Points):
         grade = self.finish(self.compute(), changed=changed)
         if self.session is not None:
             grade["worker_output"] = getattr(self, "worker_output", "")
-        print_grade(terminalreporter, grade, changed)
+        print_grade(terminalreporter, grade, changed,
+                    ungraded_run=not self.config.getoption("skip_ungraded"))
         if self.config.getoption("grade_json"):
             _write_json(self.config.getoption("grade_json"), grade)
         if self.config.getoption("grade_csv"):

@@ -18,7 +18,7 @@ from labkit.staff.sandbox.process import THREAD_VARS
 
 # ------------------------------------------------------------------------------- manifest
 def run_grading(stu_dir, json_path, extra=(), hidden=None, manifest=None, timeout=None,
-                cwd=ROOT, sandbox=None, split=1, threads=None):
+                cwd=ROOT, sandbox=None, split=1, threads=None, skip_ungraded=False):
     """Grade ``stu_dir`` in a fresh ``python -m pytest``; returns (report or None, process).
     On ``timeout`` the grader's process group and the submission's processes are killed and
     ``subprocess.TimeoutExpired`` is raised (a partial report may be at ``json_path``).
@@ -26,7 +26,8 @@ def run_grading(stu_dir, json_path, extra=(), hidden=None, manifest=None, timeou
     groups at once, each a grading of its own (labkit.staff.split), and write the merged
     report; the process returned then holds every part's output. ``threads``: the BLAS and
     engine threads of each part's processes (default: the cores shared among the parts;
-    a variable already set is kept)."""
+    a variable already set is kept). ``skip_ungraded``: run the graded tests only (the same
+    points; the files of ungraded checks only are not even collected)."""
     from labkit.staff.grade import pytest_command, split_args
     opts = ["-q", "-p", "no:cacheprovider",
             "-p", "no:hypothesispytest",     # @given still works; saves its start-up per run
@@ -35,6 +36,8 @@ def run_grading(stu_dir, json_path, extra=(), hidden=None, manifest=None, timeou
         opts += [f"--grade-manifest={manifest}"]
     if sandbox:
         opts += [f"--sandbox={sandbox}"]
+    if skip_ungraded:
+        opts += ["--skip-ungraded"]
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("PYTEST_", "LABKIT_STU_DIR", "LABKIT_SANDBOX"))}
     env.update(PYTHONDONTWRITEBYTECODE="1")
@@ -42,14 +45,22 @@ def run_grading(stu_dir, json_path, extra=(), hidden=None, manifest=None, timeou
         env.pop("PYTHONDONTWRITEBYTECODE")
         env["PYTHONPYCACHEPREFIX"] = bytecode_cache()
     parts = None
-    if split > 1:           # the files named (whole files only), else every test file
-        from labkit.staff import split as splitting
-        named = split_args(list(extra), cwd=cwd)[1]
-        if not any("::" in t or os.path.isdir(t) for t in named):
-            parts = splitting.plan(named or splitting.test_files(cwd, hidden), split, hidden)
-            if len(parts) > 1:      # each part names its own files instead
-                extra = [a for a in extra
-                         if os.path.normpath(os.path.join(cwd, a)) not in named]
+    from labkit.staff import split as splitting
+    named = split_args(list(extra), cwd=cwd)[1]
+    whole_files = not any("::" in t or os.path.isdir(t) for t in named)
+
+    def without_named(args):
+        return [a for a in args if os.path.normpath(os.path.join(cwd, a)) not in named]
+    files = named
+    if skip_ungraded and whole_files and manifest != "none":
+        files = splitting.graded_files(named or splitting.test_files(cwd, hidden),
+                                       _manifest_tests(manifest, cwd), hidden) or named
+        if split <= 1 and files:    # named: the files of ungraded checks are not collected
+            extra = without_named(extra) + files
+    if split > 1 and whole_files:       # the files named (whole files only), else every one
+        parts = splitting.plan(files or splitting.test_files(cwd, hidden), split, hidden)
+        if len(parts) > 1:      # each part names its own files instead
+            extra = without_named(extra)
     n_parts = len(parts) if parts and len(parts) > 1 else 1
     if threads is not None or n_parts > 1:      # the parts (or jobs) run side by side
         threads = threads or max(1, (os.cpu_count() or 1) // n_parts)

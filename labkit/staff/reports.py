@@ -12,7 +12,7 @@ from labkit.staff._stu_site.sitecustomize import PACKAGE
 from labkit.staff.sanitize import clean_text, clean_tree
 
 
-def print_grade(tr, grade, changed=None):
+def print_grade(tr, grade, changed=None, ungraded_run=True):
     """The grade table and totals at the end of the terminal report (one line per test:
     messages are cleaned and their newlines become spaces, so no line can be forged)."""
     grade = clean_tree(grade)
@@ -29,7 +29,8 @@ def print_grade(tr, grade, changed=None):
                       f"{r['max_points']:<5.3g} {r['result'].upper():<8} {msg}".rstrip())
     bad = [r for r in ungraded if r["result"] not in ("passed", "skipped")]
     tr.write_line(f"ungraded checks (no student task affects them): {len(ungraded)}, "
-                  f"{len(ungraded) - len(bad)} passed or skipped")
+                  f"{len(ungraded) - len(bad)} passed or skipped" if ungraded_run else
+                  "ungraded checks (no student task affects them): not run (--skip-ungraded)")
     for r in bad:
         tr.write_line(f"  {r['test']}: {r['result'].upper()} "
                       f"{clean_text(r['message'], 300, newlines=False)}")

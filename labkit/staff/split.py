@@ -62,13 +62,26 @@ def test_files(root=ROOT, hidden=None):
     return files
 
 
+def module_id(path, hidden=None):
+    """A test file's name in reports and the manifest: ``tests/test_x.py``, or
+    ``hidden/test_y.py`` for a file of the hidden folder."""
+    if hidden and os.path.abspath(path).startswith(os.path.abspath(hidden) + os.sep):
+        return HIDDEN_PREFIX + os.path.basename(path)
+    return os.path.relpath(path, ROOT).replace(os.sep, "/")
+
+
 def weight(path, hidden=None, weights=None):
     weights = WEIGHTS if weights is None else weights
-    if hidden and os.path.abspath(path).startswith(os.path.abspath(hidden) + os.sep):
-        key = HIDDEN_PREFIX + os.path.basename(path)
-    else:
-        key = os.path.relpath(path, ROOT).replace(os.sep, "/")
-    return weights.get(key, DEFAULT_WEIGHT)
+    return weights.get(module_id(path, hidden), DEFAULT_WEIGHT)
+
+
+def graded_files(files, manifest_tests, hidden=None):
+    """The files of ``files`` with a graded test in the manifest, or a test it does not
+    list (--skip-ungraded: a file of ungraded checks only would run nothing)."""
+    graded = {v.get("module") for v in manifest_tests.values() if v.get("graded", True)}
+    listed = {v.get("module") for v in manifest_tests.values()}
+    return [f for f in files if module_id(f, hidden) in graded or
+            module_id(f, hidden) not in listed]
 
 
 def plan(files, parts, hidden=None, profiles=PROFILES):
