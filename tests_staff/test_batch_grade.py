@@ -18,7 +18,7 @@ STUDENTS = ["ann", "bo", "cy", "dee", "ed", "fay", "gus"]
 
 
 def fake_run_grading(stu_dir, json_path, extra=(), hidden=None, timeout=None, cwd=None,
-                     sandbox=None, split=1, threads=None):
+                     sandbox=None, split=1, threads=None, skip_ungraded=False):
     """A report like the grader's, from ``SCORE = n`` in the submission's layer_1.py."""
     with open(os.path.join(stu_dir, "layer_1.py"), encoding="utf-8") as f:
         text = f.read()
