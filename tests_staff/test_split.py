@@ -221,3 +221,21 @@ def test_skip_ungraded_needs_the_manifest(tmp_path):
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 4 and "--skip-ungraded needs the grading manifest" in r.stderr, \
         r.stdout[-1000:] + r.stderr[-1000:]
+
+
+def test_grade_json_is_written_when_the_terminal_pipe_closes(tmp_path):
+    """`grade ... --grade-json r.json | head -1`: the pipe closes before the grade table;
+    the report is still written, with no warning or traceback."""
+    import subprocess
+    import sys
+    out = tmp_path / "r.json"
+    cmd = [sys.executable, "-m", "labkit.staff.grade", f"--stu-dir={ROOT}/stu_upload", "-q",
+           "-p", "no:cacheprovider", "--sandbox=off", f"--grade-json={out}",
+           os.path.join(ROOT, "tests", "test_layer_3.py")]
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.readline()
+    p.stdout.close()                        # as `head -1` does
+    err = p.stderr.read().decode()
+    p.wait(timeout=300)
+    assert out.exists(), err[-2000:]
+    assert "BrokenPipe" not in err and "Traceback" not in err, err[-2000:]

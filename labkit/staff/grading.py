@@ -440,8 +440,13 @@ class Grader(Points):
         grade = self.finish(self.compute(), changed=changed)
         if self.session is not None:
             grade["worker_output"] = getattr(self, "worker_output", "")
-        print_grade(terminalreporter, grade, changed,
-                    ungraded_run=not self.config.getoption("skip_ungraded"))
+        try:
+            print_grade(terminalreporter, grade, changed,
+                        ungraded_run=not self.config.getoption("skip_ungraded"))
+        except BrokenPipeError:     # (`| head -1`): the reports below are written all the same
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
         if self.config.getoption("grade_json"):
             _write_json(self.config.getoption("grade_json"), grade)
         if self.config.getoption("grade_csv"):
